@@ -1,0 +1,107 @@
+"""Orbax checkpoints of a training run: state, data iterator and metadata.
+
+Layout: `workdir/checkpoints/STEP/{state, data, meta}`:
+  state  the train state {"params", "opt", "step", "rng"} (global jax.Arrays)
+  data   the grain iterator position, one JSON file per process
+  meta   JSON: the config, counters (e.g. skipped records), anything small
+
+Saving is asynchronous (the train loop goes on while arrays are written) and
+keeps the last `max_to_keep` checkpoints. A checkpoint restores onto any mesh:
+`restore` takes the abstract state with the *new* shardings.
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+    ckpt.save(step, state, data_iter=it, meta={"config": config.to_dict()})
+    state, meta = ckpt.restore(ckpt.latest_step(), abstract_state,
+                               data_iter=it)
+"""
+
+import json
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class _IteratorStateSnapshot:
+  """The iterator position at save time (saving itself may run later)."""
+
+  def __init__(self, iterator):
+    self._state = json.dumps(iterator.get_state(), indent=1).encode()
+
+  def get_state(self):
+    return self._state
+
+
+class Checkpointer:
+  """Saves and restores train state + data position + metadata with Orbax.
+
+  Args:
+    directory: where step folders go (created if missing).
+    max_to_keep: how many recent checkpoints to keep (None: all).
+    async_save: write arrays in a background thread.
+  """
+
+  def __init__(self, directory, *, max_to_keep=2, async_save=True):
+    self.directory = directory
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(directory, options=options)
+
+  def latest_step(self):
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, step, state, *, data_iter=None, meta=None):
+    """Starts saving (returns once the arrays are copied off the devices).
+
+    Args:
+      step: the step number naming the checkpoint.
+      state: pytree of global jax.Arrays.
+      data_iter: grain iterator whose current position is saved, or None.
+      meta: JSON-serialisable dict, or None.
+    """
+    items = {"state": ocp.args.StandardSave(state),
+             "meta": ocp.args.JsonSave(meta or {})}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(
+          _IteratorStateSnapshot(data_iter))
+    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, step, abstract_state, *, data_iter=None):
+    """Restores the state onto the shardings of `abstract_state`.
+
+    Args:
+      step: which checkpoint (e.g. `latest_step()`).
+      abstract_state: pytree of jax.ShapeDtypeStruct with `.sharding` set for
+        the mesh to restore onto (it may differ from the saving mesh).
+      data_iter: grain iterator to move to the saved position, or None.
+
+    Returns:
+      (state, meta).
+    """
+    items = {"state": ocp.args.StandardRestore(abstract_state),
+             "meta": ocp.args.JsonRestore()}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self._manager.restore(int(step),
+                                     args=ocp.args.Composite(**items))
+    return restored["state"], restored["meta"]
+
+  def wait(self):
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self.wait()
+    self._manager.close()
+
+
+def abstract_with_shardings(tree, shardings):
+  """ShapeDtypeStructs of `tree` carrying the given shardings."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)

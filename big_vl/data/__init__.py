@@ -1,0 +1,1 @@
+"""Input pipeline: data sources, preprocessing ops and tokenizers."""

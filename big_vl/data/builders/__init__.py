@@ -1,0 +1,1 @@
+"""TFDS dataset builders shipped with big_vl (generated locally, no download)."""

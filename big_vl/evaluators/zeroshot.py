@@ -1,0 +1,100 @@
+"""Zero-shot classification with a prompt ensemble.
+
+Each class gets the mean of its normalised prompt embeddings ("a photo of a
+{}." for every template), renormalised; an image is assigned the class whose
+embedding has the highest cosine similarity with its own.
+
+Config block (all keys are constructor arguments):
+
+    config.evals.zeroshot = dict(
+        type="zeroshot", every=500,
+        data="tfds:big_vl_demo_shapes", split="test",
+        pp_img="decode|resize(32)|value_range(-1,1)|keep('image','label')",
+        pp_txt="tokenize(max_len=32)",
+        templates="demo_shapes", batch_size=256)
+
+Metrics: zeroshot/<dataset>/top1, top5, mean_per_class_recall.
+"""
+
+import jax
+import numpy as np
+
+from big_vl import registry
+from big_vl.data import sources
+from big_vl.evaluators import common, prompts
+
+
+def class_embeddings(class_names, templates, *, pp, batch_size, mesh,
+                     predict_fn, params):
+  """Prompt-ensembled class embeddings f32[num_classes, D] (unit rows)."""
+  texts = [t.format(c) for c in class_names for t in templates]
+  z = common.embed_texts(texts, pp=pp, batch_size=batch_size, mesh=mesh,
+                         predict_fn=predict_fn, params=params)
+  z = z.reshape(len(class_names), len(templates), -1)
+  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  z = z.mean(axis=1)
+  return z / np.linalg.norm(z, axis=-1, keepdims=True)
+
+
+def classification_metrics(logits, labels, num_classes):
+  """top1, top5 and mean per-class recall from logits [N, C] and labels [N]."""
+  order = np.argsort(-logits, axis=1)
+  top1 = order[:, 0] == labels
+  top5 = (order[:, :5] == labels[:, None]).any(axis=1)
+  recalls = [top1[labels == c].mean() for c in range(num_classes)
+             if (labels == c).any()]
+  return {"top1": float(top1.mean()), "top5": float(top5.mean()),
+          "mean_per_class_recall": float(np.mean(recalls))}
+
+
+@registry.register("evaluator", "zeroshot")
+class Evaluator:
+  """Zero-shot classification evaluator.
+
+  Args:
+    predict_fn: `(params, image=None, text=None) -> (zimg, ztxt, aux)`.
+    mesh: the Mesh the params live on.
+    data: source spec, e.g. "tfds:big_vl_demo_shapes".
+    split: split to evaluate.
+    pp_img: pp string giving "image" and the label key.
+    pp_txt: pp string tokenizing "text".
+    templates: template set name or list.
+    class_names: list, or None to read them from the dataset's ClassLabel.
+    batch_size: global eval batch size.
+    label_key: name of the label field.
+    data_dir: data directory.
+    name: dataset name in metric keys (default from `data`).
+  """
+
+  def __init__(self, predict_fn, *, mesh, data, split, pp_img, pp_txt,
+               templates="clip_simple", class_names=None, batch_size=256,
+               label_key="label", data_dir=None, name=None):
+    self.predict_fn = predict_fn
+    self.mesh = mesh
+    self.source = sources.get(data, split=split, data_dir=data_dir)
+    self.class_names = list(class_names or sources.class_names(
+        self.source, label_key) or [])
+    if not self.class_names:
+      raise ValueError(f"zeroshot: no class names for {data!r}; give "
+                       "class_names in the config.")
+    self.templates = prompts.get(templates)
+    self.pp_img, self.pp_txt = pp_img, pp_txt
+    self.batch_size = batch_size
+    self.label_key = label_key
+    self.name = name or common.dataset_label(data)
+    self._image_fn = jax.jit(lambda p, b: {
+        "z": predict_fn(p, image=b["image"])[0], "label": b[label_key]})
+
+  def run(self, params):
+    """Yields (metric_name, value) pairs."""
+    zcls = class_embeddings(self.class_names, self.templates, pp=self.pp_txt,
+                            batch_size=self.batch_size, mesh=self.mesh,
+                            predict_fn=self.predict_fn, params=params)
+    out = common.run_over(self.source, pp=self.pp_img,
+                          batch_size=self.batch_size, mesh=self.mesh,
+                          fn=self._image_fn, params=params)
+    logits = out["z"] @ zcls.T
+    metrics = classification_metrics(logits, out["label"],
+                                     len(self.class_names))
+    for k, v in metrics.items():
+      yield f"zeroshot/{self.name}/{k}", v

@@ -1,0 +1,102 @@
+"""Metric writers: JSONL, TensorBoard event files and the console.
+
+    writer = MetricWriter(workdir)
+    writer.write(100, {"train/loss": 1.23, "train/lr": 1e-3})
+    # -> appends {"step": 100, "train/loss": 1.23, ...} to workdir/metrics.jsonl,
+    #    scalars to workdir/tb/, and a line to the console.
+
+Only process 0 writes (pass `is_main` to override); other processes get a
+writer that does nothing, so callers never branch on the process index.
+"""
+
+import json
+import math
+import os
+import re
+import sys
+
+import jax
+import numpy as np
+import tqdm
+
+
+def _to_python(value):
+  value = np.asarray(value)
+  if value.size != 1:
+    raise ValueError(f"metrics must be scalars, got shape {value.shape}")
+  value = value.item()
+  return value
+
+
+def _format(value):
+  if isinstance(value, float):
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+      return f"{value:.3e}"
+    return f"{value:.4f}"
+  return str(value)
+
+
+class MetricWriter:
+  """Writes scalar metrics to metrics.jsonl, TensorBoard and the console.
+
+  Args:
+    workdir: run directory; files go to workdir/metrics.jsonl and workdir/tb/.
+    is_main: write at all (default: `jax.process_index() == 0`).
+    tensorboard: also write TensorBoard event files.
+    console: a function taking one line of text (default: tqdm.write).
+  """
+
+  def __init__(self, workdir, *, is_main=None, tensorboard=True, console=None):
+    self.is_main = jax.process_index() == 0 if is_main is None else is_main
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._console = console or (lambda s: tqdm.tqdm.write(s, file=sys.stdout))
+    self._tb = None
+    if self.is_main:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step, metrics, console=True):
+    """Writes one row of scalar metrics for `step`."""
+    if not self.is_main or not metrics:
+      return
+    row = {"step": int(step)}
+    row.update({k: _to_python(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row, allow_nan=True) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+          self._tb.add_scalar(re.sub(r"[^\w./-]", "_", k), v, int(step))
+      self._tb.flush()
+    if console:
+      items = " ".join(f"{k}={_format(v)}" for k, v in row.items()
+                       if k != "step")
+      self._console(f"[step {int(step)}] {items}")
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_jsonl(path):
+  """Reads metrics.jsonl into a list of dicts (one per written row)."""
+  rows = []
+  if not os.path.exists(path):
+    return rows
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        rows.append(json.loads(line))
+  return rows
+
+
+def progress_bar(total, initial=0, is_main=None, desc="train"):
+  """A tqdm progress bar over steps, silent on processes other than 0."""
+  is_main = jax.process_index() == 0 if is_main is None else is_main
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step",
+                   disable=not is_main, dynamic_ncols=True, file=sys.stdout,
+                   mininterval=2.0)

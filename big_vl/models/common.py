@@ -1,0 +1,335 @@
+"""Pieces shared by the image and text towers.
+
+- `VARIANTS` / `parse_variant` / `resolve_dims`: the size table ("B/16" ->
+  width 768, depth 12, mlp_dim 3072, 12 heads, patch 16).
+- `Encoder`: a pre-LayerNorm transformer encoder (blocks + final LayerNorm),
+  optionally rematerialised block by block.
+- `MAPHead`: multi-head attention pooling with a learned probe.
+- `posemb_sincos_2d`: fixed 2-D sin-cos position embeddings.
+
+Parameter names follow big_vision (`Transformer/encoderblock_0/...`,
+`encoder_norm`, `MAPHead_0/probe`), so its checkpoints map onto ours by name.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (width, depth, mlp_dim, num_heads).
+# Reference: Table 2 of https://arxiv.org/abs/2106.04560 (+ So400m from
+# https://arxiv.org/abs/2305.13035). "mu" is a tiny size for tests and demos.
+VARIANTS = {
+    "mu": (64, 2, 256, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+}
+
+DIM_NAMES = ("width", "depth", "mlp_dim", "num_heads")
+
+
+def parse_variant(variant):
+  """Decodes a variant string into model dimensions.
+
+  Args:
+    variant: "SIZE" or "SIZE/PATCH" with SIZE a key of `VARIANTS`
+      (case-sensitive: "S" is small, "So400m" the shape-optimised one), e.g.
+      "B/16", "mu/8", "L". None gives {}.
+
+  Returns:
+    A dict with "width", "depth", "mlp_dim", "num_heads" and, when the string
+    names a patch, "patch_size" (an int). E.g. `parse_variant("B/16")` is
+    `{"width": 768, "depth": 12, "mlp_dim": 3072, "num_heads": 12,
+    "patch_size": 16}`.
+
+  Raises:
+    ValueError: for an unknown size or a malformed patch.
+  """
+  if variant is None:
+    return {}
+  size, sep, patch = str(variant).partition("/")
+  if size not in VARIANTS:
+    raise ValueError(
+        f"Unknown model variant size {size!r} in {variant!r}; known sizes: "
+        f"{', '.join(VARIANTS)} (write e.g. 'B/16' or 'S/32').")
+  dims = dict(zip(DIM_NAMES, VARIANTS[size]))
+  if sep:
+    try:
+      dims["patch_size"] = int(patch)
+    except ValueError:
+      raise ValueError(
+          f"Bad patch size {patch!r} in variant {variant!r}; write e.g. "
+          "'B/16'.") from None
+    if dims["patch_size"] <= 0:
+      raise ValueError(f"Patch size must be positive in variant {variant!r}.")
+  return dims
+
+
+def resolve_dims(module_name, variant, names=DIM_NAMES, **explicit):
+  """Merges a variant with explicitly given dimensions (explicit ones win).
+
+  Args:
+    module_name: used in error messages.
+    variant: a variant string for `parse_variant`, or None.
+    names: the dimension names that must end up set.
+    **explicit: dimension values; None means "not given".
+
+  Returns:
+    A dict with one int per name in `names`.
+
+  Raises:
+    ValueError: if a dimension is neither in the variant nor given, or if
+      width is not divisible by num_heads.
+  """
+  dims = parse_variant(variant)
+  dims.update({k: v for k, v in explicit.items() if v is not None})
+  missing = [n for n in names if dims.get(n) is None]
+  if missing:
+    raise ValueError(
+        f"{module_name}: missing {', '.join(missing)}; give `variant` "
+        f"(e.g. 'B/16') or all of {', '.join(names)}.")
+  dims = {n: dims[n] for n in names}
+  if "num_heads" in dims and dims["width"] % dims["num_heads"]:
+    raise ValueError(
+        f"{module_name}: width {dims['width']} is not divisible by "
+        f"num_heads {dims['num_heads']}.")
+  return dims
+
+
+def get_dtype(dtype):
+  """Returns a jnp dtype from a name ("float32", "bfloat16") or a dtype."""
+  try:
+    return jnp.dtype(dtype)
+  except TypeError:
+    raise ValueError(f"Unknown dtype {dtype!r}; use 'float32' or 'bfloat16'."
+                     ) from None
+
+
+def quick_gelu(x):
+  """OpenAI CLIP's sigmoid approximation of GELU."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def get_activation(name):
+  """Returns the MLP activation called `name`.
+
+  Args:
+    name: "gelu" (tanh approximation, flax/big_vision default), "gelu_exact"
+      (erf, PyTorch nn.GELU, open_clip LAION models) or "quick_gelu" (OpenAI
+      CLIP checkpoints).
+
+  Returns:
+    A function on arrays.
+  """
+  acts = {
+      "gelu": lambda x: nn.gelu(x, approximate=True),
+      "gelu_exact": lambda x: nn.gelu(x, approximate=False),
+      "quick_gelu": quick_gelu,
+  }
+  if name not in acts:
+    raise ValueError(f"Unknown activation {name!r}; known: {', '.join(acts)}.")
+  return acts[name]
+
+
+def posemb_sincos_2d(h, w, width, temperature=10_000.0):
+  """Fixed 2-D sin-cos position embeddings (MoCo v3 / big_vision layout).
+
+  Args:
+    h: grid height (patches).
+    w: grid width (patches).
+    width: embedding width, a multiple of 4 and at least 8.
+    temperature: frequency base.
+
+  Returns:
+    A float32 array [1, h * w, width], row-major over the (h, w) grid; the
+    channels are [sin(x), cos(x), sin(y), cos(y)] blocks of width // 4.
+
+  Example:
+    >>> posemb_sincos_2d(2, 3, 64).shape
+    (1, 6, 64)
+  """
+  if width % 4 or width < 8:
+    raise ValueError(
+        f"sincos2d posemb needs a width that is a multiple of 4 and >= 8, got "
+        f"{width}.")
+  quarter = width // 4
+  omega = 1.0 / temperature ** (np.arange(quarter) / (quarter - 1))
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  x_ang = xx.reshape(-1)[:, None] * omega[None, :]
+  y_ang = yy.reshape(-1)[:, None] * omega[None, :]
+  pe = np.concatenate(
+      [np.sin(x_ang), np.cos(x_ang), np.sin(y_ang), np.cos(y_ang)], axis=1)
+  return jnp.asarray(pe[None], jnp.float32)
+
+
+def padding_mask_to_attention(mask):
+  """Turns a [B, L] bool "key is valid" mask into a [B, 1, 1, L] one."""
+  return mask[:, None, None, :]
+
+
+class MlpBlock(nn.Module):
+  """Transformer feed-forward block: Dense -> act -> dropout -> Dense.
+
+  Attributes:
+    mlp_dim: hidden width.
+    dropout: dropout rate after the activation.
+    dtype: compute dtype.
+    act: activation name, see `get_activation`.
+  """
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  act: str = "gelu"
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(stddev=1e-6),
+                 dtype=self.dtype)
+    d = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, **inits)(x)
+    x = get_activation(self.act)(x)
+    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    return nn.Dense(d, **inits)(x)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+  Attributes:
+    mlp_dim: MLP hidden width.
+    num_heads: attention heads.
+    dropout: dropout rate on both residual branches (and inside the MLP).
+    dtype: compute dtype.
+    act: MLP activation name.
+  """
+  mlp_dim: int
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  act: str = "gelu"
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic=True):
+    """Applies the block.
+
+    Args:
+      x: [B, L, D] tokens.
+      mask: None or a bool attention mask broadcastable to [B, H, L, L]
+        (True = may attend).
+      deterministic: disables dropout when True.
+
+    Returns:
+      [B, L, D] tokens.
+    """
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        force_fp32_for_softmax=True,
+        deterministic=True,
+    )(y, y, mask=mask)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    x = x + y
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
+                 act=self.act)(y, deterministic)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    return x + y
+
+
+class Encoder(nn.Module):
+  """Stack of `depth` pre-LN blocks followed by a final LayerNorm.
+
+  Blocks are named `encoderblock_{i}`, the final norm `encoder_norm`.
+
+  Attributes:
+    depth: number of blocks.
+    mlp_dim: MLP hidden width.
+    num_heads: attention heads.
+    dropout: dropout rate.
+    dtype: compute dtype.
+    remat: rematerialise each block in the backward pass (saves activation
+      memory at the cost of recomputation).
+    act: MLP activation name.
+  """
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+  act: str = "gelu"
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic=True):
+    """Encodes `x` [B, L, D] (optionally under `mask`) to [B, L, D]."""
+    block_cls = EncoderBlock
+    if self.remat:
+      # Argument 0 is the module itself; `deterministic` is a Python bool.
+      block_cls = nn.remat(EncoderBlock, static_argnums=(3,))
+    for i in range(self.depth):
+      x = block_cls(
+          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
+          dtype=self.dtype, act=self.act, name=f"encoderblock_{i}",
+      )(x, mask, deterministic)
+    return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: one learned probe attends to all tokens.
+
+  Attributes:
+    mlp_dim: MLP hidden width.
+    num_heads: attention heads.
+    dtype: compute dtype.
+    act: MLP activation name.
+  """
+  mlp_dim: int
+  num_heads: int
+  dtype: Any = jnp.float32
+  act: str = "gelu"
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    """Pools tokens.
+
+    Args:
+      x: [B, L, D] tokens.
+      mask: None or bool [B, L]; False tokens are not attended to.
+
+    Returns:
+      [B, D] pooled features.
+    """
+    n, _, d = x.shape
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d),
+                       jnp.float32)
+    probe = jnp.tile(probe, [n, 1, 1]).astype(self.dtype)
+    attn_mask = None if mask is None else padding_mask_to_attention(mask)
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        force_fp32_for_softmax=True,
+        deterministic=True,
+    )(probe, x, mask=attn_mask)
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, act=self.act)(y)
+    return x[:, 0]
+
+
+def head_init(width):
+  """Kernel init of projection heads: normal(width ** -0.5), as CLIP's proj.
+
+  Not zero: the two-tower outputs are L2-normalised, so an all-zero head would
+  give all-zero (NaN-prone) embeddings at step 0.
+  """
+  return nn.initializers.normal(stddev=width ** -0.5)

@@ -1,0 +1,160 @@
+"""Transformer text tower (CLIP-style causal or SigLIP-style bidirectional).
+
+Example:
+  >>> model = TextTransformer(variant="mu", vocab_size=1000, max_len=16,
+  ...                         causal=True, pool_type="eot", num_classes=32)
+  >>> text = jnp.array([[5, 17, 999, 0, 0, 0]], jnp.int32)  # 0 = pad
+  >>> params = model.init(jax.random.key(0), text)["params"]
+  >>> out, aux = model.apply({"params": params}, text)
+  >>> out.shape, aux["tokens"].shape, aux["mask"].tolist()
+  ((1, 32), (1, 6, 64), [[True, True, True, False, False, False]])
+
+Here "eot" pooling takes the feature at position 2, the last non-pad token.
+
+Parameter tree (top level): `Embed_0` (token embedding), `pos_embedding`
+[1, max_len, width], `Encoder_0/{encoderblock_0.., encoder_norm}`,
+`MAPHead_0` (pool_type="map"), `head` (num_classes set). The names match
+big_vision's text transformer.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from big_vl.models import common
+
+POOL_TYPES = ("eot", "last", "first", "mean", "map")
+
+
+def last_valid_index(mask):
+  """Index of the last True in each row of a bool [B, L] mask (0 if none)."""
+  positions = jnp.arange(mask.shape[1], dtype=jnp.int32)
+  return jnp.max(jnp.where(mask, positions[None, :], 0), axis=1)
+
+
+class TextTransformer(nn.Module):
+  """Transformer text encoder.
+
+  Attributes:
+    variant: size name such as "B" or "mu" (see `common.VARIANTS`; a "/PATCH"
+      suffix is ignored); explicit dimensions below override it.
+    width: token width.
+    depth: number of transformer blocks.
+    mlp_dim: MLP hidden width.
+    num_heads: attention heads.
+    vocab_size: token embedding rows (49408 = CLIP BPE).
+    max_len: length of the learned position embedding; inputs may be shorter.
+    causal: causal (autoregressive) self-attention, as CLIP.
+    pool_type: "eot" = feature at the last non-pad token (CLIP's end-of-text
+      pooling: with CLIP's BPE the EOT id 49407 is the row's argmax, and it
+      is the last non-pad token); "last" = last position (SigLIP, whose
+      texts are padded with EOS-like tokens); "first"; "mean" = mean over
+      non-pad tokens; "map" = attention pooling over non-pad tokens.
+    pad_id: the padding token id.
+    mask_pad: whether attention ignores pad keys. For exact parity with
+      OpenAI CLIP weights set False: CLIP's BPE id 0 ("!") is also its pad
+      id, and its causal attention does not need the pad mask anyway.
+    num_classes: if set, a final Dense named `head` to this width.
+    dropout: dropout rate; needs a "dropout" rng when > 0 and train=True.
+    dtype: compute dtype name ("float32" or "bfloat16"); params stay float32.
+    remat: rematerialise each block.
+    act: MLP activation: "gelu" (tanh approx.), "gelu_exact", "quick_gelu".
+  """
+  variant: str | None = None
+  width: int | None = None
+  depth: int | None = None
+  mlp_dim: int | None = None
+  num_heads: int | None = None
+  vocab_size: int = 49408
+  max_len: int = 77
+  causal: bool = False
+  pool_type: str = "last"
+  pad_id: int = 0
+  mask_pad: bool = True
+  num_classes: int | None = None
+  dropout: float = 0.0
+  dtype: Any = "float32"
+  remat: bool = False
+  act: str = "gelu"
+
+  def dims(self):
+    """The resolved {width, depth, mlp_dim, num_heads}."""
+    return common.resolve_dims(
+        "TextTransformer", self.variant, width=self.width, depth=self.depth,
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads)
+
+  @nn.compact
+  def __call__(self, text, *, train=False):
+    """Encodes token ids.
+
+    Args:
+      text: int [B, L] token ids, L <= max_len, padded with `pad_id`.
+      train: enables dropout.
+
+    Returns:
+      (out, aux): out is [B, num_classes] (or [B, width]) in the compute
+      dtype; aux = {"tokens": [B, L, width] final-LayerNorm token features,
+      "pre_logits": [B, width] pooled features, "mask": bool [B, L], True
+      at non-pad tokens}.
+    """
+    if self.pool_type not in POOL_TYPES:
+      raise ValueError(f"TextTransformer: unknown pool_type "
+                       f"{self.pool_type!r}; known: {POOL_TYPES}.")
+    if text.ndim != 2:
+      raise ValueError(f"TextTransformer expects tokens [B, L], got "
+                       f"{text.shape}.")
+    dims = self.dims()
+    width = dims["width"]
+    dtype = common.get_dtype(self.dtype)
+    n, length = text.shape
+    if length > self.max_len:
+      raise ValueError(f"TextTransformer: text length {length} exceeds "
+                       f"max_len {self.max_len}.")
+    text = text.astype(jnp.int32)
+    mask = text != self.pad_id
+
+    x = nn.Embed(self.vocab_size, width, dtype=dtype,
+                 embedding_init=nn.initializers.normal(stddev=0.02),
+                 name="Embed_0")(text)
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.01),
+                    (1, self.max_len, width), jnp.float32)
+    x = x + pe[:, :length].astype(dtype)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+
+    attn_mask = None
+    if self.causal:
+      attn_mask = nn.make_causal_mask(jnp.ones((n, length), jnp.bool_),
+                                      dtype=jnp.bool_)
+    if self.mask_pad:
+      pad_mask = common.padding_mask_to_attention(mask)
+      attn_mask = pad_mask if attn_mask is None else attn_mask & pad_mask
+
+    x = common.Encoder(
+        depth=dims["depth"], mlp_dim=dims["mlp_dim"],
+        num_heads=dims["num_heads"], dropout=self.dropout, dtype=dtype,
+        remat=self.remat, act=self.act, name="Encoder_0",
+    )(x, attn_mask, not train)
+
+    if self.pool_type == "eot":
+      idx = last_valid_index(mask)
+      pooled = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+    elif self.pool_type == "last":
+      pooled = x[:, -1]
+    elif self.pool_type == "first":
+      pooled = x[:, 0]
+    elif self.pool_type == "mean":
+      w = mask.astype(jnp.float32)[:, :, None]
+      total = jnp.sum(x.astype(jnp.float32) * w, axis=1)
+      pooled = (total / jnp.maximum(jnp.sum(w, axis=1), 1.0)).astype(dtype)
+    else:  # map
+      pooled = common.MAPHead(
+          mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"], dtype=dtype,
+          act=self.act, name="MAPHead_0",
+      )(x, mask if self.mask_pad else None)
+
+    out = pooled
+    if self.num_classes:
+      out = nn.Dense(self.num_classes, dtype=dtype,
+                     kernel_init=common.head_init(width), name="head")(pooled)
+    return out, {"tokens": x, "pre_logits": pooled, "mask": mask}

@@ -1,0 +1,140 @@
+"""Two-tower image-text model (CLIP, SigLIP, LiT, ...), model "two_towers".
+
+Example:
+  >>> model = Model(image={"variant": "mu/8", "pool_type": "map"},
+  ...               text={"variant": "mu", "vocab_size": 1000, "max_len": 16},
+  ...               out_dim=32, bias_init=-10.0)
+  >>> params = init_params(model, jax.random.key(0), (1, 32, 32, 3), (1, 16))
+  >>> sorted(params)
+  ['b', 'img', 't', 'txt']
+  >>> image = jnp.zeros([4, 32, 32, 3]); text = jnp.ones([4, 16], jnp.int32)
+  >>> zimg, ztxt, aux = model.apply({"params": params}, image, text)
+  >>> zimg.shape, ztxt.shape, aux["t"].shape  # rows have unit L2 norm
+  ((4, 32), (4, 32), ())
+
+Parameter tree: `img` (a `vit.ViT`), `txt` (a
+`text_transformer.TextTransformer`), `t` (log temperature, f32 []) and, with
+`bias_init`, `b` (logit bias, f32 []). Regex rules such as `img/.*` select a
+whole tower.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from big_vl import registry
+from big_vl.models import text_transformer
+from big_vl.models import vit
+
+
+def _as_dict(cfg):
+  if cfg is None:
+    return {}
+  if hasattr(cfg, "to_dict"):  # ml_collections.ConfigDict
+    return cfg.to_dict()
+  return dict(cfg)
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+  """x / ||x|| along `axis`, in float32; a zero row stays zero (no NaN)."""
+  x = x.astype(jnp.float32)
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
+
+
+def _scalar_init(value):
+  def init(_):
+    return jnp.asarray(value, jnp.float32)
+  return init
+
+
+@registry.register("model", "two_towers")
+class Model(nn.Module):
+  """Image and text towers projected into one L2-normalised space.
+
+  Attributes:
+    image: kwargs for `vit.ViT` (e.g. {"variant": "B/16", "pool_type":
+      "map"}); `num_classes` is set to `out_dim`.
+    text: kwargs for `text_transformer.TextTransformer` (e.g. {"variant":
+      "B", "causal": True, "pool_type": "eot"}); `num_classes` is set to
+      `out_dim`.
+    out_dim: width of the shared embedding space (both towers end with a
+      projection Dense `head` of this width).
+    temperature_init: initial temperature; param `t` holds its log.
+    bias_init: initial logit bias (SigLIP: -10.0) stored as param `b`; None
+      means no `b` param.
+    dtype: compute dtype for both towers, unless a tower dict sets its own.
+  """
+  image: Any = None
+  text: Any = None
+  out_dim: int = 512
+  temperature_init: float = 10.0
+  bias_init: float | None = None
+  dtype: Any = "float32"
+
+  def _tower_kwargs(self, cfg, name):
+    kw = _as_dict(cfg)
+    if kw.get("num_classes") not in (None, self.out_dim):
+      raise ValueError(
+          f"two_towers: {name}.num_classes={kw['num_classes']} conflicts with "
+          f"out_dim={self.out_dim}; drop it from the {name} config.")
+    kw["num_classes"] = self.out_dim
+    kw.setdefault("dtype", self.dtype)
+    return kw
+
+  @nn.compact
+  def __call__(self, image, text, train=False):
+    """Embeds images and/or texts.
+
+    Args:
+      image: float [B, H, W, 3] or None.
+      text: int [B, L] token ids or None.
+      train: enables dropout (needs a "dropout" rng if any rate > 0).
+
+    Returns:
+      (zimg, ztxt, aux): zimg / ztxt are float32 [B, out_dim] with unit-norm
+      rows, or None where the input was None. aux holds "t" (exp of the log
+      temperature, f32 []), "t_log", "b" (with bias_init), and for each tower
+      run "img/tokens", "img/pre_logits" or "txt/tokens", "txt/pre_logits",
+      "txt/mask".
+    """
+    t = self.param("t", _scalar_init(np.log(self.temperature_init)))
+    aux = {"t": jnp.exp(t), "t_log": t}
+    if self.bias_init is not None:
+      aux["b"] = self.param("b", _scalar_init(self.bias_init))
+
+    zimg = ztxt = None
+    if image is not None:
+      img = vit.ViT(**self._tower_kwargs(self.image, "image"), name="img")
+      out, img_aux = img(image, train=train)
+      zimg = l2_normalize(out)
+      for k, v in img_aux.items():
+        aux[f"img/{k}"] = v
+    if text is not None:
+      txt = text_transformer.TextTransformer(
+          **self._tower_kwargs(self.text, "text"), name="txt")
+      out, txt_aux = txt(text, train=train)
+      ztxt = l2_normalize(out)
+      for k, v in txt_aux.items():
+        aux[f"txt/{k}"] = v
+    return zimg, ztxt, aux
+
+
+def init_params(model, rng, image_shape=None, text_shape=None):
+  """Initialises a two-tower model's params from input shapes.
+
+  Args:
+    model: a `Model`.
+    rng: a jax PRNG key.
+    image_shape: e.g. (1, 224, 224, 3), or None to skip the image tower.
+    text_shape: e.g. (1, 77), or None to skip the text tower.
+
+  Returns:
+    The params dict (a plain nested dict of float32 arrays).
+  """
+  image = None if image_shape is None else jnp.zeros(image_shape, jnp.float32)
+  text = None if text_shape is None else jnp.ones(text_shape, jnp.int32)
+  return jax.jit(model.init)(rng, image, text)["params"]

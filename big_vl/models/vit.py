@@ -1,0 +1,194 @@
+"""Vision Transformer (ViT) image tower.
+
+Example:
+  >>> model = ViT(variant="mu/8", pool_type="map", num_classes=32)
+  >>> image = jnp.zeros([2, 32, 32, 3], jnp.float32)
+  >>> params = model.init(jax.random.key(0), image)["params"]
+  >>> out, aux = model.apply({"params": params}, image)
+  >>> out.shape, aux["tokens"].shape, aux["pre_logits"].shape
+  ((2, 32), (2, 16, 64), (2, 64))
+
+Parameter tree (top level): `embedding` (patch Conv), `pos_embedding`
+(posemb="learn"), `cls` (pool_type="cls"), `pre_norm` (pre_norm=True),
+`Transformer/{encoderblock_0..depth-1, encoder_norm}`, `MAPHead_0`
+(pool_type="map"), `head` (num_classes set). The names match big_vision.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from big_vl.models import common
+
+POOL_TYPES = ("cls", "gap", "map")
+POSEMB_TYPES = ("learn", "sincos2d")
+
+
+def _pair(patch_size):
+  if isinstance(patch_size, int):
+    return (patch_size, patch_size)
+  ph, pw = patch_size
+  return (int(ph), int(pw))
+
+
+def resample_posemb(posemb, new_grid, old_grid=None):
+  """Resizes a learned position embedding to a new patch grid (bilinear).
+
+  Use it to run a model at a resolution other than the one it was initialised
+  (or trained) at: the "high-res fine-tuning" trick.
+
+  Args:
+    posemb: [1, N, D] array, N = old_h * old_w.
+    new_grid: int or (h, w), the target patch grid.
+    old_grid: int or (h, w) of `posemb`; None means square.
+
+  Returns:
+    [1, h * w, D] array of `posemb`'s dtype.
+
+  Example:
+    >>> resample_posemb(jnp.zeros([1, 16, 64]), 8).shape  # 4x4 -> 8x8 grid
+    (1, 64, 64)
+  """
+  _, n, d = posemb.shape
+  if old_grid is None:
+    side = int(round(np.sqrt(n)))
+    if side * side != n:
+      raise ValueError(f"posemb has {n} positions, not a square grid; give "
+                       "old_grid.")
+    old_grid = (side, side)
+  old_grid, new_grid = _pair(old_grid), _pair(new_grid)
+  if old_grid[0] * old_grid[1] != n:
+    raise ValueError(f"old_grid {old_grid} does not match {n} positions.")
+  if old_grid == new_grid:
+    return posemb
+  grid = jnp.reshape(posemb, (*old_grid, d)).astype(jnp.float32)
+  grid = jax.image.resize(grid, (*new_grid, d), method="bilinear")
+  return jnp.reshape(grid, (1, new_grid[0] * new_grid[1], d)).astype(
+      posemb.dtype)
+
+
+class ViT(nn.Module):
+  """Vision Transformer image encoder.
+
+  Attributes:
+    variant: "SIZE/PATCH" such as "B/16", "S/32", "mu/8" (see
+      `common.VARIANTS`); explicit dimensions below override it.
+    width: token width.
+    depth: number of transformer blocks.
+    mlp_dim: MLP hidden width.
+    num_heads: attention heads.
+    patch_size: int or (h, w) patch size; images must be divisible by it.
+    pool_type: "cls" (a learned class token, CLIP), "gap" (mean over patch
+      tokens) or "map" (attention pooling, SigLIP).
+    posemb: "learn" (learned, shape fixed by the init image size) or
+      "sincos2d" (fixed, any image size).
+    num_classes: if set, a final Dense named `head` to this width (the
+      projection in a two-tower model; normal(width**-0.5) init).
+    dropout: dropout rate (embeddings and every block); needs a "dropout" rng
+      when > 0 and train=True.
+    dtype: compute dtype name ("float32" or "bfloat16"); params stay float32.
+    remat: rematerialise each block (less memory, more compute).
+    act: MLP activation: "gelu" (tanh approx.), "gelu_exact", "quick_gelu".
+    pre_norm: LayerNorm on the embedded tokens before the blocks (CLIP's
+      `ln_pre`), named `pre_norm`.
+  """
+  variant: str | None = None
+  width: int | None = None
+  depth: int | None = None
+  mlp_dim: int | None = None
+  num_heads: int | None = None
+  patch_size: Any = None
+  pool_type: str = "gap"
+  posemb: str = "learn"
+  num_classes: int | None = None
+  dropout: float = 0.0
+  dtype: Any = "float32"
+  remat: bool = False
+  act: str = "gelu"
+  pre_norm: bool = False
+
+  def dims(self):
+    """The resolved {width, depth, mlp_dim, num_heads, patch_size}."""
+    return common.resolve_dims(
+        "ViT", self.variant,
+        names=common.DIM_NAMES + ("patch_size",),
+        width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
+        num_heads=self.num_heads, patch_size=self.patch_size)
+
+  @nn.compact
+  def __call__(self, image, *, train=False):
+    """Encodes images.
+
+    Args:
+      image: float [B, H, W, 3]; H and W divisible by the patch size.
+      train: enables dropout.
+
+    Returns:
+      (out, aux): out is [B, num_classes] (or [B, width] without a head) in
+      the compute dtype; aux = {"tokens": [B, N, width] final-LayerNorm
+      patch tokens (N = H*W/patch**2; the class token is not included),
+      "pre_logits": [B, width] pooled features}.
+    """
+    if self.pool_type not in POOL_TYPES:
+      raise ValueError(f"ViT: unknown pool_type {self.pool_type!r}; known: "
+                       f"{POOL_TYPES}.")
+    if self.posemb not in POSEMB_TYPES:
+      raise ValueError(f"ViT: unknown posemb {self.posemb!r}; known: "
+                       f"{POSEMB_TYPES}.")
+    dims = self.dims()
+    width, patch = dims["width"], _pair(dims["patch_size"])
+    dtype = common.get_dtype(self.dtype)
+    if image.ndim != 4:
+      raise ValueError(f"ViT expects images [B, H, W, C], got {image.shape}.")
+    n, h_img, w_img, _ = image.shape
+    if h_img % patch[0] or w_img % patch[1]:
+      raise ValueError(
+          f"ViT: image size {h_img}x{w_img} is not divisible by the patch "
+          f"size {patch[0]}x{patch[1]}.")
+
+    x = nn.Conv(width, patch, strides=patch, padding="VALID", dtype=dtype,
+                name="embedding")(image.astype(dtype))
+    _, h, w, _ = x.shape
+    x = jnp.reshape(x, (n, h * w, width))
+
+    if self.posemb == "learn":
+      pe = self.param("pos_embedding",
+                      nn.initializers.normal(stddev=1 / np.sqrt(width)),
+                      (1, h * w, width), jnp.float32)
+    else:
+      pe = common.posemb_sincos_2d(h, w, width)
+    x = x + pe.astype(dtype)
+
+    if self.pool_type == "cls":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, width),
+                       jnp.float32)
+      x = jnp.concatenate([jnp.tile(cls.astype(dtype), (n, 1, 1)), x], axis=1)
+
+    if self.pre_norm:
+      x = nn.LayerNorm(dtype=dtype, name="pre_norm")(x)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+
+    x = common.Encoder(
+        depth=dims["depth"], mlp_dim=dims["mlp_dim"],
+        num_heads=dims["num_heads"], dropout=self.dropout, dtype=dtype,
+        remat=self.remat, act=self.act, name="Transformer",
+    )(x, None, not train)
+
+    if self.pool_type == "cls":
+      pooled, tokens = x[:, 0], x[:, 1:]
+    elif self.pool_type == "gap":
+      pooled, tokens = jnp.mean(x, axis=1), x
+    else:  # map
+      pooled = common.MAPHead(
+          mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"], dtype=dtype,
+          act=self.act, name="MAPHead_0")(x)
+      tokens = x
+
+    out = pooled
+    if self.num_classes:
+      out = nn.Dense(self.num_classes, dtype=dtype,
+                     kernel_init=common.head_init(width), name="head")(pooled)
+    return out, {"tokens": tokens, "pre_logits": pooled}

@@ -1,0 +1,91 @@
+"""Pictures of a run: training curves and retrieval examples, as PNGs.
+
+    plot_curves(rows, "workdir/curves.png")      # rows from metrics.jsonl
+    plot_retrieval(queries, images, scores, "workdir/retrieval.png")
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+
+
+def plot_curves(rows, path, train_keys=("train/loss",)):
+  """Plots training loss and every eval metric over steps.
+
+  Args:
+    rows: metric rows (dicts with "step"), e.g. `metrics.read_jsonl(...)`.
+    path: output PNG path.
+    train_keys: train metrics drawn in the first panel.
+  """
+  eval_keys = sorted({k for r in rows for k in r
+                      if "/" in k and not k.startswith(("train/", "data/"))})
+  panels = [("training", list(train_keys))]
+  groups = {}
+  for k in eval_keys:
+    groups.setdefault(k.rsplit("/", 1)[0], []).append(k)
+  panels += sorted(groups.items())
+  cols = min(len(panels), 3)
+  nrows = math.ceil(len(panels) / cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows),
+                           squeeze=False)
+  for ax, (title, keys) in zip(axes.flat, panels):
+    for k in keys:
+      pts = [(r["step"], r[k]) for r in rows if k in r]
+      if pts:
+        steps, values = zip(*pts)
+        ax.plot(steps, values, marker="o" if len(pts) < 30 else None,
+                markersize=3, label=k.rsplit("/", 1)[-1])
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if keys:
+      ax.legend(fontsize=8)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_retrieval(queries, images, scores, path, correct=None):
+  """Shows text queries with their top retrieved images.
+
+  Args:
+    queries: list of Q query strings.
+    images: uint8 or float images [Q, K, H, W, 3] (float in [-1, 1] or
+      [0, 1]), the top-K retrieved per query, best first.
+    scores: [Q, K] similarity scores.
+    path: output PNG path.
+    correct: optional bool [Q, K]: retrieved image matches the query
+      (drawn as a green or red frame).
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    lo = -1.0 if images.min() < 0 else 0.0
+    images = np.clip((images - lo) / (1.0 - lo), 0, 1)
+  q, k = images.shape[:2]
+  fig, axes = plt.subplots(q, k + 1, figsize=(1.6 * (k + 1) + 2.4, 1.7 * q),
+                           squeeze=False,
+                           gridspec_kw={"width_ratios": [3] + [1] * k})
+  for i in range(q):
+    axes[i, 0].text(0.98, 0.5, queries[i], ha="right", va="center",
+                    fontsize=9, wrap=True)
+    axes[i, 0].axis("off")
+    for j in range(k):
+      ax = axes[i, j + 1]
+      ax.imshow(images[i, j], interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_title(f"{scores[i][j]:.2f}", fontsize=7)
+      if correct is not None:
+        colour = "tab:green" if correct[i][j] else "tab:red"
+        for spine in ax.spines.values():
+          spine.set_edgecolor(colour)
+          spine.set_linewidth(3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,191 @@
+"""Meshes from configs, regex -> PartitionSpec rules, global batch assembly.
+
+A config names its mesh as a list of (axis, size) pairs; one size may be -1
+and takes the remaining devices:
+
+    config.mesh = [("data", -1)]                 # pure data parallel
+    config.mesh = [("data", 2), ("fsdp", 4)]     # 2-way DP x 4-way FSDP
+
+The batch is split over every data-like axis (`BATCH_AXES` present in the
+mesh). Parameters and optimiser state are placed by regex rules over their
+path names, first match wins, default "replicate":
+
+    config.sharding_rules = [("img/.*", "fsdp"), (".*", "replicate")]
+
+A rule's pattern matches a whole trailing part of a leaf's path, so `img/.*`
+matches `params/img/head/kernel` and the Adam moments `opt/0/mu/img/...`.
+Rules: "replicate"; "fsdp" (split the largest dimension that the `fsdp` axis
+divides, replicate if none does); or a tuple of axis names / None per
+dimension, e.g. `(None, "fsdp")`.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+# Mesh axes the batch is split over, in this order, when present.
+BATCH_AXES = ("replica", "data", "fsdp")
+
+
+def make_mesh(mesh_config, devices=None):
+  """Builds a `jax.sharding.Mesh` from `[(axis, size), ...]`.
+
+  Args:
+    mesh_config: sequence of (name, size) pairs; at most one size is -1.
+    devices: devices to use (default: all of `jax.devices()`).
+
+  Returns:
+    A Mesh with Auto axis types (linen models and sharding rules).
+
+  Raises:
+    ValueError: if the sizes do not multiply to the device count.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  names = tuple(str(name) for name, _ in mesh_config)
+  sizes = [int(size) for _, size in mesh_config]
+  if not names:
+    raise ValueError("config.mesh is empty; use e.g. [('data', -1)].")
+  if sizes.count(-1) > 1:
+    raise ValueError(f"Only one mesh axis may have size -1: {mesh_config}.")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(
+          f"Mesh {mesh_config} does not divide the {len(devices)} devices: "
+          f"the fixed axes multiply to {known}.")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(
+        f"Mesh {list(zip(names, sizes))} needs {int(np.prod(sizes))} devices "
+        f"but {len(devices)} are available; change config.mesh.")
+  return jax.make_mesh(tuple(sizes), names, devices=devices,
+                       axis_types=(AxisType.Auto,) * len(names))
+
+
+def batch_axes(mesh):
+  """The mesh axes the batch dimension is split over."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def batch_size_divisor(mesh):
+  """How many ways the global batch is split (it must divide the batch)."""
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
+
+
+def batch_sharding(mesh):
+  """NamedSharding of a batch leaf: dimension 0 over the batch axes."""
+  return NamedSharding(mesh, P(batch_axes(mesh)))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def _spec_for(rule, shape, mesh, path):
+  if rule == "replicate":
+    return P()
+  if rule == "fsdp":
+    if "fsdp" not in mesh.axis_names:
+      return P()
+    n = mesh.shape["fsdp"]
+    # Largest dimension that n divides; ties go to the last dimension.
+    best = None
+    for dim in range(len(shape)):
+      if shape[dim] % n == 0 and shape[dim] >= n:
+        if best is None or shape[dim] >= shape[best]:
+          best = dim
+    if best is None:
+      return P()
+    spec = [None] * len(shape)
+    spec[best] = "fsdp"
+    return P(*spec)
+  if isinstance(rule, (tuple, list)):
+    if len(rule) != len(shape):
+      raise ValueError(
+          f"Sharding rule {rule} has {len(rule)} entries but {path} has shape "
+          f"{shape}.")
+    for axis in rule:
+      if axis is not None and axis not in mesh.axis_names:
+        raise ValueError(f"Sharding rule {rule} names axis {axis!r} that the "
+                         f"mesh {mesh.axis_names} lacks.")
+    return P(*rule)
+  raise ValueError(f"Unknown sharding rule {rule!r} for {path}; use "
+                   "'replicate', 'fsdp' or a tuple of axis names.")
+
+
+def tree_paths(tree):
+  """Pytree of '/'-joined path strings, same structure as `tree`."""
+  def name(path):
+    parts = []
+    for k in path:
+      for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+          parts.append(str(getattr(k, attr)))
+          break
+      else:
+        parts.append(str(k))
+    return "/".join(parts)
+  return jax.tree_util.tree_map_with_path(lambda p, _: name(p), tree)
+
+
+def match_rules(rules, path):
+  """Returns the first rule value whose regex matches a trailing part of path.
+
+  Args:
+    rules: sequence of (regex, value).
+    path: a '/'-joined leaf path, e.g. "params/img/head/kernel".
+
+  Returns:
+    The value of the first matching rule, or None.
+  """
+  for pattern, value in rules:
+    if re.search(f"(?:^|/)(?:{pattern})$", path):
+      return value
+  return None
+
+
+def tree_shardings(tree, mesh, rules):
+  """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs).
+
+  Args:
+    tree: pytree of arrays / ShapeDtypeStructs (e.g. from `jax.eval_shape`).
+    mesh: the Mesh.
+    rules: sequence of (regex, rule); unmatched leaves are replicated.
+
+  Returns:
+    A pytree of NamedSharding with the structure of `tree`.
+  """
+  paths = tree_paths(tree)
+
+  def one(path, leaf):
+    rule = match_rules(rules, path)
+    shape = tuple(getattr(leaf, "shape", ()))
+    return NamedSharding(mesh, _spec_for(rule or "replicate", shape, mesh,
+                                         path))
+
+  return jax.tree.map(one, paths, tree)
+
+
+def to_global(batch, mesh):
+  """Assembles this process's part of a batch into global sharded arrays.
+
+  Args:
+    batch: dict of numpy arrays, each `[B_local, ...]`, B_local being the
+      global batch divided by the number of processes.
+    mesh: the Mesh; dimension 0 is split over `batch_axes(mesh)`.
+
+  Returns:
+    A dict of jax.Arrays of global shape `[B_global, ...]`.
+  """
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      batch)
+
+
+def global_scalar(value, mesh, dtype=jnp.int32):
+  """A replicated global jax.Array scalar (every checkpoint leaf must be one)."""
+  return jax.device_put(jnp.asarray(value, dtype), replicated(mesh))

@@ -1,0 +1,383 @@
+r"""The trainer: config -> data -> sharded state -> jitted step -> ckpt/eval.
+
+One trainer serves every method; methods differ by config only.
+
+    python -m big_vl.train --config=configs/demo.py:runlocal \
+        --workdir=/tmp/demo [--config.lr=1e-3 ...]
+
+A workdir that already holds a checkpoint is resumed from it. Outputs:
+  workdir/config.json      the resolved config
+  workdir/metrics.jsonl    one JSON row per logged step / evaluation
+  workdir/tb/              TensorBoard event files
+  workdir/checkpoints/     Orbax checkpoints (state, data position, meta)
+  workdir/curves.png       loss and eval metrics over steps
+  workdir/retrieval.png    text queries and their top retrieved images
+"""
+
+import functools
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from big_vl import checkpoint as ckpt_lib
+from big_vl import config as config_lib
+from big_vl import metrics as metrics_lib
+from big_vl import optim
+from big_vl import plots
+from big_vl import registry
+from big_vl import sharding
+from big_vl.data import pipeline
+from big_vl.data import pp as pp_lib
+from big_vl.data import sources
+
+# Keys the trainer reads; anything else in a config is a typo and an error.
+KNOWN_KEYS = {
+    "seed", "mesh", "sharding_rules", "input", "model_name", "model", "loss",
+    "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
+    "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
+    *(f"{p}_{u}" for p in ("total", "warmup", "log", "ckpt")
+      for u in ("steps", "epochs", "examples")),
+}
+KNOWN_INPUT_KEYS = {"data", "split", "data_dir", "batch_size", "pp",
+                    "workers", "read_threads", "shuffle"}
+EVAL_META_KEYS = {"type", "every"}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a train step produces a NaN/inf loss, gradient or params."""
+
+
+def check_config(config):
+  """Checks the config's keys before anything expensive starts."""
+  config_lib.check_keys(config, KNOWN_KEYS)
+  config_lib.check_keys(config.input, KNOWN_INPUT_KEYS, "config.input")
+  for name, block in (config.get("evals", None) or {}).items():
+    kind = block.get("type", name)
+    if kind not in registry.names("evaluator"):
+      raise ValueError(f"config.evals.{name}: unknown evaluator type "
+                       f"{kind!r}; known: {registry.names('evaluator')}.")
+
+
+def _example_shapes(source, pp_fn, tries=16):
+  """Shapes of one preprocessed example (to initialise the model)."""
+  for i in range(min(tries, len(source))):
+    try:
+      ex = pp_fn(source[i], np.random.default_rng(0))
+    except pp_lib.CorruptRecordError:
+      continue
+    return ex
+  raise ValueError(f"None of the first {tries} training records could be "
+                   "preprocessed; check config.input.pp.")
+
+
+def make_model(config):
+  return registry.get("model", config.get("model_name", "two_towers"))(
+      **config.model.to_dict())
+
+
+def make_loss(config):
+  options = dict(config.loss)
+  name = options.pop("name")
+  return functools.partial(registry.get("loss", name), **options)
+
+
+def make_predict_fn(model):
+  """`(params, image=None, text=None) -> (zimg, ztxt, aux)` for evaluators."""
+  def predict_fn(params, image=None, text=None):
+    return model.apply({"params": params}, image, text, train=False)
+  return predict_fn
+
+
+def make_evaluators(config, model, mesh):
+  """[(name, every_steps or None, evaluator)] from config.evals."""
+  evaluators = []
+  predict_fn = make_predict_fn(model)
+  for name, block in (config.get("evals", None) or {}).items():
+    block = dict(block)
+    kind = block.pop("type", name)
+    every = block.pop("every", None)
+    ev = registry.get("evaluator", kind)(predict_fn, mesh=mesh, **block)
+    evaluators.append((name, every, ev))
+  return evaluators
+
+
+def make_train_step(model, loss_fn, tx, schedule, mesh, frozen):
+  """The pure train step `(state, batch) -> (state, metrics)`."""
+
+  def train_step(state, batch):
+    step_rng = jax.random.fold_in(state["rng"], state["step"])
+
+    def loss_of(params):
+      zimg, ztxt, aux = model.apply({"params": params}, batch["image"],
+                                    batch["text"], train=True,
+                                    rngs={"dropout": step_rng})
+      loss, metrics = loss_fn(zimg, ztxt, aux, mesh=mesh)
+      return loss, (metrics, aux)
+
+    (loss, (loss_metrics, aux)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optim.trainable_global_norm(grads, frozen)
+    param_norm = optax.tree.norm(params)
+    metrics = {
+        "train/loss": loss,
+        "train/lr": schedule(state["step"]),
+        "train/grad_norm": grad_norm,
+        "train/param_norm": param_norm,
+        "train/temperature": aux["t"],
+        "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                   & jnp.isfinite(param_norm)),
+    }
+    if "b" in aux:
+      metrics["train/bias"] = aux["b"]
+    metrics.update({f"train/{k}": v for k, v in loss_metrics.items()})
+    new_state = {"params": params, "opt": opt, "step": state["step"] + 1,
+                 "rng": state["rng"]}
+    return new_state, metrics
+
+  return train_step
+
+
+def _per_process_batch(global_batch, mesh):
+  div = sharding.batch_size_divisor(mesh)
+  if global_batch % div:
+    raise ValueError(
+        f"config.input.batch_size={global_batch} is not divisible by the "
+        f"{div} data shards of the mesh {dict(mesh.shape)}; change the batch "
+        "size or config.mesh.")
+  if global_batch % jax.process_count():
+    raise ValueError(f"config.input.batch_size={global_batch} is not "
+                     f"divisible by {jax.process_count()} processes.")
+  return global_batch // jax.process_count()
+
+
+def _run_evals(evaluators, params, step, writer, final=False):
+  results = {}
+  for name, every, ev in evaluators:
+    if final or (every and step % every == 0):
+      t0 = time.time()
+      for key, value in ev.run(params):
+        results[key] = value
+      results[f"eval_time/{name}"] = time.time() - t0
+  if results:
+    writer.write(step, results)
+  return results
+
+
+def train(config, workdir, *, devices=None, stop_after_steps=None):
+  """Trains (or resumes) a run described by `config` in `workdir`.
+
+  Args:
+    config: the run's ConfigDict (see configs/*.py).
+    workdir: output directory; a checkpoint in it is resumed.
+    devices: devices for the mesh (default: all).
+    stop_after_steps: stop (with a checkpoint) after this many steps in this
+      call, as a preemption would; the next call resumes.
+
+  Returns:
+    dict with "step" (last step done), "losses" ({step: loss} of this call)
+    and "final" (metrics of the final evaluation, if the run finished).
+  """
+  check_config(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  mesh = sharding.make_mesh(config.mesh, devices)
+  seed = config.get("seed", 0)
+
+  # Data.
+  inp = config.input
+  train_source = sources.get(inp.data, split=inp.get("split", "train"),
+                             data_dir=inp.get("data_dir", None))
+  global_batch = inp.batch_size
+  local_batch = _per_process_batch(global_batch, mesh)
+  num_examples = len(train_source)
+  total = config_lib.get_steps("total", config, num_examples=num_examples,
+                               batch_size=global_batch)
+  warmup = config_lib.get_steps("warmup", config, num_examples=num_examples,
+                                batch_size=global_batch, default=0)
+  log_every = config_lib.get_steps("log", config, num_examples=num_examples,
+                                   batch_size=global_batch, default=50)
+  ckpt_every = config_lib.get_steps("ckpt", config, num_examples=num_examples,
+                                    batch_size=global_batch, default=total)
+  it = pipeline.make_train_iterator(
+      train_source, pp=inp.pp, batch_size=local_batch, seed=seed,
+      shuffle=inp.get("shuffle", True), workers=inp.get("workers", 0),
+      read_threads=inp.get("read_threads", 4))
+  example = _example_shapes(train_source, pp_lib.build(inp.pp))
+
+  # Model, loss, optimiser.
+  model = make_model(config)
+  loss_fn = make_loss(config)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  image0 = jnp.zeros((1, *np.shape(example["image"])), jnp.float32)
+  text0 = jnp.zeros((1, *np.shape(example["text"])), jnp.int32)
+  init_params = lambda rng: model.init({"params": rng}, image0, text0)[
+      "params"]
+  abstract_params = jax.eval_shape(init_params, init_rng)
+  tx, schedule = optim.make(config, abstract_params, total, warmup)
+  frozen = optim.frozen_mask(config, abstract_params)
+
+  def init_state(rng):
+    params = init_params(rng)
+    return {"params": params, "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  rules = config.get("sharding_rules", None) or ()
+  state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
+  checkpointer = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      max_to_keep=config.get("keep_ckpts", 2))
+  start = checkpointer.latest_step()
+  skipped = 0
+  if start is not None:
+    _log(f"Resuming from step {start} in {workdir}")
+    state, meta = checkpointer.restore(
+        start, ckpt_lib.abstract_with_shardings(abstract_state,
+                                                state_shardings),
+        data_iter=it)
+    skipped = int(meta.get("skipped", 0))
+  else:
+    start = 0
+    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      abstract_params))
+  _log(f"Model {config.get('model_name', 'two_towers')}: "
+       f"{n_params / 1e6:.2f}M params; mesh {dict(mesh.shape)}; {total} steps "
+       f"of {global_batch} examples ({total * global_batch / num_examples:.2f} "
+       f"epochs of {num_examples}); workdir {workdir}")
+
+  train_step = jax.jit(
+      make_train_step(model, loss_fn, tx, schedule, mesh, frozen),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+  evaluators = make_evaluators(config, model, mesh)
+  name = config.get("retrieval_png", "retrieval")
+  for ev_name, _, ev in evaluators:
+    if ev_name == name and hasattr(ev, "keep_images"):
+      ev.keep_images = True
+  writer = metrics_lib.MetricWriter(workdir, is_main=is_main)
+
+  def save(step):
+    checkpointer.save(step, state, data_iter=it,
+                      meta={"skipped": skipped, "config": json.loads(
+                          config.to_json_best_effort())})
+
+  losses = {}
+  step = start
+  done_this_call = 0
+  bar = metrics_lib.progress_bar(total, initial=start, is_main=is_main)
+  t_log, examples_since_log = time.time(), 0
+  try:
+    while step < total:
+      batch = next(it)
+      skipped += int(np.sum(batch.pop(pipeline.SKIPPED_KEY)))
+      state, step_metrics = train_step(state, sharding.to_global(batch, mesh))
+      step += 1
+      done_this_call += 1
+      examples_since_log += global_batch
+      step_metrics = jax.device_get(step_metrics)
+      loss = float(step_metrics["train/loss"])
+      losses[step] = loss
+      if not bool(step_metrics.pop("finite")):
+        last = checkpointer.latest_step()
+        raise NonFiniteLossError(
+            f"Non-finite training at step {step}: loss={loss}, grad_norm="
+            f"{float(step_metrics['train/grad_norm'])}, param_norm="
+            f"{float(step_metrics['train/param_norm'])}. The run stopped "
+            f"without saving; the last good checkpoint is step {last} in "
+            f"{checkpointer.directory}. Lower config.lr, add warm-up or "
+            "gradient clipping (config.grad_clip_norm), or check the data.")
+      bar.update(1)
+      bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+      if step % log_every == 0 or step == total:
+        dt = time.time() - t_log
+        step_metrics["train/examples_per_sec"] = examples_since_log / max(
+            dt, 1e-9)
+        step_metrics["data/skipped"] = skipped
+        step_metrics["train/epoch"] = step * global_batch / num_examples
+        writer.write(step, step_metrics, console=False)
+        t_log, examples_since_log = time.time(), 0
+      final = step == total
+      if step % ckpt_every == 0 or final:
+        save(step)
+      if not final:
+        _run_evals(evaluators, state["params"], step, writer)
+      if stop_after_steps is not None and done_this_call >= stop_after_steps \
+          and not final:
+        if checkpointer.latest_step() != step:
+          save(step)
+        _log(f"Stopping at step {step} (stop_after_steps); rerun to resume.")
+        break
+  finally:
+    bar.close()
+    checkpointer.wait()
+
+  result = {"step": step, "losses": losses, "final": None}
+  if step == total:
+    result["final"] = _run_evals(evaluators, state["params"], step, writer,
+                                 final=True)
+    if is_main:
+      rows = metrics_lib.read_jsonl(writer.path)
+      plots.plot_curves(rows, os.path.join(workdir, "curves.png"))
+      for ev_name, _, ev in evaluators:
+        if ev_name == name and getattr(ev, "last", None) is not None:
+          ev.plot_examples(os.path.join(workdir, "retrieval.png"),
+                           registry.get("tokenizer", "clip_bpe")())
+    _log_summary(result["final"], skipped)
+  writer.close()
+  checkpointer.close()
+  return result
+
+
+def _log_summary(final, skipped):
+  lines = [f"  {k} = {v:.4f}" for k, v in sorted(final.items())
+           if not k.startswith("eval_time/")]
+  _log("Final evaluation:\n" + "\n".join(lines) +
+       f"\n  data/skipped = {skipped}")
+
+
+def _log(message):
+  """Prints a progress message on process 0 (absl logs carry the details)."""
+  logging.info(message)
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/demo.py:runlocal.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after_steps", None, "Stop (checkpointing) after this many steps.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("--config and --workdir are required.")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+  train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

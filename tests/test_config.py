@@ -1,0 +1,81 @@
+"""Config parsing, durations and key checks."""
+
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from big_vl import config as config_lib
+from big_vl import train
+
+
+def test_parse_arg_types_and_flags():
+  arg = config_lib.parse_arg("variant=S/32,batch=64,runlocal,lr=3e-4",
+                             variant="B/16", batch=32768, runlocal=False,
+                             lr=1e-3)
+  assert (arg.variant, arg.batch, arg.runlocal, arg.lr) == ("S/32", 64, True,
+                                                            3e-4)
+  assert config_lib.parse_arg(None, a=1).a == 1
+  assert config_lib.parse_arg("flag=false", flag=True).flag is False
+
+
+def test_parse_arg_errors_name_the_key():
+  with pytest.raises(ValueError, match="Unknown config arg 'bacth'"):
+    config_lib.parse_arg("bacth=3", batch=1)
+  with pytest.raises(ValueError, match="'batch' expects a int"):
+    config_lib.parse_arg("batch=big", batch=1)
+
+
+def test_durations_steps_epochs_examples():
+  c = ml_collections.ConfigDict({"total_epochs": 2.0})
+  assert config_lib.get_steps("total", c, num_examples=1000,
+                              batch_size=100) == 20
+  c = ml_collections.ConfigDict({"total_examples": 250})
+  assert config_lib.get_steps("total", c, batch_size=100) == 2
+  c = ml_collections.ConfigDict({"warmup_steps": 7})
+  assert config_lib.get_steps("warmup", c) == 7
+  assert config_lib.get_steps("log", c, default=50) == 50
+  c = ml_collections.ConfigDict({"total_steps": 1, "total_epochs": 1})
+  with pytest.raises(ValueError, match="only one"):
+    config_lib.get_steps("total", c, num_examples=1, batch_size=1)
+
+
+@pytest.mark.parametrize("name", ["demo", "clip", "siglip"])
+@pytest.mark.parametrize("runlocal", [False, True])
+def test_configs_load_and_check(name, runlocal):
+  module = config_lib.load_config_module(f"configs/{name}.py")
+  config = module.get_config("runlocal" if runlocal else None)
+  train.check_config(config)
+  assert config.input.batch_size > 0
+  if runlocal:
+    assert config.total_steps <= 100
+    assert config.input.data == config_lib.DEMO_DATA
+
+
+def test_unknown_key_in_config_is_named():
+  module = config_lib.load_config_module("configs/demo.py")
+  config = module.get_config("runlocal")
+  config.warmup_step = 10  # Typo of warmup_steps.
+  with pytest.raises(ValueError, match=r"config\.warmup_step\b.*warmup_steps"):
+    train.check_config(config)
+  config = module.get_config("runlocal")
+  config.input.batchsize = 3
+  with pytest.raises(ValueError, match=r"config\.input\.batchsize"):
+    train.check_config(config)
+
+
+def test_cli_rejects_unknown_override(tmp_path):
+  """`--config.nope=1` on the command line fails naming the key."""
+  result = subprocess.run(
+      [sys.executable, "-m", "big_vl.train", "--config=configs/demo.py:runlocal",
+       f"--workdir={tmp_path}", "--config.learning_rate=0.1"],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "learning_rate" in result.stderr
+  result = subprocess.run(
+      [sys.executable, "-m", "big_vl.train", "--config=configs/demo.py:runlocal",
+       f"--workdir={tmp_path}", "--config.lr=fast"],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "lr" in result.stderr and "fast" in result.stderr

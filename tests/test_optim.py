@@ -1,0 +1,80 @@
+"""The optax chain: schedules, weight-decay rules, frozen params, lr rules."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from big_vl import optim
+
+
+def _params():
+  return {"img": {"head": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))},
+                  "LayerNorm_0": {"scale": jnp.ones((3,))}},
+          "txt": {"Embed_0": {"embedding": jnp.ones((4, 3))}},
+          "t": jnp.full((), 2.0, jnp.float32)}
+
+
+def _config(**kw):
+  base = dict(lr=0.1, wd=0.0, schedule=dict(name="constant"),
+              optim=dict(name="adamw"))
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def test_warmup_then_cosine_schedule():
+  config = _config(schedule=dict(name="cosine"))
+  _, sched = optim.make(config, _params(), total_steps=110, warmup_steps=10)
+  np.testing.assert_allclose(sched(0), 0.0)
+  np.testing.assert_allclose(sched(5), 0.05, rtol=1e-6)
+  np.testing.assert_allclose(sched(10), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(sched(60), 0.05, rtol=1e-5)  # cosine midpoint
+  np.testing.assert_allclose(sched(110), 0.0, atol=1e-7)
+  _, rsqrt = optim.make(_config(schedule=dict(name="rsqrt", timescale=100)),
+                        _params(), 1000, 0)
+  np.testing.assert_allclose(rsqrt(300), 0.1 / 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="Unknown schedule"):
+    optim.make(_config(schedule=dict(name="steps")), _params(), 10, 0)
+
+
+def _one_update(config, grads_value=0.0):
+  params = _params()
+  tx, _ = optim.make(config, params, 100, 0)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, grads_value), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return updates
+
+
+def test_weight_decay_only_on_kernels_and_embeddings():
+  # Zero gradient: the update is pure decay -lr * wd * p (coupled).
+  up = _one_update(_config(wd=0.5, wd_mode="coupled"))
+  np.testing.assert_allclose(up["img"]["head"]["kernel"], -0.1 * 0.5)
+  np.testing.assert_allclose(up["txt"]["Embed_0"]["embedding"], -0.05)
+  np.testing.assert_allclose(up["img"]["head"]["bias"], 0.0)
+  np.testing.assert_allclose(up["img"]["LayerNorm_0"]["scale"], 0.0)
+  np.testing.assert_allclose(up["t"], 0.0)
+  # Decoupled: -(lr_t / lr) * wd * p, independent of the lr's size.
+  up = _one_update(_config(wd=0.5, wd_mode="decoupled"))
+  np.testing.assert_allclose(up["img"]["head"]["kernel"], -0.5)
+
+
+def test_frozen_params_never_move_and_lr_rules_scale():
+  config = _config(frozen=["img/.*"], lr_rules=[("txt/.*", 0.5)])
+  up = _one_update(config, grads_value=1.0)
+  for leaf in jax.tree.leaves(up["img"]):
+    np.testing.assert_array_equal(leaf, 0.0)
+  # Adam's first step is -lr * sign(g): 0.1, halved for txt by the lr rule.
+  np.testing.assert_allclose(up["txt"]["Embed_0"]["embedding"], -0.05,
+                             rtol=1e-5)
+  np.testing.assert_allclose(up["t"], -0.1, rtol=1e-5)
+
+
+def test_grad_clipping_ignores_frozen_params():
+  params = _params()
+  frozen = optim.frozen_mask(_config(frozen=["img/.*"]), params)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), params)
+  norm = optim.trainable_global_norm(grads, frozen)
+  np.testing.assert_allclose(norm, 3.0 * np.sqrt(12 + 1), rtol=1e-6)
+  assert optax.tree.norm(grads) > norm

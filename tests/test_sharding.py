@@ -1,0 +1,65 @@
+"""Meshes, regex sharding rules and global batch assembly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from big_vl import sharding
+
+
+def test_make_mesh_fills_minus_one():
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", -1)])
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+  assert sharding.batch_axes(mesh) == ("data", "fsdp")
+  assert sharding.batch_size_divisor(mesh) == 8
+
+
+def test_make_mesh_errors_say_what_to_change():
+  with pytest.raises(ValueError, match="does not divide the 8 devices"):
+    sharding.make_mesh([("data", 3), ("fsdp", -1)])
+  with pytest.raises(ValueError, match="needs 6 devices but 8"):
+    sharding.make_mesh([("data", 2), ("fsdp", 3)])
+
+
+def test_rules_first_match_wins_and_fsdp_picks_largest_divisible_dim():
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 4)])
+  tree = {"params": {"img": {"head": {"kernel": jnp.zeros((6, 16)),
+                                      "bias": jnp.zeros((16,))},
+                             "odd": jnp.zeros((3, 5))},
+                     "txt": {"embedding": jnp.zeros((40, 8))},
+                     "t": jnp.zeros(())},
+          "opt": {"mu": {"img": {"head": {"kernel": jnp.zeros((6, 16))}}}}}
+  rules = [("txt/.*", "replicate"), (".*", "fsdp")]
+  s = sharding.tree_shardings(tree, mesh, rules)
+  assert s["params"]["img"]["head"]["kernel"].spec == P(None, "fsdp")
+  assert s["params"]["img"]["head"]["bias"].spec == P("fsdp")
+  assert s["params"]["img"]["odd"].spec == P()  # Nothing divisible by 4.
+  assert s["params"]["txt"]["embedding"].spec == P()
+  assert s["params"]["t"].spec == P()
+  # Optimiser moments follow their parameter's rule through the path suffix.
+  assert s["opt"]["mu"]["img"]["head"]["kernel"].spec == P(None, "fsdp")
+  explicit = sharding.tree_shardings(tree, mesh, [(".*kernel", ("fsdp", None))])
+  assert explicit["params"]["img"]["head"]["kernel"].spec == P("fsdp", None)
+  with pytest.raises(ValueError, match="axis 'model'"):
+    sharding.tree_shardings(tree, mesh, [(".*kernel", ("model", None))])
+
+
+def test_match_rules_anchors_on_path_components():
+  rules = [("img/.*", "a"), ("t", "b")]
+  assert sharding.match_rules(rules, "params/img/x/kernel") == "a"
+  assert sharding.match_rules(rules, "params/t") == "b"
+  assert sharding.match_rules(rules, "params/txt/x") is None  # not "t" alone
+  assert sharding.match_rules(rules, "params/myimg/x") is None
+
+
+def test_to_global_splits_batch_over_data_axes():
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 4)])
+  batch = {"image": np.arange(16 * 3, dtype=np.float32).reshape(16, 3)}
+  g = sharding.to_global(batch, mesh)["image"]
+  assert g.shape == (16, 3)
+  assert g.sharding.spec == P(("data", "fsdp"))
+  np.testing.assert_array_equal(np.asarray(g), batch["image"])
+  shard_rows = sorted(s.data.shape[0] for s in g.addressable_shards)
+  assert shard_rows == [2] * 8
