@@ -5,6 +5,7 @@
 """
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -21,8 +22,8 @@ def plot_curves(rows, path, train_keys=("train/loss",)):
     path: output PNG path.
     train_keys: train metrics drawn in the first panel.
   """
-  eval_keys = sorted({k for r in rows for k in r
-                      if "/" in k and not k.startswith(("train/", "data/"))})
+  eval_keys = sorted({k for r in rows for k in r if "/" in k and not
+                      k.startswith(("train/", "data/", "eval_time/"))})
   panels = [("training", list(train_keys))]
   groups = {}
   for k in eval_keys:
@@ -60,8 +61,9 @@ def plot_retrieval(queries, images, scores, path, correct=None):
       [0, 1]), the top-K retrieved per query, best first.
     scores: [Q, K] similarity scores.
     path: output PNG path.
-    correct: optional bool [Q, K]: retrieved image matches the query
-      (drawn as a green or red frame).
+    correct: optional bool [Q, K]: the retrieved image is the one the query
+      caption was written for (drawn with a green frame; other images may
+      match the query just as well, so they get no frame).
   """
   images = np.asarray(images)
   if images.dtype != np.uint8:
@@ -72,8 +74,8 @@ def plot_retrieval(queries, images, scores, path, correct=None):
                            squeeze=False,
                            gridspec_kw={"width_ratios": [3] + [1] * k})
   for i in range(q):
-    axes[i, 0].text(0.98, 0.5, queries[i], ha="right", va="center",
-                    fontsize=9, wrap=True)
+    axes[i, 0].text(0.98, 0.5, textwrap.fill(queries[i], 34), ha="right",
+                    va="center", fontsize=9)
     axes[i, 0].axis("off")
     for j in range(k):
       ax = axes[i, j + 1]
@@ -81,11 +83,10 @@ def plot_retrieval(queries, images, scores, path, correct=None):
       ax.set_xticks([])
       ax.set_yticks([])
       ax.set_title(f"{scores[i][j]:.2f}", fontsize=7)
-      if correct is not None:
-        colour = "tab:green" if correct[i][j] else "tab:red"
+      if correct is not None and correct[i][j]:
         for spine in ax.spines.values():
-          spine.set_edgecolor(colour)
-          spine.set_linewidth(3)
+          spine.set_edgecolor("tab:green")
+          spine.set_linewidth(4)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

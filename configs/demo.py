@@ -25,7 +25,7 @@ from big_vl import config as config_lib
 
 def get_config(arg=None):
   """The demo config. Args: `runlocal`, `steps=N`, `batch=N`, `loss=NAME`."""
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=1200, batch=128,
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=128,
                              loss="softmax", res=64, max_len=24)
   config = ml_collections.ConfigDict()
   config.seed = 0
