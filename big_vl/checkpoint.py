@@ -16,6 +16,7 @@ keeps the last `max_to_keep` checkpoints. A checkpoint restores onto any mesh:
 """
 
 import json
+import os
 
 import grain
 import jax
@@ -42,11 +43,12 @@ class Checkpointer:
   """
 
   def __init__(self, directory, *, max_to_keep=2, async_save=True):
-    self.directory = directory
+    # Orbax (TensorStore OCDBT) needs absolute paths.
+    self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(directory, options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self):
     """The newest complete checkpoint's step, or None."""

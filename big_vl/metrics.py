@@ -99,4 +99,4 @@ def progress_bar(total, initial=0, is_main=None, desc="train"):
   is_main = jax.process_index() == 0 if is_main is None else is_main
   return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step",
                    disable=not is_main, dynamic_ncols=True, file=sys.stdout,
-                   mininterval=2.0)
+                   mininterval=2.0 if sys.stdout.isatty() else 30.0)

@@ -22,7 +22,6 @@ dimension, e.g. `(None, "fsdp")`.
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
@@ -185,7 +184,3 @@ def to_global(batch, mesh):
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       batch)
 
-
-def global_scalar(value, mesh, dtype=jnp.int32):
-  """A replicated global jax.Array scalar (every checkpoint leaf must be one)."""
-  return jax.device_put(jnp.asarray(value, dtype), replicated(mesh))

@@ -189,6 +189,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     and "final" (metrics of the final evaluation, if the run finished).
   """
   check_config(config)
+  workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:

@@ -1,6 +1,8 @@
 """The trainer end to end on the demo data (runlocal sizes, 8 CPU devices)."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -188,3 +190,20 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
   assert ckpt.latest_step() == 2
   ckpt.close()
+
+
+@pytest.mark.slow
+def test_cli_runs_with_a_relative_workdir(demo_data, tmp_path):
+  """The README's way of running: `python -m big_vl.train`, relative paths."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.read(
+      "jax_compilation_cache_dir"))
+  result = subprocess.run(
+      [sys.executable, "-m", "big_vl.train",
+       f"--config={repo}/configs/demo.py:runlocal", "--workdir=wd/run",
+       "--config.total_steps=3", "--config.ckpt_steps=2"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "zeroshot/demo_shapes/top1" in result.stdout
+  assert sorted(os.listdir(tmp_path / "wd/run/checkpoints")) == ["2", "3"]
+  assert os.path.exists(tmp_path / "wd/run/retrieval.png")
