@@ -11,13 +11,29 @@ scalars to log. Under `jax.jit` with sharded inputs the plain versions here see
 the whole global batch; XLA inserts the collectives.
 
 Select one by name in a config: `config.loss = dict(name="sigmoid")`; every
-other key of `config.loss` is passed as an option.
+other key of `config.loss` is passed as an option (`get(**config.loss)`).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from big_vl import registry
+
+
+def get(name, **options):
+  """The loss `name` with `options` bound: `loss_fn(zimg, ztxt, aux, *, mesh)`.
+
+  Args:
+    name: registered loss name, e.g. "softmax" or "sigmoid".
+    **options: keyword options of that loss.
+
+  Returns:
+    A function `(zimg, ztxt, aux, *, mesh=None) -> (loss, metrics)`.
+  """
+  fn = registry.get("loss", name)
+  return functools.partial(fn, **options) if options else fn
 
 
 def _logits(zimg, ztxt, aux):

@@ -14,7 +14,6 @@ A workdir that already holds a checkpoint is resumed from it. Outputs:
   workdir/retrieval.png    text queries and their top retrieved images
 """
 
-import functools
 import json
 import os
 import time
@@ -30,6 +29,7 @@ import optax
 
 from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
+from big_vl import losses
 from big_vl import metrics as metrics_lib
 from big_vl import optim
 from big_vl import plots
@@ -85,9 +85,7 @@ def make_model(config):
 
 
 def make_loss(config):
-  options = dict(config.loss)
-  name = options.pop("name")
-  return functools.partial(registry.get("loss", name), **options)
+  return losses.get(**config.loss.to_dict())
 
 
 def make_predict_fn(model):
@@ -278,7 +276,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
                       meta={"skipped": skipped, "config": json.loads(
                           config.to_json_best_effort())})
 
-  losses = {}
+  step_losses = {}
   step = start
   done_this_call = 0
   bar = metrics_lib.progress_bar(total, initial=start, is_main=is_main)
@@ -293,7 +291,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       examples_since_log += global_batch
       step_metrics = jax.device_get(step_metrics)
       loss = float(step_metrics["train/loss"])
-      losses[step] = loss
+      step_losses[step] = loss
       if not bool(step_metrics.pop("finite")):
         last = checkpointer.latest_step()
         raise NonFiniteLossError(
@@ -328,7 +326,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     bar.close()
     checkpointer.wait()
 
-  result = {"step": step, "losses": losses, "final": None}
+  result = {"step": step, "losses": step_losses, "final": None}
   if step == total:
     result["final"] = _run_evals(evaluators, state["params"], step, writer,
                                  final=True)

@@ -4,14 +4,17 @@ Data: `big_vl_demo_shapes` (built on first use, ~30 s, no download): 64x64
 images of coloured shapes with 5 captions each; the test split holds
 colour+shape combinations never seen in training.
 
-Run (2 CPU cores, about 8 minutes, demo data built on first use):
+Run (2 CPU cores: ~30 s to build the data once, ~7 minutes to train 800
+steps of 128 pairs at ~2 steps/s, plus two evaluations of ~10 s):
 
-    python -m big_vl.train --config=configs/demo.py --workdir=/tmp/big_vl_demo
+    python -m big_vl.train --config=configs/demo.py --workdir=workdirs/demo
 
-Expected result (2 CPU cores): see RESULTS below; zero-shot top-1 on the test
-split of 35 colour+shape classes, chance = 1/35 = 2.9%.
-
-    RESULTS_PLACEHOLDER
+Expected result (measured 2026-11-29, 2 CPU cores, seed 0, 7m24s for the whole
+README command with the data already built): on the test split, zero-shot
+top-1 over the 35 colour+shape classes 45.9% (chance 1/35 = 2.9%, so 16x
+chance; 36% at step 400), top-5 99.5%; retrieval image->text R@1/5/10
+18.9/43.6/58.5%, text->image 6.5/20.6/31.6% (2,000 images, 10,000 captions).
+Colour is learnt first (top-5 near 100% early), shape later.
 
 Local smoke run (what the tests run, about a minute):
 

@@ -39,9 +39,11 @@ def tfds_source(name, *, split, data_dir=None):
     A random-access `tfds` data source; `source.dataset_info` has features,
     class names and split sizes.
   """
-  base = name.split("/")[0].split(":")[0]
-  if base in SHIPPED_BUILDERS:
-    importlib.import_module(SHIPPED_BUILDERS[base]).prepare(data_dir=data_dir)
+  parts = name.split(":")[0].split("/")
+  if parts[0] in SHIPPED_BUILDERS:
+    kwargs = {"config": parts[1]} if len(parts) > 1 else {}
+    importlib.import_module(SHIPPED_BUILDERS[parts[0]]).prepare(
+        data_dir=data_dir, **kwargs)
   builder = tfds.builder(name, data_dir=data_dir)
   decoders = {k: tfds.decode.SkipDecoding()
               for k in _image_keys(builder.info.features)}
