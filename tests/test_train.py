@@ -196,8 +196,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(
 def test_cli_runs_with_a_relative_workdir(demo_data, tmp_path):
   """The README's way of running: `python -m big_vl.train`, relative paths."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.read(
-      "jax_compilation_cache_dir"))
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=(
+      jax.config.jax_compilation_cache_dir))
   result = subprocess.run(
       [sys.executable, "-m", "big_vl.train",
        f"--config={repo}/configs/demo.py:runlocal", "--workdir=wd/run",
