@@ -223,7 +223,7 @@ def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   config.warmup_steps = max(steps // 10, 1)
   config.log_steps = 5
   config.ckpt_steps = steps
-  config.mesh = [("data", -1)]
+  config.mesh = (("data", -1),)
   config.evals = demo_evals(res, max_len, batch_size=64, split="test[:256]")
   return config
 

@@ -78,8 +78,8 @@ def get_config(arg=None):
   config.optim = dict(name="adamw", b1=0.9, b2=0.98, eps=1e-6)
   config.grad_clip_norm = None
 
-  config.mesh = [("data", -1)]
-  config.sharding_rules = [(".*", "fsdp")]
+  config.mesh = (("data", -1),)
+  config.sharding_rules = ((".*", "fsdp"),)
   config.evals = config_lib.demo_evals(arg.res, 77, every=5000)
 
   if arg.runlocal:

@@ -63,8 +63,8 @@ def get_config(arg=None):
   config.optim = dict(name="adamw", b1=0.9, b2=0.98, eps=1e-6)
   config.grad_clip_norm = 1.0
 
-  config.mesh = [("data", -1)]
-  config.sharding_rules = [(".*", "replicate")]
+  config.mesh = (("data", -1),)
+  config.sharding_rules = ((".*", "replicate"),)
   config.evals = config_lib.demo_evals(arg.res, arg.max_len, every=400)
 
   if arg.runlocal:

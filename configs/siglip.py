@@ -70,8 +70,8 @@ def get_config(arg=None):
   config.optim = dict(name="adamw", b1=0.9, b2=0.95, eps=1e-8)
   config.grad_clip_norm = 1.0
 
-  config.mesh = [("data", -1)]
-  config.sharding_rules = [(".*", "fsdp")]
+  config.mesh = (("data", -1),)
+  config.sharding_rules = ((".*", "fsdp"),)
   config.evals = config_lib.demo_evals(arg.res, arg.max_len, every=5000)
 
   if arg.runlocal:
