@@ -17,6 +17,12 @@ matches `params/img/head/kernel` and the Adam moments `opt/0/mu/img/...`.
 Rules: "replicate"; "fsdp" (split the largest dimension that the `fsdp` axis
 divides, replicate if none does); or a tuple of axis names / None per
 dimension, e.g. `(None, "fsdp")`.
+
+Tensor (Megatron-style) parallelism over a `model` mesh axis is a rule set
+placed before the catch-all rule; the batch is not split over `model`:
+
+    config.mesh = (("data", 2), ("model", 4))
+    config.sharding_rules = (*TENSOR_PARALLEL_RULES, (".*", "fsdp"))
 """
 
 import re
@@ -27,6 +33,48 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 # Mesh axes the batch is split over, in this order, when present.
 BATCH_AXES = ("replica", "data", "fsdp")
+
+
+def tensor_parallel_rules(model_axis="model", fsdp_axis=None):
+  """Megatron-style tensor-parallel rules for the transformer blocks.
+
+  Splits every `MultiHeadDotProductAttention_0` and `MlpBlock_0` (encoder
+  blocks of both towers and the MAP head) over `model_axis`:
+  query/key/value kernels [D, H, Dh] and biases [H, Dh] over heads
+  (column-parallel), the out kernel [H, Dh, D] over heads (row-parallel),
+  the first MLP Dense [D, mlp] and its bias over mlp (column-parallel), the
+  second [mlp, D] over mlp (row-parallel). The row-parallel biases (out and
+  second Dense, [D]) are left to the rules that follow. Scanned towers
+  (`encoderblock/...`, a leading [depth] axis) get the same specs with
+  that axis unsplit. num_heads and mlp_dim must be divisible by the axis
+  size.
+
+  Args:
+    model_axis: the mesh axis to split heads / MLP hidden units over.
+    fsdp_axis: optionally a second axis for the other (width D) dimension of
+      the kernels (2-D sharding, e.g. "fsdp"); D must be divisible by it.
+
+  Returns:
+    A tuple of (regex, spec) pairs; put them before a catch-all rule.
+  """
+  m, f = model_axis, fsdp_axis
+  attn = "MultiHeadDotProductAttention_0"
+  base = (
+      (f"{attn}/(query|key|value)/kernel", (f, m, None)),
+      (f"{attn}/(query|key|value)/bias", (m, None)),
+      (f"{attn}/out/kernel", (m, None, f)),
+      ("MlpBlock_0/Dense_0/kernel", (f, m)),
+      ("MlpBlock_0/Dense_0/bias", (m,)),
+      ("MlpBlock_0/Dense_1/kernel", (m, f)),
+  )
+  # Scanned blocks first: their params carry a leading (unsplit) depth axis.
+  scanned = tuple((f"encoderblock/{regex}", (None, *spec))
+                  for regex, spec in base)
+  return scanned + base
+
+
+# Tensor parallelism over the `model` axis, for both towers, scanned or not.
+TENSOR_PARALLEL_RULES = tensor_parallel_rules()
 
 
 def make_mesh(mesh_config, devices=None):

@@ -58,11 +58,11 @@ def get_config(arg=None):
   config.model_name = "two_towers"
   config.model = ml_collections.ConfigDict(dict(
       image=dict(variant=arg.variant, pool_type="cls", pre_norm=True,
-                 act="quick_gelu"),
+                 act="quick_gelu", remat_policy="none", scan=False),
       text=dict(width=paper["text_width"], depth=12,
                 mlp_dim=4 * paper["text_width"], num_heads=paper["text_heads"],
                 vocab_size=49408, max_len=77, causal=True, pool_type="eot",
-                act="quick_gelu"),
+                act="quick_gelu", remat_policy="none", scan=False),
       out_dim=paper["out_dim"], temperature_init=1 / 0.07, bias_init=None,
       dtype="bfloat16"))
   config.loss = ml_collections.ConfigDict(dict(name="softmax"))

@@ -41,10 +41,10 @@ def get_config(arg=None):
   config.model_name = "two_towers"
   config.model = ml_collections.ConfigDict(dict(
       image=dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=8,
-                 pool_type="gap"),
+                 pool_type="gap", remat_policy="none", scan=False),
       text=dict(width=128, depth=4, mlp_dim=512, num_heads=4,
                 max_len=arg.max_len, vocab_size=49408, causal=True,
-                pool_type="eot"),
+                pool_type="eot", remat_policy="none", scan=False),
       out_dim=128, temperature_init=10.0, bias_init=None,
       dtype="float32"))
   config.loss = ml_collections.ConfigDict(dict(name=arg.loss))

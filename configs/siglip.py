@@ -52,9 +52,11 @@ def get_config(arg=None):
 
   config.model_name = "two_towers"
   config.model = ml_collections.ConfigDict(dict(
-      image=dict(variant=arg.variant, pool_type="map", posemb="learn"),
+      image=dict(variant=arg.variant, pool_type="map", posemb="learn",
+                 remat_policy="none", scan=False),
       text=dict(variant="B", vocab_size=49408, max_len=arg.max_len,
-                causal=False, pool_type="last", mask_pad=False),
+                causal=False, pool_type="last", mask_pad=False,
+                remat_policy="none", scan=False),
       out_dim=768, temperature_init=10.0, bias_init=-10.0,
       dtype="bfloat16"))
   config.loss = ml_collections.ConfigDict(dict(name="sigmoid"))

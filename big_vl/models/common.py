@@ -3,7 +3,11 @@
 - `VARIANTS` / `parse_variant` / `resolve_dims`: the size table ("B/16" ->
   width 768, depth 12, mlp_dim 3072, 12 heads, patch 16).
 - `Encoder`: a pre-LayerNorm transformer encoder (blocks + final LayerNorm),
-  optionally rematerialised block by block.
+  optionally rematerialised block by block (`REMAT_POLICIES`) and/or run as
+  one `nn.scan` over stacked block params.
+- `stack_block_params` / `unstack_block_params`: convert params between the
+  unscanned (`encoderblock_{i}`) and scanned (`encoderblock`, leading depth
+  axis) layouts.
 - `MAPHead`: multi-head attention pooling with a learned probe.
 - `posemb_sincos_2d`: fixed 2-D sin-cos position embeddings.
 
@@ -11,6 +15,8 @@ Parameter names follow big_vision (`Transformer/encoderblock_0/...`,
 `encoder_norm`, `MAPHead_0/probe`), so its checkpoints map onto ours by name.
 """
 
+from collections.abc import Mapping
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -246,10 +252,59 @@ class EncoderBlock(nn.Module):
     return x + y
 
 
+# remat_policy name -> jax checkpoint policy (None = save nothing, i.e.
+# recompute the whole block in the backward pass).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    # Keep the outputs of weight matmuls (Dense / DenseGeneral: dot_generals
+    # without batch dimensions); recompute the rest, including the attention
+    # score and weighted-sum einsums, whose [B, H, L, L] intermediates are
+    # what takes memory.
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def resolve_remat_policy(remat_policy="none", remat=None,
+                         module_name="Encoder"):
+  """Validates a remat policy name, honouring the legacy boolean `remat`.
+
+  Args:
+    remat_policy: a key of `REMAT_POLICIES`.
+    remat: legacy flag; True is an alias for "full" (an error if
+      `remat_policy` names a different policy), False/None changes nothing.
+    module_name: used in error messages.
+
+  Returns:
+    The effective policy name, a key of `REMAT_POLICIES`.
+
+  Raises:
+    ValueError: for an unknown name or a conflicting `remat=True`.
+  """
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(
+        f"{module_name}: unknown remat_policy {remat_policy!r}; known: "
+        f"{', '.join(REMAT_POLICIES)}.")
+  if remat:
+    if remat_policy not in ("none", "full"):
+      raise ValueError(
+          f"{module_name}: remat=True (an alias for remat_policy='full') "
+          f"conflicts with remat_policy={remat_policy!r}; drop `remat`.")
+    return "full"
+  return remat_policy
+
+
 class Encoder(nn.Module):
   """Stack of `depth` pre-LN blocks followed by a final LayerNorm.
 
-  Blocks are named `encoderblock_{i}`, the final norm `encoder_norm`.
+  Unscanned, blocks are named `encoderblock_{i}`; with `scan=True` one
+  `encoderblock` holds every block's params stacked on a leading [depth]
+  axis (e.g. `encoderblock/MlpBlock_0/Dense_0/kernel` is [depth, D, mlp]).
+  Both compute the same function; `stack_block_params` and
+  `unstack_block_params` convert between the layouts. The final norm is
+  `encoder_norm` in both.
 
   Attributes:
     depth: number of blocks.
@@ -257,8 +312,11 @@ class Encoder(nn.Module):
     num_heads: attention heads.
     dropout: dropout rate.
     dtype: compute dtype.
-    remat: rematerialise each block in the backward pass (saves activation
-      memory at the cost of recomputation).
+    remat_policy: a key of `REMAT_POLICIES`: "none"; "full" (recompute each
+      block in the backward pass, keeping only its input); "dots_saveable"
+      (keep the weight-matmul outputs, recompute the rest).
+    scan: run the blocks as one `nn.scan` (compiles one block instead of
+      `depth`; params stacked, see above).
     act: MLP activation name.
   """
   depth: int
@@ -266,22 +324,128 @@ class Encoder(nn.Module):
   num_heads: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat_policy: str = "none"
+  scan: bool = False
   act: str = "gelu"
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
     """Encodes `x` [B, L, D] (optionally under `mask`) to [B, L, D]."""
+    policy_name = resolve_remat_policy(self.remat_policy)
     block_cls = EncoderBlock
-    if self.remat:
+    if policy_name != "none":
       # Argument 0 is the module itself; `deterministic` is a Python bool.
-      block_cls = nn.remat(EncoderBlock, static_argnums=(3,))
-    for i in range(self.depth):
-      x = block_cls(
-          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-          dtype=self.dtype, act=self.act, name=f"encoderblock_{i}",
-      )(x, mask, deterministic)
+      # Inside a scan the loop already keeps XLA from merging the recomputed
+      # forward with the original one, so CSE prevention is not needed.
+      block_cls = nn.remat(EncoderBlock, static_argnums=(3,),
+                           policy=REMAT_POLICIES[policy_name],
+                           prevent_cse=not self.scan)
+    block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                    dropout=self.dropout, dtype=self.dtype, act=self.act)
+    if self.scan:
+      def body(block, carry, mask):
+        return block(carry, mask, deterministic), None
+
+      # `mask` is the same for every block (broadcast); params and dropout
+      # rngs get one slice per block.
+      scanned = nn.scan(
+          body, variable_axes={"params": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=nn.broadcast, length=self.depth)
+      x, _ = scanned(block_cls(**block_kw, name="encoderblock"), x, mask)
+    else:
+      for i in range(self.depth):
+        x = block_cls(**block_kw, name=f"encoderblock_{i}")(
+            x, mask, deterministic)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+
+
+_BLOCK_RE = re.compile(r"encoderblock_(\d+)")
+
+
+def stack_block_params(tree, depth=None):
+  """Converts unscanned encoder params to the scanned (stacked) layout.
+
+  Every mapping in `tree` (searched recursively) that holds keys
+  `encoderblock_0` .. `encoderblock_{n-1}` gets them replaced by one
+  `encoderblock` whose leaves are the blocks' leaves stacked on a new leading
+  axis, in block order. Other keys are kept as they are, so this works on an
+  `Encoder`'s subtree, a whole tower, a two-tower params tree or an
+  optimiser state that mirrors one.
+
+  Args:
+    tree: a nested mapping of arrays.
+    depth: if given, the number of blocks every converted encoder must have.
+
+  Returns:
+    A new nested dict (leaves are new stacked arrays or the input leaves).
+
+  Raises:
+    ValueError: if block indices are not 0..n-1, blocks differ in structure,
+      or an encoder's block count differs from `depth`.
+  """
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {k: stack_block_params(v, depth) for k, v in tree.items()
+         if not _BLOCK_RE.fullmatch(str(k))}
+  blocks = {int(_BLOCK_RE.fullmatch(str(k)).group(1)): v
+            for k, v in tree.items() if _BLOCK_RE.fullmatch(str(k))}
+  if not blocks:
+    return out
+  n = len(blocks)
+  if sorted(blocks) != list(range(n)):
+    raise ValueError(f"stack_block_params: block indices {sorted(blocks)} are "
+                     f"not 0..{n - 1}.")
+  if depth is not None and n != depth:
+    raise ValueError(f"stack_block_params: found {n} encoder blocks, expected "
+                     f"depth {depth}.")
+  if "encoderblock" in out:
+    raise ValueError("stack_block_params: both `encoderblock` and "
+                     "`encoderblock_{i}` keys found.")
+  items = [blocks[i] for i in range(n)]
+  structs = {jax.tree.structure(b) for b in items}
+  if len(structs) != 1:
+    raise ValueError("stack_block_params: encoder blocks differ in structure.")
+  out["encoderblock"] = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+  return out
+
+
+def unstack_block_params(tree, depth=None):
+  """Converts scanned encoder params back to the unscanned layout.
+
+  The inverse of `stack_block_params`: every `encoderblock` entry (searched
+  recursively) is split along its leading axis into `encoderblock_{i}`.
+
+  Args:
+    tree: a nested mapping of arrays.
+    depth: if given, the leading-axis size every `encoderblock` must have.
+
+  Returns:
+    A new nested dict.
+
+  Raises:
+    ValueError: if a stacked leaf's leading axis is not the block count.
+  """
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for k, v in tree.items():
+    if k != "encoderblock":
+      out[k] = unstack_block_params(v, depth)
+      continue
+    leaves = jax.tree.leaves(v)
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if len(sizes) != 1 or None in sizes:
+      raise ValueError(f"unstack_block_params: `encoderblock` leaves have "
+                       f"leading sizes {sorted(map(str, sizes))}; expected "
+                       "one shared depth axis.")
+    n = sizes.pop()
+    if depth is not None and n != depth:
+      raise ValueError(f"unstack_block_params: stacked depth {n}, expected "
+                       f"{depth}.")
+    for i in range(n):
+      out[f"encoderblock_{i}"] = jax.tree.map(lambda x, i=i: x[i], v)
+  return out
 
 
 class MAPHead(nn.Module):

@@ -14,7 +14,9 @@ Here "eot" pooling takes the feature at position 2, the last non-pad token.
 Parameter tree (top level): `Embed_0` (token embedding), `pos_embedding`
 [1, max_len, width], `Encoder_0/{encoderblock_0.., encoder_norm}`,
 `MAPHead_0` (pool_type="map"), `head` (num_classes set). The names match
-big_vision's text transformer.
+big_vision's text transformer. With scan=True the blocks are one
+`Encoder_0/encoderblock` whose leaves have a leading [depth] axis (see
+`common.stack_block_params`).
 """
 
 from typing import Any
@@ -58,7 +60,15 @@ class TextTransformer(nn.Module):
     num_classes: if set, a final Dense named `head` to this width.
     dropout: dropout rate; needs a "dropout" rng when > 0 and train=True.
     dtype: compute dtype name ("float32" or "bfloat16"); params stay float32.
-    remat: rematerialise each block.
+    remat_policy: per-block rematerialisation (less activation memory, more
+      compute): "none", "full" (recompute the whole block in the backward
+      pass) or "dots_saveable" (keep weight-matmul outputs, recompute the
+      rest); see `common.REMAT_POLICIES`.
+    scan: run the blocks under `nn.scan` (faster compiles for deep towers);
+      block params are then stacked as `encoderblock` with a leading
+      [depth] axis instead of `encoderblock_{i}` (convert with
+      `common.stack_block_params` / `common.unstack_block_params`).
+    remat: legacy flag; True means remat_policy="full".
     act: MLP activation: "gelu" (tanh approx.), "gelu_exact", "quick_gelu".
   """
   variant: str | None = None
@@ -75,6 +85,8 @@ class TextTransformer(nn.Module):
   num_classes: int | None = None
   dropout: float = 0.0
   dtype: Any = "float32"
+  remat_policy: str = "none"
+  scan: bool = False
   remat: bool = False
   act: str = "gelu"
 
@@ -133,7 +145,9 @@ class TextTransformer(nn.Module):
     x = common.Encoder(
         depth=dims["depth"], mlp_dim=dims["mlp_dim"],
         num_heads=dims["num_heads"], dropout=self.dropout, dtype=dtype,
-        remat=self.remat, act=self.act, name="Encoder_0",
+        remat_policy=common.resolve_remat_policy(
+            self.remat_policy, self.remat, "TextTransformer"),
+        scan=self.scan, act=self.act, name="Encoder_0",
     )(x, attn_mask, not train)
 
     if self.pool_type == "eot":

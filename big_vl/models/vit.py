@@ -12,6 +12,8 @@ Parameter tree (top level): `embedding` (patch Conv), `pos_embedding`
 (posemb="learn"), `cls` (pool_type="cls"), `pre_norm` (pre_norm=True),
 `Transformer/{encoderblock_0..depth-1, encoder_norm}`, `MAPHead_0`
 (pool_type="map"), `head` (num_classes set). The names match big_vision.
+With scan=True the blocks are one `Transformer/encoderblock` whose leaves
+have a leading [depth] axis (see `common.stack_block_params`).
 """
 
 from typing import Any
@@ -90,7 +92,15 @@ class ViT(nn.Module):
     dropout: dropout rate (embeddings and every block); needs a "dropout" rng
       when > 0 and train=True.
     dtype: compute dtype name ("float32" or "bfloat16"); params stay float32.
-    remat: rematerialise each block (less memory, more compute).
+    remat_policy: per-block rematerialisation (less activation memory, more
+      compute): "none", "full" (recompute the whole block in the backward
+      pass) or "dots_saveable" (keep weight-matmul outputs, recompute the
+      rest); see `common.REMAT_POLICIES`.
+    scan: run the blocks under `nn.scan` (faster compiles for deep towers);
+      block params are then stacked as `encoderblock` with a leading
+      [depth] axis instead of `encoderblock_{i}` (convert with
+      `common.stack_block_params` / `common.unstack_block_params`).
+    remat: legacy flag; True means remat_policy="full".
     act: MLP activation: "gelu" (tanh approx.), "gelu_exact", "quick_gelu".
     pre_norm: LayerNorm on the embedded tokens before the blocks (CLIP's
       `ln_pre`), named `pre_norm`.
@@ -106,6 +116,8 @@ class ViT(nn.Module):
   num_classes: int | None = None
   dropout: float = 0.0
   dtype: Any = "float32"
+  remat_policy: str = "none"
+  scan: bool = False
   remat: bool = False
   act: str = "gelu"
   pre_norm: bool = False
@@ -174,7 +186,9 @@ class ViT(nn.Module):
     x = common.Encoder(
         depth=dims["depth"], mlp_dim=dims["mlp_dim"],
         num_heads=dims["num_heads"], dropout=self.dropout, dtype=dtype,
-        remat=self.remat, act=self.act, name="Transformer",
+        remat_policy=common.resolve_remat_policy(
+            self.remat_policy, self.remat, "ViT"),
+        scan=self.scan, act=self.act, name="Transformer",
     )(x, None, not train)
 
     if self.pool_type == "cls":
