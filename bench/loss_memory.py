@@ -5,10 +5,12 @@ global batch, compiles `jax.value_and_grad` of the loss w.r.t. the image and
 text embeddings on a mesh of 8 simulated CPU devices (the batch split over
 "data"), reads the per-device sizes from `compiled.memory_analysis()`
 (temporaries, arguments, outputs) and times the step (median of a few runs
-after a warm-up). A configuration is only compiled, not run, when all
-simulated devices together would need more host RAM than `--max_ram_gb` or
-when its timing (warm-up + repeats, extrapolated from the previous batch as
-B^2) would take longer than `--max_seconds`; the table says which.
+after a warm-up). The ring losses use `--block_size` (default: the losses'
+default, `losses.DEFAULT_BLOCK_SIZE`). A configuration is only compiled, not
+run, when all simulated devices together would need more host RAM than
+`--max_ram_gb` or when its timing (warm-up + repeats, extrapolated from the
+previous batch as B^2) would take longer than `--max_seconds`; the table
+says which.
 
 Prints one JSON line per configuration and, unless `--no_write`, rewrites the
 section "## Loss memory (bench/loss_memory.py)" of bench/RESULTS.md (other
@@ -16,6 +18,7 @@ sections are kept).
 
     .venv/bin/python bench/loss_memory.py
     .venv/bin/python bench/loss_memory.py --batches=1024,4096 --no_write
+    .venv/bin/python bench/loss_memory.py --block_size=none --no_write
 """
 
 import jax
@@ -71,14 +74,21 @@ def parse_args(argv=None):
   parser.add_argument("--max_ram_gb", type=float, default=16.0,
                       help="skip running a configuration that needs more RAM "
                       "(all simulated devices together)")
+  parser.add_argument("--block_size", default=str(losses.DEFAULT_BLOCK_SIZE),
+                      help="tile side of the ring losses, or 'none' for "
+                      "whole [B_local, B_local] blocks")
   parser.add_argument("--no_write", action="store_true",
                       help="only print, do not update bench/RESULTS.md")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  args.block_size = (None if args.block_size.lower() == "none" else
+                     int(args.block_size))
+  return args
 
 
-def _compile(name, impl, batch, dim, mesh):
+def _compile(name, impl, batch, dim, mesh, block_size):
   """Compiled value-and-grad of the loss w.r.t. both embeddings."""
-  loss_fn = losses.get(name, impl=impl)
+  options = {"block_size": block_size} if impl == "ring" else {}
+  loss_fn = losses.get(name, impl=impl, **options)
   batch_sharding = sharding.batch_sharding(mesh)
 
   def loss_of(zimg, ztxt, t, b):
@@ -133,14 +143,19 @@ def measure(name, impl, batch, args, mesh, previous):
   Returns:
     A dict with the measured numbers (one JSON line).
   """
-  compiled, compile_s = _compile(name, impl, batch, args.dim, mesh)
+  compiled, compile_s = _compile(name, impl, batch, args.dim, mesh,
+                                 args.block_size)
   mem = compiled.memory_analysis()
   n_dev = sharding.batch_size_divisor(mesh)
   per_device = (mem.temp_size_in_bytes + mem.argument_size_in_bytes +
                 mem.output_size_in_bytes)
+  b_local = batch // n_dev
   row = {
-      "loss": name, "impl": impl, "batch": batch, "b_local": batch // n_dev,
+      "loss": name, "impl": impl, "batch": batch, "b_local": b_local,
       "devices": n_dev, "dim": args.dim,
+      # Side of the tiles of logits the ring computes at once.
+      "tile": (b_local if args.block_size is None else
+               min(args.block_size, b_local)) if impl == "ring" else None,
       "temp_bytes": int(mem.temp_size_in_bytes),
       "argument_bytes": int(mem.argument_size_in_bytes),
       "output_bytes": int(mem.output_size_in_bytes),
@@ -190,10 +205,45 @@ def _repeats_note(row, repeats):
   return None
 
 
+def _growth(rows, impl):
+  """{(loss, batch): (batch factor, temp factor)} vs the previous batch."""
+  out, last = {}, {}
+  for r in rows:
+    if r["impl"] != impl:
+      continue
+    prev = last.get(r["loss"])
+    if prev is not None and prev["temp_bytes"]:
+      out[(r["loss"], r["batch"])] = (r["batch"] / prev["batch"],
+                                      r["temp_bytes"] / prev["temp_bytes"])
+    last[r["loss"]] = r
+  return out
+
+
+def _growth_summary(rows, block_size):
+  """Prose: temp growth per batch step of dense and ring, for each loss."""
+  dense, ring = _growth(rows, "dense"), _growth(rows, "ring")
+  parts = []
+  for name in dict.fromkeys(r["loss"] for r in rows):
+    def fmt(growth):
+      return ", ".join(f"{t:.1f}x" for (n, _), (_, t) in growth.items()
+                       if n == name) or "-"
+    parts.append(f"{name}: dense {fmt(dense)}; ring {fmt(ring)}")
+  factors = {round(f, 3) for f, _ in (*dense.values(), *ring.values())}
+  step = (f"per {factors.pop():g}x batch" if len(factors) == 1 else
+          "from one batch to the next")
+  tiles = ("whole [B_local, B_local] blocks (`block_size=None`)"
+           if block_size is None else
+           f"tiles of at most {block_size:,} x {block_size:,} "
+           f"(`block_size={block_size}`)")
+  return (f"Temp growth {step} (table order): " + " | ".join(parts) +
+          f". The ring computes {tiles}.")
+
+
 def markdown(rows, args, command):
   """The markdown section (heading included) for `rows`."""
   n_dev = rows[0]["devices"] if rows else N_DEVICES
   cores = len(os.sched_getaffinity(0))
+  bs = args.block_size
   lines = [
       HEADING, "",
       "Per-device memory of `jax.value_and_grad` of the loss w.r.t. both "
@@ -204,20 +254,34 @@ def markdown(rows, args, command):
       "outputs their gradients (dense's text gradient comes out replicated, "
       "[B, D] per device, as XLA picks no sharding for it here). Dense holds "
       "[B, B_local] slices of the logits per device (about 2 for sigmoid, "
-      "3 for softmax), ring about 2 [B_local, B_local] blocks, so dense/ring "
-      "approaches the device count (8) for sigmoid, 12 for softmax, and "
-      "grows with it. Step times are on 2 shared CPU cores for all 8 "
+      "3 for softmax): its temp grows as B^2 (16x per 4x batch) at a fixed "
+      "device count. The ring computes each ring step's [B_local, B_local] "
+      "block of logits in tiles of at most block_size x block_size "
+      "(`ring tile` is the tile side used). While B_local <= block_size "
+      "that is one tile, about 2 [B_local, B_local] blocks of temp, which "
+      "also grows 16x per 4x batch (dense/ring then approaches the device "
+      "count, 8, for sigmoid and 12 for softmax); above it the ring holds a "
+      "few [tile, tile] tiles"
+      f"{'' if bs is None else f' (f32: {bs * bs * 4 / 2**20:g} MiB each)'}"
+      " plus a few [B_local, D] buffers, so its temp grows at most "
+      "linearly in B (by less while the fixed tiles dominate) and "
+      "dense/ring grows with B. "
+      f"Step times are on {cores} shared CPU cores for all {n_dev} "
       "simulated devices: compare them with each other, not with "
       "accelerators.", "",
+      _growth_summary(rows, bs), "",
       f"- command: `{command}`",
       f"- date: {datetime.date.today().isoformat()}",
       f"- machine: {cores} CPU cores ({platform.machine()}), {n_dev} "
       f"simulated CPU devices (`jax_num_cpu_devices`), jax {jax.__version__}; "
-      f"embedding dim {args.dim}, float32", "",
-      "| loss | B | B_local | dense temp | ring temp | dense/ring temp | "
+      f"embedding dim {args.dim}, float32; ring block_size "
+      f"{'None' if bs is None else f'{bs:,}'}", "",
+      "| loss | B | B_local | ring tile | dense temp | ring temp | "
+      "dense/ring temp | temp x vs previous B, dense / ring | "
       "args + outputs, dense / ring | dense step | ring step | notes |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
   ]
+  growth = {impl: _growth(rows, impl) for impl in ("dense", "ring")}
   by_key = {(r["loss"], r["batch"], r["impl"]): r for r in rows}
   for name in dict.fromkeys(r["loss"] for r in rows):
     for batch in dict.fromkeys(r["batch"] for r in rows):
@@ -228,6 +292,10 @@ def markdown(rows, args, command):
         continue
       ratio = (f"{dense['temp_bytes'] / ring['temp_bytes']:.1f}x"
                if dense and ring and ring["temp_bytes"] else "-")
+      grew = " / ".join(
+          f"{growth[impl][(name, batch)][1]:.1f}x"
+          if (name, batch) in growth[impl] else "-"
+          for impl in ("dense", "ring"))
       io = " / ".join(_mib(r["argument_bytes"] + r["output_bytes"])
                       if r else "-" for r in (dense, ring))
       notes = [f"{r['impl']}: {r['skipped']}"
@@ -237,9 +305,10 @@ def markdown(rows, args, command):
       notes = "; ".join(notes)
       lines.append(
           f"| {name} | {batch:,} | {any_row['b_local']:,} | "
+          f"{format(ring['tile'], ',') if ring else '-'} | "
           f"{_mib(dense['temp_bytes']) if dense else '-'} | "
           f"{_mib(ring['temp_bytes']) if ring else '-'} | {ratio} | "
-          f"{io} | {_step(dense)} | {_step(ring)} | "
+          f"{grew} | {io} | {_step(dense)} | {_step(ring)} | "
           f"{notes or '-'} |")
   return "\n".join(lines) + "\n"
 

@@ -20,19 +20,25 @@ Two implementations of each loss, chosen with the `impl` option:
   O(B_global * B_local) per device, plus whatever XLA all-gathers.
 - `impl="ring"`: a `jax.shard_map` over all batch axes of the mesh. Images
   stay where they are, text blocks travel around a ring of the
-  n = B_global / B_local devices (`jax.lax.ppermute`), and each device only
-  ever holds one `[B_local, B_local]` block of logits: O(B_local^2) per device
-  (SigLIP's "chunked" sigmoid, a blocked / online-logsumexp softmax). The
-  backward pass is a second ring pass (a `jax.custom_vjp`) that recomputes
-  the blocks instead of storing them and sends each text block's gradient
-  along with it, so it too holds O(B_local^2) logits and O(B_local * D)
-  embeddings; nothing of size B_global * B_local is ever stored.
+  n = B_global / B_local devices (`jax.lax.ppermute`), and at each ring step
+  a device meets one `[B_local, B_local]` block of logits (SigLIP's
+  "chunked" sigmoid, a blocked / online-logsumexp softmax). It computes that
+  block in tiles of at most `block_size` x `block_size` (option
+  `block_size`, default `DEFAULT_BLOCK_SIZE`; None: the whole block at
+  once), so it holds O(block_size^2) logits and O(B_local * D) embeddings
+  per device: linear in the global batch for a fixed block size and device
+  count. The backward pass is a second ring pass (a `jax.custom_vjp`) that
+  recomputes the tiles instead of storing them and sends each text block's
+  gradient along with it, with the same memory; nothing of size
+  B_global * B_local (or B_local^2 when B_local > block_size) is stored.
 
 Both give the same loss, metrics and gradients w.r.t. `zimg`, `ztxt`, `t` and
 `b` (tests/test_losses_distributed.py checks this on 1 to 8 devices).
 """
 
 import functools
+import operator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +49,9 @@ from big_vl import sharding
 
 # Values of the `impl` option of the registered losses.
 IMPLS = ("dense", "ring")
+# Default `block_size` option of the ring losses: largest side of the tiles
+# of logits computed at once (one f32 tile of 1024 x 1024 is 4 MiB).
+DEFAULT_BLOCK_SIZE = 1024
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -59,17 +68,21 @@ def get(name, **options):
 
   Args:
     name: registered loss name, e.g. "softmax" or "sigmoid".
-    **options: keyword options of that loss, e.g. `impl="ring"`.
+    **options: keyword options of that loss, e.g. `impl="ring"`,
+      `block_size=512`.
 
   Returns:
     A function `(zimg, ztxt, aux, *, mesh=None) -> (loss, metrics)`.
 
   Raises:
-    ValueError: if `impl` is given and is not one of `IMPLS`.
+    ValueError: if `impl` is given and is not one of `IMPLS`, or
+      `block_size` is given and is neither a positive int nor None.
   """
   fn = registry.get("loss", name)
   if "impl" in options:
     _check_impl(options["impl"], name)
+  if "block_size" in options:
+    _check_block_size(options["block_size"])
   return functools.partial(fn, **options) if options else fn
 
 
@@ -81,7 +94,8 @@ def _logits(zimg, ztxt, aux):
 
 
 @registry.register("loss", "softmax")
-def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
+def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
+                 block_size=DEFAULT_BLOCK_SIZE):
   """CLIP/ALIGN symmetric cross-entropy over the global batch.
 
   loss = (CE(image -> texts) + CE(text -> images)) / 2, where the logits are
@@ -89,8 +103,9 @@ def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
   on the diagonal.
 
   Memory per device: "dense" holds the XLA-partitioned `[B, B]` logits,
-  O(B_global * B_local) or more; "ring" holds one `[B_local, B_local]` block
-  at a time (see `_ring_softmax`).
+  O(B_global * B_local) or more; "ring" holds one tile of at most
+  `[block_size, block_size]` logits at a time plus O(B_local * D)
+  embeddings and gradients (see `_ring_softmax`).
 
   Args:
     zimg: f32[B, D] normalised image embeddings.
@@ -100,6 +115,11 @@ def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
     mesh: the Mesh the batch is sharded over; "ring" runs its ring over
       `sharding.batch_axes(mesh)` (None: a single device). Unused by "dense".
     impl: "dense" or "ring".
+    block_size: "ring" only: each ring step's `[B_local, B_local]` block of
+      logits is computed in tiles of at most block_size x block_size (the
+      last tile of a row / column overlaps the one before when block_size
+      does not divide B_local; the overlap is masked). None: the whole
+      block at once. Does not change the result beyond float rounding.
 
   Returns:
     (loss, metrics) with metrics "img2txt_acc" and "txt2img_acc" (in-batch
@@ -107,7 +127,7 @@ def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
   """
   _check_impl(impl, "softmax")
   if impl == "ring":
-    return _ring_softmax(zimg, ztxt, aux, mesh)
+    return _ring_softmax(zimg, ztxt, aux, mesh, block_size)
   logits = _logits(zimg, ztxt, aux)
   diag = jnp.diagonal(logits)
   loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
@@ -121,7 +141,8 @@ def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
 
 
 @registry.register("loss", "sigmoid")
-def sigmoid_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
+def sigmoid_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
+                 block_size=DEFAULT_BLOCK_SIZE):
   """SigLIP pairwise sigmoid loss over the global batch.
 
   Every (image i, text j) pair is an independent binary problem with label +1
@@ -131,7 +152,8 @@ def sigmoid_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
 
   Memory per device: "dense" holds the XLA-partitioned `[B, B]` logits,
   O(B_global * B_local) or more; "ring" (SigLIP's chunked loss) holds one
-  `[B_local, B_local]` block at a time (see `_ring_sigmoid`).
+  tile of at most `[block_size, block_size]` logits at a time plus
+  O(B_local * D) embeddings and gradients (see `_ring_sigmoid`).
 
   Args:
     zimg: f32[B, D] normalised image embeddings.
@@ -140,6 +162,11 @@ def sigmoid_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
     mesh: the Mesh the batch is sharded over; "ring" runs its ring over
       `sharding.batch_axes(mesh)` (None: a single device). Unused by "dense".
     impl: "dense" or "ring".
+    block_size: "ring" only: each ring step's `[B_local, B_local]` block of
+      logits is computed in tiles of at most block_size x block_size (the
+      last tile of a row / column overlaps the one before when block_size
+      does not divide B_local; the overlap is masked). None: the whole
+      block at once. Does not change the result beyond float rounding.
 
   Returns:
     (loss, metrics) with "pos_prob" (mean sigmoid of positives) and
@@ -147,7 +174,7 @@ def sigmoid_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
   """
   _check_impl(impl, "sigmoid")
   if impl == "ring":
-    return _ring_sigmoid(zimg, ztxt, aux, mesh)
+    return _ring_sigmoid(zimg, ztxt, aux, mesh, block_size)
   logits = _logits(zimg, ztxt, aux)
   n = logits.shape[0]
   labels = 2.0 * jnp.eye(n, dtype=logits.dtype) - 1.0
@@ -172,6 +199,10 @@ def sigmoid_loss(zimg, ztxt, aux, *, mesh=None, impl="dense"):
 # global rows r * B_local ... (r + 1) * B_local - 1. A block sent with
 # `_shift` goes from device r to r + 1, so after k shifts device r holds the
 # block of device (r - k) mod n, and after n shifts a block is home again.
+#
+# Within a ring step the `[B_local, B_local]` block (local images x the text
+# block held) is never built whole: `_fold_tiles` walks it in square tiles of
+# at most `block_size` rows and columns (see there).
 # ----------------------------------------------------------------------------
 
 
@@ -192,8 +223,34 @@ def _ring_index(axes):
 
 
 def _cos(zimg, ztxt):
-  """`[B_local, B_local]` cosine block of local images vs a text block."""
+  """`[rows, cols]` cosine tile of image rows vs text rows."""
   return jnp.einsum("id,jd->ij", zimg, ztxt, precision=_HIGHEST)
+
+
+def _check_block_size(block_size):
+  """Validates the `block_size` option of the ring losses.
+
+  Args:
+    block_size: a positive integer (Python or NumPy) or None.
+
+  Returns:
+    block_size as a Python int, or None.
+
+  Raises:
+    ValueError: for anything else (0, negative, float, bool, str, ...).
+  """
+  if block_size is None:
+    return None
+  try:
+    value = None if isinstance(block_size, bool) else operator.index(
+        block_size)
+  except TypeError:
+    value = None
+  if value is None or value < 1:
+    raise ValueError(
+        f"block_size must be a positive int or None, got {block_size!r} "
+        "(config.loss.block_size).")
+  return value
 
 
 def _ring_layout(zimg, mesh):
@@ -208,23 +265,136 @@ def _ring_layout(zimg, mesh):
   return axes, n
 
 
-def _ring_loss(fwd_body, bwd_body, zimg, ztxt, aux, mesh):
+class _Tile(NamedTuple):
+  """One square tile of a ring step's `[B_local, B_local]` block.
+
+  Attributes:
+    rows: first local image row of the tile (int or traced int32).
+    cols: first text row of the tile within the text block held.
+    size: static number of rows (= columns) of the tile.
+    row_ok: bool[size], False for rows an earlier tile already covered (the
+      last tile is moved back to end at B_local when block_size does not
+      divide it), or None when every row counts.
+    col_ok: the same for the columns.
+  """
+  rows: Any
+  cols: Any
+  size: int
+  row_ok: Any
+  col_ok: Any
+
+  @property
+  def mask(self):
+    """bool[size, size] of the entries that count, or None for all."""
+    if self.row_ok is None:
+      return None
+    return self.row_ok[:, None] & self.col_ok[None, :]
+
+  def eye(self):
+    """bool[size, size], True where image row == text row (positives)."""
+    r = self.rows + jnp.arange(self.size)
+    c = self.cols + jnp.arange(self.size)
+    return r[:, None] == c[None, :]
+
+  def where(self, x, fill):
+    """`x` with the entries that do not count replaced by `fill`."""
+    return x if self.mask is None else jnp.where(self.mask, x, fill)
+
+
+def _take(x, start, size):
+  """Rows `start ... start + size - 1` of `x`."""
+  if size == x.shape[0]:
+    return x
+  return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+
+
+def _put(x, start, value):
+  """`x` with rows from `start` on replaced by `value`."""
+  if value.shape[0] == x.shape[0]:
+    return value
+  return jax.lax.dynamic_update_slice_in_dim(x, value, start, axis=0)
+
+
+def _add(x, start, value):
+  """`x` with `value` added to its rows from `start` on."""
+  return _put(x, start, _take(x, start, value.shape[0]) + value)
+
+
+def _tile_size(bl, block_size):
+  """Rows (= columns) per tile of a `[bl, bl]` block."""
+  return bl if block_size is None else min(block_size, bl)
+
+
+def _fold_tiles(bl, block_size, body, carry):
+  """Folds `body` over the tiles of a `[bl, bl]` block.
+
+  The block is cut into count x count square tiles of `size =
+  min(block_size, bl)` rows and columns (count = ceil(bl / size)); tile
+  (i, j) starts at row i * size and column j * size, and the last tile of a
+  row or column is moved back to end at bl when size does not divide it, its
+  rows / columns already covered by the tile before marked as not counting
+  (`_Tile.row_ok`, `_Tile.col_ok`). So every (row, column) pair counts in
+  exactly one tile, no tile is larger than the others or padded, and a
+  tile's rows start where its columns do exactly for the tiles (i, i). With a
+  single tile (block_size None or >= bl) `body` runs once on the whole block
+  with no masks; otherwise a `jax.lax.fori_loop` runs the tiles in row-major
+  order, so only one tile's temporaries live at a time. The first tile runs
+  before the loop: inside `jax.shard_map` a loop carry must vary over the
+  same mesh axes on entry as on exit, and an initial carry made of
+  constants does not vary while every tile's result does.
+
+  Args:
+    bl: rows (= columns) of the block, B_local.
+    block_size: largest tile side, or None for one tile.
+    body: `(carry, tile: _Tile) -> carry`.
+    carry: initial carry.
+
+  Returns:
+    The carry after all tiles.
+  """
+  size = _tile_size(bl, block_size)
+  count = -(-bl // size)
+  if count == 1:
+    return body(carry, _Tile(0, 0, size, None, None))
+  ragged = bl % size != 0
+
+  def span(i):
+    start = jnp.minimum(i * size, bl - size)
+    ok = start + jnp.arange(size) >= i * size if ragged else None
+    return start, ok
+
+  def step(k, carry):
+    (rows, row_ok), (cols, col_ok) = span(k // count), span(k % count)
+    return body(carry, _Tile(rows, cols, size, row_ok, col_ok))
+
+  return jax.lax.fori_loop(1, count * count, step, step(0, carry))
+
+
+def _ring_loss(fwd_body, bwd_body, zimg, ztxt, aux, mesh, block_size):
   """Runs a ring loss with an exact custom gradient.
 
   Args:
-    fwd_body: per-device `(zimg, ztxt, t, b, *, axes, n) -> (loss, metrics,
-      residuals)`; loss and metrics are already reduced over the ring,
-      residuals is a tuple of row-sharded `[B_local]` arrays.
-    bwd_body: per-device `(zimg, ztxt, t, b, residuals, g, *, axes, n) ->
-      (dzimg, dztxt, dt, db)` with dt, db reduced over the ring.
+    fwd_body: per-device `(zimg, ztxt, t, b, *, axes, n, block_size) ->
+      (loss, metrics, residuals)`; loss and metrics are already reduced over
+      the ring, residuals is a tuple of row-sharded `[B_local]` arrays.
+    bwd_body: per-device `(zimg, ztxt, t, b, residuals, g, *, axes, n,
+      block_size) -> (dzimg, dztxt, dt, db)` with dt, db reduced over the
+      ring.
     zimg: [B, D] image embeddings (global, sharded over the batch axes).
     ztxt: [B, D] text embeddings.
     aux: dict with "t" and optionally "b".
     mesh: the Mesh or None.
+    block_size: largest tile side within a ring step (see `_fold_tiles`), or
+      None for the whole `[B_local, B_local]` block at once.
 
   Returns:
     (loss, metrics), differentiable w.r.t. zimg, ztxt, aux["t"], aux["b"].
+
+  Raises:
+    ValueError: if block_size is not a positive int or None, or the ring
+      length does not divide the batch.
   """
+  block_size = _check_block_size(block_size)
   axes, n = _ring_layout(zimg, mesh)
   t = jnp.asarray(aux["t"])
   b = jnp.asarray(aux["b"]) if "b" in aux else jnp.zeros((), t.dtype)
@@ -236,7 +406,7 @@ def _ring_loss(fwd_body, bwd_body, zimg, ztxt, aux, mesh):
     return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
   def per_device(body, in_specs, out_specs):
-    body = functools.partial(body, axes=axes, n=n)
+    body = functools.partial(body, axes=axes, n=n, block_size=block_size)
     if axes:
       body = jax.shard_map(body, mesh=mesh, in_specs=in_specs,
                            out_specs=out_specs)
@@ -268,30 +438,72 @@ def _ring_loss(fwd_body, bwd_body, zimg, ztxt, aux, mesh):
   return loss_fn(zimg, ztxt, t, b)
 
 
+def _grad_tile(zimg, txt, t, tile, dl, cos, carry):
+  """Adds one tile's gradients: `dl` = dloss/dlogits of the tile.
+
+  Args:
+    zimg: [B_local, D] local images.
+    txt: [B_local, D] the text block held.
+    t: temperature.
+    tile: the `_Tile`; entries of `dl` that do not count must be 0.
+    dl: [size, size] gradient w.r.t. the tile's logits.
+    cos: [size, size] cosines of the tile.
+    carry: (dimg [B_local, D], dtxt [B_local, D] of the text block held,
+      dt [B_local], db [B_local]) accumulated so far; dt and db are kept per
+      image row and summed at the end: d/db of softmax is a sum of +-1/B
+      terms that cancels to 0, and one scalar running sum over many tiles
+      would round it worse than dense's single reduction.
+
+  Returns:
+    The updated carry.
+  """
+  dimg, dtxt, dt, db = carry
+  img = _take(zimg, tile.rows, tile.size)
+  tx = _take(txt, tile.cols, tile.size)
+  dimg = _add(dimg, tile.rows,
+              t * jnp.einsum("ij,jd->id", dl, tx, precision=_HIGHEST))
+  dtxt = _add(dtxt, tile.cols,
+              t * jnp.einsum("ij,id->jd", dl, img, precision=_HIGHEST))
+  dt = _add(dt, tile.rows, jnp.sum(dl * cos, axis=1))
+  db = _add(db, tile.rows, jnp.sum(dl, axis=1))
+  return dimg, dtxt, dt, db
+
+
 # Sigmoid (SigLIP chunked): loss = -sum_ij log sigmoid(y_ij * l_ij) / B.
 
 
-def _sigmoid_fwd_body(zimg, ztxt, t, b, *, axes, n):
+def _sigmoid_fwd_body(zimg, ztxt, t, b, *, axes, n, block_size):
   """Per-device forward of the ring sigmoid loss; see `_ring_loss`."""
   bl = zimg.shape[0]
 
-  def block(txt, own):
-    logits = t * _cos(zimg, txt) + b
-    if own:  # Positives on the diagonal of a device's own block only.
-      eye = jnp.eye(bl, dtype=bool)
+  def fold(txt, own, sums):
+    """Adds (nll, pos prob, neg prob) sums of images x text block `txt`."""
+
+    def tile(sums, tl):
+      logits = t * _cos(_take(zimg, tl.rows, tl.size),
+                        _take(txt, tl.cols, tl.size)) + b
       probs = jax.nn.sigmoid(logits)
-      return (-jnp.sum(jax.nn.log_sigmoid(jnp.where(eye, logits, -logits))),
-              jnp.sum(jnp.where(eye, probs, 0)),
-              jnp.sum(jnp.where(eye, 0, probs)))
-    return (-jnp.sum(jax.nn.log_sigmoid(-logits)), jnp.zeros_like(t),
-            jnp.sum(jax.nn.sigmoid(logits)))
+      if own:  # Positives on the diagonal of a device's own block only.
+        eye = tl.eye()
+        new = (-jnp.sum(tl.where(jax.nn.log_sigmoid(
+            jnp.where(eye, logits, -logits)), 0)),
+               jnp.sum(tl.where(jnp.where(eye, probs, 0), 0)),
+               jnp.sum(tl.where(jnp.where(eye, 0, probs), 0)))
+      else:
+        new = (-jnp.sum(tl.where(jax.nn.log_sigmoid(-logits), 0)), 0,
+               jnp.sum(tl.where(probs, 0)))
+      return jax.tree.map(jnp.add, sums, new)
+
+    return _fold_tiles(bl, block_size, tile, sums)
 
   def step(_, carry):
     txt, sums = carry
     txt = _shift(txt, axes, n)
-    return txt, jax.tree.map(jnp.add, sums, block(txt, own=False))
+    return txt, fold(txt, False, sums)
 
-  _, sums = jax.lax.fori_loop(1, n, step, (ztxt, block(ztxt, own=True)))
+  zero = jnp.zeros_like(t)
+  sums = fold(ztxt, True, (zero, zero, zero))
+  _, sums = jax.lax.fori_loop(1, n, step, (ztxt, sums))
   nll, pos, neg = _psum(sums, axes)
   total = n * bl
   metrics = {"pos_prob": pos / total,
@@ -299,60 +511,72 @@ def _sigmoid_fwd_body(zimg, ztxt, t, b, *, axes, n):
   return nll / total, metrics, ()
 
 
-def _sigmoid_bwd_body(zimg, ztxt, t, b, residuals, g, *, axes, n):
+def _sigmoid_bwd_body(zimg, ztxt, t, b, residuals, g, *, axes, n,
+                      block_size):
   """Per-device backward of the ring sigmoid loss; see `_ring_loss`."""
   del residuals
   bl = zimg.shape[0]
   scale = g / (n * bl)
 
-  def block(txt, own):
-    cos = _cos(zimg, txt)
-    probs = jax.nn.sigmoid(t * cos + b)
-    # d(-log sigmoid(y l))/dl = sigmoid(l) - [y == 1].
-    dl = scale * (probs - jnp.eye(bl, dtype=probs.dtype) if own else probs)
-    dimg = t * jnp.einsum("ij,jd->id", dl, txt, precision=_HIGHEST)
-    dtxt = t * jnp.einsum("ij,id->jd", dl, zimg, precision=_HIGHEST)
-    return dimg, dtxt, jnp.sum(dl * cos), jnp.sum(dl)
+  def fold(txt, own, carry):
+    """Adds the gradients of images x text block `txt` to the carry."""
+
+    def tile(carry, tl):
+      cos = _cos(_take(zimg, tl.rows, tl.size), _take(txt, tl.cols, tl.size))
+      probs = jax.nn.sigmoid(t * cos + b)
+      # d(-log sigmoid(y l))/dl = sigmoid(l) - [y == 1].
+      dl = probs - tl.eye().astype(probs.dtype) if own else probs
+      dl = scale * tl.where(dl, 0)
+      return _grad_tile(zimg, txt, t, tl, dl, cos, carry)
+
+    return _fold_tiles(bl, block_size, tile, carry)
 
   def step(_, carry):
     # The text block travels with the gradient accumulated for it so far.
     txt, dtxt, dimg, dt, db = carry
     txt, dtxt = _shift((txt, dtxt), axes, n)
-    gi, gt, gdt, gdb = block(txt, own=False)
-    return txt, dtxt + gt, dimg + gi, dt + gdt, db + gdb
+    dimg, dtxt, dt, db = fold(txt, False, (dimg, dtxt, dt, db))
+    return txt, dtxt, dimg, dt, db
 
-  dimg, dtxt, dt, db = block(ztxt, own=True)
+  zero = jnp.zeros((bl,), zimg.dtype)
+  dimg, dtxt, dt, db = fold(
+      ztxt, True, (jnp.zeros_like(zimg), jnp.zeros_like(ztxt), zero, zero))
   _, dtxt, dimg, dt, db = jax.lax.fori_loop(1, n, step,
                                             (ztxt, dtxt, dimg, dt, db))
   dtxt = _shift(dtxt, axes, n)  # One more step brings each block home.
-  return dimg, dtxt, _psum(dt, axes), _psum(db, axes)
+  return dimg, dtxt, _psum(jnp.sum(dt), axes), _psum(jnp.sum(db), axes)
 
 
-def _ring_sigmoid(zimg, ztxt, aux, mesh):
+def _ring_sigmoid(zimg, ztxt, aux, mesh, block_size):
   """SigLIP sigmoid loss, chunked over a ring of devices.
 
   Each of the n devices holds B_local = B_global / n images and texts. For n
-  steps it computes the `[B_local, B_local]` logits of its images against the
-  text block it currently holds (positives on the diagonal only when that is
-  its own block), adds up -log sigmoid(+-logit) and passes the text block on
-  with `ppermute`. The loss is the psum over devices divided by B_global.
-  The backward pass runs the ring again, recomputing each block; a text
-  block's gradient travels with it and arrives home after n steps.
+  steps it computes the logits of its images against the text block it
+  currently holds (positives on the diagonal only when that is its own
+  block), adds up -log sigmoid(+-logit) and passes the text block on with
+  `ppermute`. The loss is the psum over devices divided by B_global.
+  Within a step the `[B_local, B_local]` logits are computed and summed tile
+  by tile (at most `block_size` x `block_size`, see `_fold_tiles`). The
+  backward pass runs the ring again, recomputing each tile and adding its
+  gradient into the local image rows, the travelling text block's gradient
+  (which arrives home after n steps), t and b.
 
-  Memory per device: O(B_local^2) logits (vs O(B_global * B_local) or more
-  for dense) and O(B_local * D) embeddings and gradients.
+  Memory per device: O(block_size^2) logits (O(B_local^2) with block_size
+  None; vs O(B_global * B_local) or more for dense) and O(B_local * D)
+  embeddings and gradients: linear in B_global for a fixed block_size.
 
   Args:
     zimg: [B, D] image embeddings, sharded over the batch axes of `mesh`.
     ztxt: [B, D] text embeddings.
     aux: dict with "t" and optionally "b" (0 if absent).
     mesh: the Mesh or None (a single block).
+    block_size: largest tile side, or None for whole blocks.
 
   Returns:
     (loss, {"pos_prob", "neg_prob"}), equal to `sigmoid_loss(impl="dense")`.
   """
   return _ring_loss(_sigmoid_fwd_body, _sigmoid_bwd_body, zimg, ztxt, aux,
-                    mesh)
+                    mesh, block_size)
 
 
 # Softmax (CLIP/ALIGN): loss = (sum_i lse_row_i + sum_j lse_col_j
@@ -381,39 +605,79 @@ def _online_max(m, s, idx, block_max, block_sum_fn, block_idx):
   return new_m, s, jnp.where(better, block_idx, idx)
 
 
-def _softmax_fwd_body(zimg, ztxt, t, b, *, axes, n):
+def _update_stats(stats, start, ok, logits, axis, first_index):
+  """Folds a tile into the (max, sum, argmax) stats of its rows or columns.
+
+  Args:
+    stats: (m, s, idx), each `[B_local]`, of all rows (or columns).
+    start: first row (column) of the tile.
+    ok: bool[size] of the rows (columns) that count, or None for all.
+    logits: [size, size] tile, entries that do not count set to -inf.
+    axis: 1 to fold into the row stats, 0 for the column stats.
+    first_index: global index of the tile's first column (row).
+
+  Returns:
+    The updated stats; rows (columns) that do not count keep theirs.
+  """
+  size = logits.shape[1 - axis]
+  old = tuple(_take(x, start, size) for x in stats)
+  keep = lambda m: jnp.expand_dims(m, axis)
+  new = _online_max(
+      *old, jnp.max(logits, axis=axis),
+      lambda m: jnp.sum(jnp.exp(logits - keep(m)), axis=axis),
+      first_index + jnp.argmax(logits, axis=axis))
+  new = tuple(a.astype(o.dtype) for a, o in zip(new, old))
+  if ok is not None:
+    new = tuple(jnp.where(ok, a, o) for a, o in zip(new, old))
+  return tuple(_put(x, start, a) for x, a in zip(stats, new))
+
+
+def _softmax_fwd_body(zimg, ztxt, t, b, *, axes, n, block_size):
   """Per-device forward of the ring softmax loss; see `_ring_loss`."""
   bl = zimg.shape[0]
   me = _ring_index(axes)
   my_rows = me * bl + jnp.arange(bl)
 
-  def update(logits, src, rows, cols):
-    """Folds one block into the row stats and the travelling column stats."""
-    r_m, r_s, r_i = rows
-    rows = _online_max(
-        r_m, r_s, r_i, jnp.max(logits, axis=1),
-        lambda m: jnp.sum(jnp.exp(logits - m[:, None]), axis=1),
-        src * bl + jnp.argmax(logits, axis=1))
-    c_m, c_s, c_i = cols
-    cols = _online_max(
-        c_m, c_s, c_i, jnp.max(logits, axis=0),
-        lambda m: jnp.sum(jnp.exp(logits - m[None, :]), axis=0),
-        me * bl + jnp.argmax(logits, axis=0))
-    return rows, cols
+  def fold(txt, src, own, carry):
+    """Folds images x text block `src` (held as `txt`) into the carry.
 
-  # Step 0: the own block, which has the positives on its diagonal.
-  logits = t * _cos(zimg, ztxt) + b
-  pos = jnp.diagonal(logits)
-  empty = (jnp.full((bl,), -jnp.inf, logits.dtype), jnp.zeros_like(pos),
+    The carry is (row stats, column stats of the text block held, positive
+    logits), the last only updated (and only needed) for the own block.
+    """
+
+    def tile(carry, tl):
+      rows, cols, pos = carry
+      logits = t * _cos(_take(zimg, tl.rows, tl.size),
+                        _take(txt, tl.cols, tl.size)) + b
+      if own:  # The positives are the diagonals of the tiles (i, i).
+        diag = jnp.diagonal(logits)
+        if tl.row_ok is not None:
+          diag = jnp.where(tl.row_ok, diag, 0)
+        if not isinstance(tl.rows, int):
+          diag = jnp.where(tl.rows == tl.cols, diag, 0)
+        pos = _add(pos, tl.rows, diag)
+      logits = tl.where(logits, -jnp.inf)
+      rows = _update_stats(rows, tl.rows, tl.row_ok, logits, 1,
+                           src * bl + tl.cols)
+      cols = _update_stats(cols, tl.cols, tl.col_ok, logits, 0,
+                           me * bl + tl.rows)
+      return rows, cols, pos
+
+    return _fold_tiles(bl, block_size, tile, carry)
+
+  dtype = jnp.result_type(zimg, t, b)
+  empty = (jnp.full((bl,), -jnp.inf, dtype), jnp.zeros((bl,), dtype),
            jnp.full((bl,), _NO_INDEX, jnp.int32))
-  rows, cols = update(logits, me, empty, empty)
+  # Step 0: the own block, which has the positives on its diagonal.
+  rows, cols, pos = fold(ztxt, me, True,
+                         (empty, empty, jnp.zeros((bl,), dtype)))
 
   def step(k, carry):
     txt, rows, cols = carry
     # A text block travels with its column (text -> image) statistics.
     txt, cols = _shift((txt, cols), axes, n)
     src = (me - k) % n
-    rows, cols = update(t * _cos(zimg, txt) + b, src, rows, cols)
+    rows, cols, _ = fold(txt, src, False, (rows, cols, None))
     return txt, rows, cols
 
   _, rows, cols = jax.lax.fori_loop(1, n, step, (ztxt, rows, cols))
@@ -429,71 +693,83 @@ def _softmax_fwd_body(zimg, ztxt, t, b, *, axes, n):
   return loss_sum / (2 * total), metrics, (lse_row, lse_col)
 
 
-def _softmax_bwd_body(zimg, ztxt, t, b, residuals, g, *, axes, n):
+def _softmax_bwd_body(zimg, ztxt, t, b, residuals, g, *, axes, n,
+                      block_size):
   """Per-device backward of the ring softmax loss; see `_ring_loss`."""
   lse_row, lse_col = residuals
   bl = zimg.shape[0]
   scale = g / (2 * n * bl)
 
-  def block(txt, col_lse, own):
-    cos = _cos(zimg, txt)
-    logits = t * cos + b
-    # d/dl_ij = softmax_row_i(j) + softmax_col_j(i) - 2 [i == j].
-    dl = (jnp.exp(logits - lse_row[:, None]) +
-          jnp.exp(logits - col_lse[None, :]))
-    if own:
-      dl = dl - 2 * jnp.eye(bl, dtype=dl.dtype)
-    dl = scale * dl
-    dimg = t * jnp.einsum("ij,jd->id", dl, txt, precision=_HIGHEST)
-    dtxt = t * jnp.einsum("ij,id->jd", dl, zimg, precision=_HIGHEST)
-    return dimg, dtxt, jnp.sum(dl * cos), jnp.sum(dl)
+  def fold(txt, col_lse, own, carry):
+    """Adds the gradients of images x text block `txt` to the carry."""
+
+    def tile(carry, tl):
+      cos = _cos(_take(zimg, tl.rows, tl.size), _take(txt, tl.cols, tl.size))
+      logits = t * cos + b
+      # d/dl_ij = softmax_row_i(j) + softmax_col_j(i) - 2 [i == j].
+      dl = (jnp.exp(logits - _take(lse_row, tl.rows, tl.size)[:, None]) +
+            jnp.exp(logits - _take(col_lse, tl.cols, tl.size)[None, :]))
+      if own:
+        dl = dl - 2 * tl.eye().astype(dl.dtype)
+      dl = scale * tl.where(dl, 0)
+      return _grad_tile(zimg, txt, t, tl, dl, cos, carry)
+
+    return _fold_tiles(bl, block_size, tile, carry)
 
   def step(_, carry):
     # A text block travels with its column logsumexp and its gradient.
     txt, col_lse, dtxt, dimg, dt, db = carry
     txt, col_lse, dtxt = _shift((txt, col_lse, dtxt), axes, n)
-    gi, gt, gdt, gdb = block(txt, col_lse, own=False)
-    return txt, col_lse, dtxt + gt, dimg + gi, dt + gdt, db + gdb
+    dimg, dtxt, dt, db = fold(txt, col_lse, False, (dimg, dtxt, dt, db))
+    return txt, col_lse, dtxt, dimg, dt, db
 
-  dimg, dtxt, dt, db = block(ztxt, lse_col, own=True)
+  zero = jnp.zeros((bl,), zimg.dtype)
+  dimg, dtxt, dt, db = fold(
+      ztxt, lse_col, True,
+      (jnp.zeros_like(zimg), jnp.zeros_like(ztxt), zero, zero))
   _, _, dtxt, dimg, dt, db = jax.lax.fori_loop(
       1, n, step, (ztxt, lse_col, dtxt, dimg, dt, db))
   dtxt = _shift(dtxt, axes, n)  # One more step brings each block home.
-  return dimg, dtxt, _psum(dt, axes), _psum(db, axes)
+  return dimg, dtxt, _psum(jnp.sum(dt), axes), _psum(jnp.sum(db), axes)
 
 
-def _ring_softmax(zimg, ztxt, aux, mesh):
+def _ring_softmax(zimg, ztxt, aux, mesh, block_size):
   """CLIP/ALIGN softmax loss, blocked over a ring of devices.
 
   Images stay put; text blocks travel around the ring (`ppermute`) and both
   directions are done in the same pass:
   - image -> text: each device keeps, for its B_local images, a running max
-    and running sum of exp(logit - max) over the text blocks it has seen (a
+    and running sum of exp(logit - max) over the texts it has seen (a
     numerically stable online logsumexp); after n steps that is the
     logsumexp over all B_global texts.
   - text -> image: each text block carries its own running column max / sum
     along with it; every device folds in its B_local images, so after n
     steps (plus one shift home) a text's statistics cover all B_global
     images. No image block needs to move.
-  The positive logit is the diagonal of the own block; the loss is the mean
-  of the two cross-entropies over the global batch, exactly as dense. The
-  backward pass runs the ring again with the saved row / column logsumexps
-  (O(B_local) per device), recomputing each block; a text block's gradient
-  travels with it and arrives home after n steps. Accuracies use a running
-  argmax with dense's first-index tie-breaking.
+  Within a step the `[B_local, B_local]` logits are folded in tile by tile
+  (at most `block_size` x `block_size`, see `_fold_tiles`), each tile
+  updating the stats of its rows and columns. The positive logit is the
+  diagonal of the own block; the loss is the mean of the two cross-entropies
+  over the global batch, exactly as dense. The backward pass runs the ring
+  again with the saved row / column logsumexps (O(B_local) per device),
+  recomputing each tile and adding its gradient into the local image rows,
+  the travelling text block's gradient (home after n steps), t and b.
+  Accuracies use a running argmax with dense's first-index tie-breaking.
 
-  Memory per device: O(B_local^2) logits (vs O(B_global * B_local) or more
-  for dense) and O(B_local * D) embeddings and gradients.
+  Memory per device: O(block_size^2) logits (O(B_local^2) with block_size
+  None; vs O(B_global * B_local) or more for dense) and O(B_local * D)
+  embeddings and gradients: linear in B_global for a fixed block_size.
 
   Args:
     zimg: [B, D] image embeddings, sharded over the batch axes of `mesh`.
     ztxt: [B, D] text embeddings.
     aux: dict with "t" and optionally "b".
     mesh: the Mesh or None (a single block).
+    block_size: largest tile side, or None for whole blocks.
 
   Returns:
     (loss, {"img2txt_acc", "txt2img_acc"}), equal to
     `softmax_loss(impl="dense")`.
   """
   return _ring_loss(_softmax_fwd_body, _softmax_bwd_body, zimg, ztxt, aux,
-                    mesh)
+                    mesh, block_size)
