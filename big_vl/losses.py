@@ -129,7 +129,10 @@ def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
   if impl == "ring":
     return _ring_softmax(zimg, ztxt, aux, mesh, block_size)
   logits = _logits(zimg, ztxt, aux)
-  diag = jnp.diagonal(logits)
+  # Positives straight from the pairs (not jnp.diagonal, whose partitioned
+  # lowering holds collectives inside a conditional that XLA:CPU can
+  # deadlock on next to FSDP all-gathers).
+  diag = aux["t"] * jnp.sum(zimg * ztxt, axis=-1) + aux.get("b", 0.0)
   loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
   loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
   labels = jnp.arange(logits.shape[0])

@@ -17,6 +17,7 @@ A workdir that already holds a checkpoint is resumed from it. Outputs:
 import json
 import os
 import time
+from typing import Any, NamedTuple
 
 from absl import app
 from absl import flags
@@ -27,6 +28,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
+from big_vl import accumulate
 from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import losses
@@ -44,6 +46,7 @@ KNOWN_KEYS = {
     "seed", "mesh", "sharding_rules", "input", "model_name", "model", "loss",
     "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
     "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
+    "grad_accum_steps", "param_compute_dtype",
     *(f"{p}_{u}" for p in ("total", "warmup", "log", "ckpt")
       for u in ("steps", "epochs", "examples")),
 }
@@ -59,6 +62,7 @@ class NonFiniteLossError(FloatingPointError):
 def check_config(config):
   """Checks the config's keys before anything expensive starts."""
   config_lib.check_keys(config, KNOWN_KEYS)
+  param_compute_dtype(config)
   config_lib.check_keys(config.input, KNOWN_INPUT_KEYS, "config.input")
   for name, block in (config.get("evals", None) or {}).items():
     kind = block.get("type", name)
@@ -108,11 +112,71 @@ def make_evaluators(config, model, mesh):
   return evaluators
 
 
-def make_train_step(model, loss_fn, tx, schedule, mesh, frozen):
-  """The pure train step `(state, batch) -> (state, metrics)`."""
+def param_compute_dtype(config):
+  """The dtype `config.param_compute_dtype` names (None: the params' own).
+
+  Args:
+    config: the run's ConfigDict.
+
+  Returns:
+    A floating numpy dtype, or None.
+
+  Raises:
+    ValueError: for a name that is not a floating dtype.
+  """
+  name = config.get("param_compute_dtype", None)
+  if name is None:
+    return None
+  try:
+    dtype = jnp.dtype(name)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"config.param_compute_dtype={name!r} is not a floating "
+                     "dtype; use e.g. 'bfloat16', or None to compute in the "
+                     "params' own dtype.")
+  return dtype
+
+
+def grad_accum_steps(config):
+  """`config.grad_accum_steps` (None or absent: 1, no accumulation)."""
+  steps = config.get("grad_accum_steps", None)
+  return 1 if steps is None else steps
+
+
+def cast_floating(tree, dtype):
+  """A copy of `tree` with its floating leaves cast to `dtype` (None: as is)."""
+  if dtype is None:
+    return tree
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+      else x, tree)
+
+
+def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
+                    grad_accum_steps=1, compute_dtype=None):
+  """The pure train step `(state, batch) -> (state, metrics)`.
+
+  Args:
+    model: the linen model.
+    loss_fn: `(zimg, ztxt, aux, *, mesh) -> (loss, metrics)`.
+    tx: the optax transformation.
+    schedule: `step -> lr`, for the metrics.
+    mesh: the Mesh the batch is sharded over.
+    frozen: pytree of bools, True for frozen params (grad norm metric).
+    grad_accum_steps: k > 1 computes the full-batch gradient from k
+      micro-batches with `accumulate.value_and_grad` (GradCache).
+    compute_dtype: if set (e.g. bfloat16), the forward and backward passes
+      use a copy of the params with floating leaves cast to it; gradients are
+      cast back and applied to the (float32) master params.
+
+  Returns:
+    The train step function (to be jitted).
+  """
 
   def train_step(state, batch):
     step_rng = jax.random.fold_in(state["rng"], state["step"])
+    compute_params = cast_floating(state["params"], compute_dtype)
 
     def loss_of(params):
       zimg, ztxt, aux = model.apply({"params": params}, batch["image"],
@@ -121,8 +185,15 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen):
       loss, metrics = loss_fn(zimg, ztxt, aux, mesh=mesh)
       return loss, (metrics, aux)
 
-    (loss, (loss_metrics, aux)), grads = jax.value_and_grad(
-        loss_of, has_aux=True)(state["params"])
+    if grad_accum_steps == 1:
+      (loss, (loss_metrics, aux)), grads = jax.value_and_grad(
+          loss_of, has_aux=True)(compute_params)
+    else:
+      (loss, (loss_metrics, aux)), grads = accumulate.value_and_grad(
+          model, loss_fn, compute_params, batch, step_rng,
+          steps=grad_accum_steps, mesh=mesh)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads,
+                         state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optim.trainable_global_norm(grads, frozen)
@@ -144,6 +215,78 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen):
     return new_state, metrics
 
   return train_step
+
+
+class Run(NamedTuple):
+  """What `build` makes for a run: model, optimiser, state and step.
+
+  Attributes:
+    model: the linen model.
+    tx: the optax transformation.
+    schedule: `step -> lr`.
+    abstract_state: ShapeDtypeStructs of the train state.
+    state_shardings: NamedShardings of the train state.
+    init_state: `() -> state`, the freshly initialised, sharded state.
+    train_step: the jitted `(state, global_batch) -> (state, metrics)`; it
+      donates `state`.
+  """
+  model: Any
+  tx: Any
+  schedule: Any
+  abstract_state: Any
+  state_shardings: Any
+  init_state: Any
+  train_step: Any
+
+
+def build(config, mesh, example, total_steps, warmup_steps):
+  """Builds the model, optimiser, state initialiser and jitted train step.
+
+  Args:
+    config: the run's ConfigDict.
+    mesh: the Mesh.
+    example: one preprocessed example (arrays or shapes) with "image"
+      [H, W, C] and "text" [L], to initialise the model.
+    total_steps: training length in steps (for the schedule).
+    warmup_steps: warm-up length in steps.
+
+  Returns:
+    A `Run`.
+  """
+  model = make_model(config)
+  loss_fn = make_loss(config)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(
+      config.get("seed", 0)))
+  image0 = jnp.zeros((1, *np.shape(example["image"])), jnp.float32)
+  text0 = jnp.zeros((1, *np.shape(example["text"])), jnp.int32)
+  init_params = lambda rng: model.init({"params": rng}, image0, text0)[
+      "params"]
+  abstract_params = jax.eval_shape(init_params, init_rng)
+  tx, schedule = optim.make(config, abstract_params, total_steps,
+                            warmup_steps)
+  frozen = optim.frozen_mask(config, abstract_params)
+
+  def init_state(rng):
+    params = init_params(rng)
+    return {"params": params, "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  rules = config.get("sharding_rules", None) or ()
+  state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
+  train_step = jax.jit(
+      make_train_step(model, loss_fn, tx, schedule, mesh, frozen,
+                      grad_accum_steps=grad_accum_steps(config),
+                      compute_dtype=param_compute_dtype(config)),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+  return Run(
+      model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
+      state_shardings=state_shardings,
+      init_state=lambda: jax.jit(init_state, out_shardings=state_shardings)(
+          init_rng),
+      train_step=train_step)
 
 
 def _per_process_batch(global_batch, mesh):
@@ -202,6 +345,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
                              data_dir=inp.get("data_dir", None))
   global_batch = inp.batch_size
   local_batch = _per_process_batch(global_batch, mesh)
+  accumulate.check_steps(global_batch, grad_accum_steps(config), mesh)
   num_examples = len(train_source)
   total = config_lib.get_steps("total", config, num_examples=num_examples,
                                batch_size=global_batch)
@@ -217,26 +361,10 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       read_threads=inp.get("read_threads", 4))
   example = _example_shapes(train_source, pp_lib.build(inp.pp))
 
-  # Model, loss, optimiser.
-  model = make_model(config)
-  loss_fn = make_loss(config)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  image0 = jnp.zeros((1, *np.shape(example["image"])), jnp.float32)
-  text0 = jnp.zeros((1, *np.shape(example["text"])), jnp.int32)
-  init_params = lambda rng: model.init({"params": rng}, image0, text0)[
-      "params"]
-  abstract_params = jax.eval_shape(init_params, init_rng)
-  tx, schedule = optim.make(config, abstract_params, total, warmup)
-  frozen = optim.frozen_mask(config, abstract_params)
-
-  def init_state(rng):
-    params = init_params(rng)
-    return {"params": params, "opt": tx.init(params),
-            "step": jnp.zeros((), jnp.int32), "rng": train_rng}
-
-  abstract_state = jax.eval_shape(init_state, init_rng)
-  rules = config.get("sharding_rules", None) or ()
-  state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
+  # Model, loss, optimiser, state and step.
+  run = build(config, mesh, example, total, warmup)
+  model, abstract_state = run.model, run.abstract_state
+  state_shardings = run.state_shardings
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=config.get("keep_ckpts", 2))
@@ -251,19 +379,15 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     skipped = int(meta.get("skipped", 0))
   else:
     start = 0
-    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+    state = run.init_state()
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      abstract_params))
+      abstract_state["params"]))
   _log(f"Model {config.get('model_name', 'two_towers')}: "
        f"{n_params / 1e6:.2f}M params; mesh {dict(mesh.shape)}; {total} steps "
        f"of {global_batch} examples ({total * global_batch / num_examples:.2f} "
        f"epochs of {num_examples}); workdir {workdir}")
 
-  train_step = jax.jit(
-      make_train_step(model, loss_fn, tx, schedule, mesh, frozen),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+  train_step = run.train_step
   evaluators = make_evaluators(config, model, mesh)
   name = config.get("retrieval_png", "retrieval")
   for ev_name, _, ev in evaluators:

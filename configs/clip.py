@@ -28,6 +28,7 @@ expected after 20 steps.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from big_vl import config as config_lib
 
@@ -65,7 +66,7 @@ def get_config(arg=None):
                 act="quick_gelu", remat_policy="none", scan=False),
       out_dim=paper["out_dim"], temperature_init=1 / 0.07, bias_init=None,
       dtype="bfloat16"))
-  config.loss = ml_collections.ConfigDict(dict(name="softmax"))
+  config.loss = ml_collections.ConfigDict(dict(name="softmax", impl="ring"))
 
   config.total_epochs = arg.epochs
   config.warmup_steps = 2000
@@ -76,6 +77,10 @@ def get_config(arg=None):
   config.wd_mode = "coupled"
   config.schedule = dict(name="cosine", end_frac=0.0)
   config.optim = dict(name="adamw", b1=0.9, b2=0.98, eps=1e-6)
+  # Scale knobs (see README): GradCache micro-batches per step, and a
+  # compute dtype for the params (fp32 master weights stay in the state).
+  config.grad_accum_steps = 1
+  config.param_compute_dtype = config_dict.placeholder(str)
   config.grad_clip_norm = None
 
   config.mesh = (("data", -1),)

@@ -22,6 +22,7 @@ Local smoke run (what the tests run, about a minute):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from big_vl import config as config_lib
 
@@ -47,7 +48,7 @@ def get_config(arg=None):
                 pool_type="eot", remat_policy="none", scan=False),
       out_dim=128, temperature_init=10.0, bias_init=None,
       dtype="float32"))
-  config.loss = ml_collections.ConfigDict(dict(name=arg.loss))
+  config.loss = ml_collections.ConfigDict(dict(name=arg.loss, impl="dense"))
   if arg.loss == "sigmoid":
     config.model.bias_init = -10.0
 
@@ -61,6 +62,10 @@ def get_config(arg=None):
   config.wd_mode = "coupled"
   config.schedule = dict(name="cosine", end_frac=0.0)
   config.optim = dict(name="adamw", b1=0.9, b2=0.98, eps=1e-6)
+  # Scale knobs (see README): GradCache micro-batches per step, and a
+  # compute dtype for the params (fp32 master weights stay in the state).
+  config.grad_accum_steps = 1
+  config.param_compute_dtype = config_dict.placeholder(str)
   config.grad_clip_norm = 1.0
 
   config.mesh = (("data", -1),)

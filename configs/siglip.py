@@ -27,6 +27,7 @@ sigmoid(-10)) in 20 steps.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from big_vl import config as config_lib
 
@@ -59,7 +60,7 @@ def get_config(arg=None):
                 remat_policy="none", scan=False),
       out_dim=768, temperature_init=10.0, bias_init=-10.0,
       dtype="bfloat16"))
-  config.loss = ml_collections.ConfigDict(dict(name="sigmoid"))
+  config.loss = ml_collections.ConfigDict(dict(name="sigmoid", impl="ring"))
 
   config.total_examples = arg.examples
   config.warmup_examples = arg.examples // 20
@@ -70,6 +71,10 @@ def get_config(arg=None):
   config.wd_mode = "decoupled"
   config.schedule = dict(name="cosine", end_frac=0.0)
   config.optim = dict(name="adamw", b1=0.9, b2=0.95, eps=1e-8)
+  # Scale knobs (see README): GradCache micro-batches per step, and a
+  # compute dtype for the params (fp32 master weights stay in the state).
+  config.grad_accum_steps = 1
+  config.param_compute_dtype = config_dict.placeholder(str)
   config.grad_clip_norm = 1.0
 
   config.mesh = (("data", -1),)

@@ -1,0 +1,273 @@
+"""Gradient accumulation that equals the big batch (GradCache).
+
+Contrastive losses couple every pair of the global batch, so summing the
+gradients of per-micro-batch losses is NOT the full-batch gradient. GradCache
+(Gao et al., 2021, https://arxiv.org/abs/2101.06983) gets the exact
+full-batch gradient with the activation memory of one micro-batch:
+
+1. Embed every micro-batch without a gradient tape (a `lax.map` over
+   micro-batches) and assemble the full-batch `zimg`, `ztxt` (and any
+   per-example aux entries the loss reads, e.g. token features).
+2. Compute the loss on the full batch and its gradient with respect to those
+   embeddings and to the parameter-only aux entries (temperature `t`, bias
+   `b`, ...), which come from `model.apply(params, None, None)`.
+3. Re-run each micro-batch's forward pass under `jax.vjp` with the cached
+   embedding gradients as cotangents and sum the parameter gradients (a
+   `lax.scan`, so one micro-batch of activations is alive at a time). The
+   gradient of the parameter-only aux entries is pulled back once, through
+   the towerless apply, so `t` and `b` are counted exactly once.
+
+Micro-batch `i` holds rows `i::k` of the global batch. With the batch sharded
+contiguously over the devices along dimension 0, that takes `1/k` of every
+device's rows, so every micro-batch stays evenly spread over the mesh and
+splitting and reassembling move no data between devices. `k` must divide the
+per-device batch.
+
+Dropout: micro-batch `i` uses the dropout rng `fold_in(rng, i)` in both of
+its passes, so the two passes see the same masks. The masks differ from
+those of a single full-batch pass (Flax draws one mask for the whole input),
+so with dropout > 0 a k-step update is a different (equally valid) sample,
+not bit-equal to the k=1 update; with dropout 0 they agree to float
+rounding.
+
+Example (inside a jitted train step):
+
+    (loss, (metrics, aux)), grads = accumulate.value_and_grad(
+        model, loss_fn, params, batch, rng, steps=4, mesh=mesh)
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from big_vl import sharding
+
+
+def per_device_batch(global_batch, mesh):
+  """Examples of the global batch on each data shard of `mesh` (None: 1)."""
+  div = 1 if mesh is None else sharding.batch_size_divisor(mesh)
+  return global_batch // div
+
+
+def check_steps(global_batch, steps, mesh=None):
+  """Raises a clear error unless `steps` micro-batches split the batch evenly.
+
+  Args:
+    global_batch: the global batch size.
+    steps: the number of micro-batches (`config.grad_accum_steps`).
+    mesh: the Mesh the batch is sharded over (None: one device).
+
+  Raises:
+    ValueError: if `steps` is not a positive int dividing the per-device
+      batch.
+  """
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    raise ValueError(f"config.grad_accum_steps must be a positive int, got "
+                     f"{steps!r}.")
+  per_device = per_device_batch(global_batch, mesh)
+  if per_device % steps:
+    shards = 1 if mesh is None else sharding.batch_size_divisor(mesh)
+    raise ValueError(
+        f"config.grad_accum_steps={steps} does not divide the per-device "
+        f"batch of {per_device} (config.input.batch_size={global_batch} over "
+        f"{shards} data shards); every micro-batch must keep the same number "
+        "of rows on every device. Choose grad_accum_steps dividing "
+        f"{per_device}, or change the batch size or config.mesh.")
+
+
+def _is_float(x):
+  return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _partition_float(d):
+  """Splits a dict into (floating entries, other entries)."""
+  return ({k: v for k, v in d.items() if _is_float(v)},
+          {k: v for k, v in d.items() if not _is_float(v)})
+
+
+def _micro_spec(mesh, ndim, axis):
+  """PartitionSpec: batch axes on `axis`, other dims free (rest of mesh)."""
+  spec = [P.UNCONSTRAINED] * ndim
+  spec[axis] = sharding.batch_axes(mesh) or None
+  if axis == 1:
+    spec[0] = None
+  return P(*spec)
+
+
+def split(x, steps, mesh=None):
+  """`[B, ...] -> [steps, B/steps, ...]`; micro-batch i holds rows i::steps.
+
+  Args:
+    x: an array with the global batch on dimension 0.
+    steps: the number of micro-batches.
+    mesh: if given, dimension 1 of the result is constrained to the batch
+      axes, so each micro-batch is spread over the mesh like the batch.
+
+  Returns:
+    The micro-batches stacked on a new leading axis.
+  """
+  b = x.shape[0]
+  y = jnp.swapaxes(jnp.reshape(x, (b // steps, steps, *x.shape[1:])), 0, 1)
+  if mesh is not None:
+    y = jax.lax.with_sharding_constraint(
+        y, NamedSharding(mesh, _micro_spec(mesh, y.ndim, 1)))
+  return y
+
+
+def merge(y, mesh=None):
+  """Inverse of `split`: `[steps, B/steps, ...] -> [B, ...]` in row order."""
+  steps, m = y.shape[:2]
+  x = jnp.reshape(jnp.swapaxes(y, 0, 1), (steps * m, *y.shape[2:]))
+  if mesh is not None:
+    x = jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, _micro_spec(mesh, x.ndim, 0)))
+  return x
+
+
+class _RecordReads(Mapping):
+  """A read-only view of a dict that records which keys were read."""
+
+  def __init__(self, data, seen):
+    self._data, self._seen = data, seen
+
+  def __getitem__(self, key):
+    value = self._data[key]
+    self._seen.add(key)
+    return value
+
+  def __iter__(self):
+    return iter(self._data)
+
+  def __len__(self):
+    return len(self._data)
+
+
+def _aux_keys_read(loss_fn, zimg, ztxt, aux, mesh):
+  """Which keys of `aux` `loss_fn` reads (traced abstractly, no compute)."""
+  seen = set()
+  jax.eval_shape(
+      lambda zi, zt, a: loss_fn(zi, zt, _RecordReads(a, seen), mesh=mesh),
+      zimg, ztxt, aux)
+  return seen
+
+
+def value_and_grad(model, loss_fn, params, batch, rng, *, steps, mesh=None):
+  """Full-batch loss and parameter gradient from `steps` micro-batches.
+
+  Equals `jax.value_and_grad(loss_of, has_aux=True)(params)` with
+  `loss_of(p) = loss_fn(*model.apply({"params": p}, image, text, train=True,
+  ...), mesh=mesh)` on the whole batch, up to float rounding (and dropout
+  masks, see the module docstring), while keeping the activations of only
+  one micro-batch alive.
+
+  Args:
+    model: a two-tower style linen module: `apply({"params": p}, image, text,
+      train=True, rngs=...) -> (zimg, ztxt, aux)`, where aux entries that
+      depend only on the params (e.g. "t", "b") are also returned by
+      `apply({"params": p}, None, None)`.
+    loss_fn: `(zimg, ztxt, aux, *, mesh) -> (loss, metrics)`.
+    params: the parameters to differentiate (any float dtype; gradients are
+      summed over micro-batches in float32 or wider).
+    batch: dict with "image" [B, ...] and "text" [B, ...].
+    rng: the step's dropout rng; micro-batch i uses `fold_in(rng, i)`.
+    steps: number of micro-batches k; must divide the per-device batch.
+    mesh: the Mesh the batch is sharded over, or None.
+
+  Returns:
+    `((loss, (metrics, aux)), grads)` like `jax.value_and_grad(...,
+    has_aux=True)`: loss and metrics of the full batch, aux with the
+    parameter-only entries and the per-example entries the loss read, and
+    grads shaped like `params`, accumulated and returned in float32 (or the
+    params' dtype if wider), e.g. float32 gradients for bfloat16 params.
+
+  Raises:
+    ValueError: if `steps` does not divide the per-device batch, or the
+      loss reads a tower aux entry without a leading batch dimension.
+  """
+  image, text = batch["image"], batch["text"]
+  global_batch = image.shape[0]
+  check_steps(global_batch, steps, mesh)
+  micro = {"image": split(image, steps, mesh),
+           "text": split(text, steps, mesh)}
+  index = jnp.arange(steps)
+
+  def forward(p, mb, i):
+    """One micro-batch: (zimg, ztxt, per-example aux) with its own rng."""
+    zimg, ztxt, aux = model.apply(
+        {"params": p}, mb["image"], mb["text"], train=True,
+        rngs={"dropout": jax.random.fold_in(rng, i)})
+    return zimg, ztxt, aux
+
+  def param_aux(p):
+    """The aux entries that depend on the params only ("t", "b", ...)."""
+    return model.apply({"params": p}, None, None, train=True)[2]
+
+  # Which per-example aux entries the loss needs: shapes only, no compute.
+  scalar_keys = set(jax.eval_shape(param_aux, params))
+  mb0 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                     micro)
+  zimg_s, ztxt_s, aux_s = jax.eval_shape(forward, params, mb0, 0)
+  m = global_batch // steps
+  full_shape = lambda s: jax.ShapeDtypeStruct((global_batch, *s.shape[1:]),
+                                              s.dtype)
+  example_s = {k: v for k, v in aux_s.items() if k not in scalar_keys}
+  batched = lambda v: bool(v.shape) and v.shape[0] == m
+  full_aux_s = {**{k: v for k, v in aux_s.items() if k in scalar_keys},
+                **{k: full_shape(v) for k, v in example_s.items()
+                   if batched(v)},
+                **{k: v for k, v in example_s.items() if not batched(v)}}
+  read = _aux_keys_read(loss_fn, full_shape(zimg_s), full_shape(ztxt_s),
+                        full_aux_s, mesh)
+  example_keys = sorted(k for k in example_s if k in read)
+  for k in example_keys:
+    if not batched(example_s[k]):
+      raise ValueError(
+          f"grad accumulation: the loss reads model aux entry {k!r} of shape "
+          f"{example_s[k].shape}, which neither leads with the micro-batch "
+          f"dimension ({m}) nor comes from model.apply(params, None, None), "
+          "so it cannot be assembled over micro-batches; use "
+          "grad_accum_steps=1 or return it per example.")
+
+  def embed(p, mb, i):
+    """(float outputs to differentiate, other outputs) of one micro-batch."""
+    zimg, ztxt, aux = forward(p, mb, i)
+    ex_float, ex_other = _partition_float({k: aux[k] for k in example_keys})
+    return (zimg, ztxt, ex_float), ex_other
+
+  # 1. Embeddings of every micro-batch, without a gradient tape.
+  (zimg, ztxt, ex_float), ex_other = jax.lax.map(
+      lambda xs: embed(params, xs[0], xs[1]), (micro, index))
+  zimg, ztxt, ex_float, ex_other = jax.tree.map(
+      lambda y: merge(y, mesh), (zimg, ztxt, ex_float, ex_other))
+
+  # 2. Full-batch loss; gradient w.r.t. embeddings and param-only aux.
+  p_aux_out, param_aux_vjp, p_other = jax.vjp(
+      lambda p: _partition_float(param_aux(p)), params, has_aux=True)
+
+  def full_loss(zi, zt, exf, paf):
+    aux = {**p_other, **paf, **ex_other, **exf}
+    return loss_fn(zi, zt, aux, mesh=mesh)
+
+  (loss, metrics), (g_zimg, g_ztxt, g_ex, g_pa) = jax.value_and_grad(
+      full_loss, argnums=(0, 1, 2, 3), has_aux=True)(
+          zimg, ztxt, ex_float, p_aux_out)
+
+  # 3. Re-run each micro-batch with its cached cotangents; sum the grads.
+  cotangents = jax.tree.map(lambda g: split(g, steps, mesh),
+                            (g_zimg, g_ztxt, g_ex))
+  acc_dtype = lambda x: jnp.promote_types(x.dtype, jnp.float32)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, acc_dtype(x)), params)
+
+  def body(acc, xs):
+    mb, i, ct = xs
+    _, vjp_fn, _ = jax.vjp(lambda p: embed(p, mb, i), params, has_aux=True)
+    (g,) = vjp_fn(ct)
+    return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, g), None
+
+  acc, _ = jax.lax.scan(body, zeros, (micro, index, cotangents))
+  (g_params_aux,) = param_aux_vjp(g_pa)
+  grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, g_params_aux)
+  aux = {**p_other, **p_aux_out, **ex_other, **ex_float}
+  return (loss, (metrics, aux)), grads
