@@ -31,7 +31,7 @@ import argparse
 import datetime
 import json
 import os
-import pathlib
+
 import platform
 import shlex
 import statistics
@@ -43,9 +43,9 @@ import numpy as np
 
 from big_vl import losses
 from big_vl import sharding
+import results_md
 
 HEADING = "## Loss memory (bench/loss_memory.py)"
-RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 N_DEVICES = 8
 
 
@@ -313,23 +313,6 @@ def markdown(rows, args, command):
   return "\n".join(lines) + "\n"
 
 
-def write_section(section, path=RESULTS):
-  """Replaces (or appends) this benchmark's section of RESULTS.md."""
-  text = path.read_text() if path.exists() else (
-      "# Benchmark results\n\nOne section per script in `bench/`; each "
-      "script rewrites only its own section.\n")
-  lines = text.splitlines(keepends=True)
-  start = next((i for i, l in enumerate(lines) if l.strip() == HEADING), None)
-  if start is None:
-    text = text.rstrip("\n") + "\n\n" + section
-  else:
-    end = next((i for i in range(start + 1, len(lines))
-                if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-  path.write_text(text)
-
-
 def main(argv=None):
   args = parse_args(argv)
   batches = [int(b) for b in args.batches.split(",") if b]
@@ -351,8 +334,8 @@ def main(argv=None):
     command = " ".join(
         [".venv/bin/python", "bench/loss_memory.py"] +
         [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
-    write_section(markdown(rows, args, command))
-    print(f"Wrote {HEADING!r} in {RESULTS}", file=sys.stderr)
+    results_md.write_section(HEADING, markdown(rows, args, command))
+    print(f"Wrote {HEADING!r} in {results_md.RESULTS}", file=sys.stderr)
 
 
 if __name__ == "__main__":
