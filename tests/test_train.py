@@ -13,6 +13,7 @@ from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import metrics as metrics_lib
 from big_vl import registry
+from big_vl import sharding
 from big_vl import train as train_lib
 
 
@@ -66,14 +67,24 @@ def test_runlocal_trains_evaluates_and_draws(demo_data, tmp_path):
   assert os.listdir(tmp_path / "tb")
 
 
+SHARDED_SETUPS = {
+    # 2-way data parallel x 4-way FSDP (text tower replicated).
+    "fsdp": dict(mesh=[("data", 2), ("fsdp", 4)],
+                 sharding_rules=[("txt/.*", "replicate"), (".*", "fsdp")]),
+    # 4-way data parallel x 2-way Megatron tensor parallelism.
+    "tensor_parallel": dict(
+        mesh=[("data", 4), ("model", 2)],
+        sharding_rules=[*sharding.TENSOR_PARALLEL_RULES, (".*", "replicate")]),
+}
+
+
 @pytest.mark.slow
-def test_sharded_step_equals_single_device_step(demo_data, tmp_path):
+@pytest.mark.parametrize("setup", sorted(SHARDED_SETUPS))
+def test_sharded_step_equals_single_device_step(demo_data, tmp_path, setup):
   common = dict(total_steps=1, warmup_steps=0, lr=1e-2, ckpt_steps=1)
   single = _config(mesh=[("data", 1)], **common)
   train_lib.train(single, str(tmp_path / "one"), devices=jax.devices()[:1])
-  sharded = _config(mesh=[("data", 2), ("fsdp", 4)],
-                    sharding_rules=[("txt/.*", "replicate"), (".*", "fsdp")],
-                    **common)
+  sharded = _config(**SHARDED_SETUPS[setup], **common)
   train_lib.train(sharded, str(tmp_path / "eight"))
   p1, _ = _params(tmp_path / "one")
   p8, _ = _params(tmp_path / "eight")
