@@ -13,19 +13,60 @@ working on one example (a dict of numpy values); `rng` is a
 `np.random.Generator` for random ops, or None for deterministic evaluation
 (random ops then take their deterministic choice). Ops register under the
 "pp" kind of `big_vl.registry`.
+
+Ops (image ops take `key="image"`, text ops `key="text"`):
+
+    decode(key, channels=3, alpha="drop")    bytes -> uint8[H, W, 3]
+    resize(size, method="bilinear")          -> [size, size] or [h, w]
+    resize_small(size, method="bicubic")     shorter side -> size (torchvision
+                                             Resize(int) rounding)
+    central_crop(size)                       torchvision CenterCrop offsets
+    random_resized_crop(size, scale, ratio, method="bicubic")
+    inception_crop(...)                      alias of random_resized_crop
+    flip_lr()                                random left-right flip
+    value_range(vmin, vmax)                  uint8 [0, 255] -> f32 [vmin, vmax]
+    normalize(mean, std)                     f32 [0, 1] -> (x - mean) / std
+    clip_preprocess(size=224)                OpenAI CLIP's eval transform
+    choice(key, out), tokenize(max_len), lower(), keep(*keys), drop(*keys),
+    rename(old=new)
+
+Images are resized with PIL on the uint8 image, like torchvision's PIL
+backend (which OpenAI CLIP and open_clip use), so bicubic results match
+theirs exactly.
 """
 
 import ast
 import io
+import math
 
 import numpy as np
 from PIL import Image
 
 from big_vl import registry
 
+# OpenAI CLIP's per-channel RGB statistics for images in [0, 1].
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 class CorruptRecordError(ValueError):
-  """A record that cannot be used (e.g. image bytes that fail to decode)."""
+  """A record that cannot be used (e.g. image bytes that fail to decode).
+
+  The pipeline skips such records and counts them by `reason`:
+  "decode" (undecodable bytes), "missing_image" (absent or empty image
+  field), "missing_text" (no caption to choose from).
+
+  Args:
+    message: what is wrong, for logs.
+    reason: a short stable tag used to count skips.
+  """
+
+  def __init__(self, message, reason="decode"):
+    super().__init__(message)
+    self.reason = reason
+
+  def __reduce__(self):  # Keep `reason` across processes (grain workers).
+    return type(self), (str(self), self.reason)
 
 
 def _parse_op(text):
@@ -93,50 +134,368 @@ def build(spec):
   return apply
 
 
-@registry.register("pp", "decode")
-def get_decode(key="image", channels=3):
-  """Decodes encoded image bytes (PNG/JPEG/WebP...) to uint8[H, W, channels].
+def get_preprocess_fn(pp_string):
+  """Returns `fn(example, rng=None) -> example` for a pp string.
 
-  Raises CorruptRecordError when the bytes are not a readable image, so the
-  pipeline can skip and count the record.
+  The public entry point for preprocessing outside the pipeline (evaluation
+  scripts, notebooks, parity checks); the same as `build`.
+
+    fn = get_preprocess_fn("clip_preprocess(224)")
+    fn({"image": jpeg_bytes})["image"]    # f32[224, 224, 3]
+
+  Args:
+    pp_string: ops joined by '|'.
+
+  Returns:
+    A function of one example dict and an optional `np.random.Generator`.
   """
-  mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+  return build(pp_string)
+
+
+# 16-bit (and 32-bit integer) greyscale modes: PIL's convert() clips these at
+# 255, so they are rescaled from [0, 65535] by hand.
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _is_missing(value):
+  if value is None:
+    return True
+  if isinstance(value, np.ndarray):
+    return value.size == 0
+  try:
+    return len(value) == 0
+  except TypeError:
+    return False
+
+
+def _has_alpha(img):
+  return (any(b in ("A", "a") for b in img.getbands())
+          or "transparency" in img.info)
+
+
+def _pil_to_rgb(img, alpha):
+  """PIL image of any mode -> uint8[H, W, 3] (see `get_decode`)."""
+  if img.mode in _WIDE_INT_MODES:
+    wide = np.asarray(img).astype(np.float64)
+    grey = np.clip(np.round(wide * (255.0 / 65535.0)), 0, 255)
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+  if not _has_alpha(img):
+    return np.asarray(img.convert("RGB"))
+  rgba = np.asarray(img.convert("RGBA"))
+  rgb = rgba[..., :3]
+  if alpha == "drop":
+    return np.ascontiguousarray(rgb)
+  # Composite on white, rounding to nearest: (c * a + 255 * (255 - a)) / 255.
+  a = rgba[..., 3:].astype(np.uint32)
+  out = (rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
+  return out.astype(np.uint8)
+
+
+@registry.register("pp", "decode")
+def get_decode(key="image", channels=3, alpha="drop"):
+  """Decodes encoded image bytes (anything PIL reads) to uint8[H, W, channels].
+
+  Every PIL mode is brought to RGB uint8: greyscale (L, LA, 1) is
+  replicated, CMYK and YCbCr are converted by PIL, palette images (P, PA,
+  with or without transparency) are expanded, and 16-bit greyscale
+  (I;16*, I) is rescaled from [0, 65535] to [0, 255] (v * 255 / 65535,
+  rounded; 65535 -> 255, 257 -> 1) instead of being clipped at 255. Multi-
+  frame files (GIF, animated WebP) give their first frame. EXIF orientation
+  is not applied (as in torchvision / open_clip).
+
+  Args:
+    key: the field holding the bytes; an already decoded uint8[H, W, C]
+      array is passed through.
+    channels: 3 (RGB), 1 (L, from the RGB result) or 4 (RGBA, alpha kept).
+    alpha: for channels 1 or 3, what to do with transparency (RGBA, LA, PA,
+      P or L with a transparent colour): "drop" keeps the colour channels as
+      they are, like PIL's `convert("RGB")` in torchvision, open_clip and
+      OpenAI CLIP (default; keeps evaluation numbers comparable), or "white"
+      composites the image on a white background (as img2dataset does).
+
+  Returns:
+    op(example, rng) setting `example[key]` to uint8[H, W, channels], e.g.
+    a 640x480 JPEG -> uint8[480, 640, 3].
+
+  Raises (from the op):
+    CorruptRecordError: reason "missing_image" for an absent, None or empty
+      field; reason "decode" for bytes PIL cannot read (garbage, truncated).
+  """
+  if channels not in (1, 3, 4):
+    raise ValueError(f"decode: channels must be 1, 3 or 4, not {channels!r}.")
+  if alpha not in ("drop", "white"):
+    raise ValueError(f"decode: alpha must be 'drop' or 'white', not "
+                     f"{alpha!r}.")
 
   def op(example, rng):
     del rng
-    value = example[key]
+    value = example.get(key)
+    if isinstance(value, np.ndarray) and value.dtype == object and \
+        value.ndim == 0:
+      value = value.item()
+    if _is_missing(value):
+      raise CorruptRecordError(f"no image in field {key!r}",
+                               reason="missing_image")
     if isinstance(value, np.ndarray) and value.dtype == np.uint8 and \
         value.ndim == 3:
       return example  # Already decoded.
     try:
       with Image.open(io.BytesIO(bytes(value))) as img:
-        array = np.asarray(img.convert(mode))
+        img.load()
+        if channels == 4:
+          array = np.asarray(img.convert("RGBA"))
+        else:
+          array = _pil_to_rgb(img, alpha)
     except Exception as e:  # PIL raises many types for bad data.
-      raise CorruptRecordError(f"cannot decode {key!r}: {e}") from e
-    if array.ndim == 2:
-      array = array[..., None]
+      raise CorruptRecordError(f"cannot decode {key!r}: {e}",
+                               reason="decode") from e
+    if channels == 1:
+      array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
     example[key] = array
     return example
 
   return op
 
 
+_METHODS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+            "nearest": Image.NEAREST, "area": Image.BOX,
+            "lanczos": Image.LANCZOS}
+
+
+def _resample(method):
+  if method not in _METHODS:
+    raise ValueError(f"Unknown resize method {method!r}; known: "
+                     f"{sorted(_METHODS)}.")
+  return _METHODS[method]
+
+
+def _pil_resize(image, height, width, resample):
+  """Resizes an [H, W, C] image with PIL to [height, width, C].
+
+  uint8 images with 1, 3 or 4 channels are resized as one PIL image (L, RGB,
+  RGBA), exactly like torchvision's PIL backend; other images are resized
+  channel by channel in float32 ("F" mode), uint8 ones rounded back.
+  """
+  image = np.asarray(image)
+  if image.shape[:2] == (height, width):
+    return image
+  if image.dtype == np.uint8 and image.shape[-1] in (1, 3, 4):
+    squeeze = image.shape[-1] == 1
+    pil = Image.fromarray(image[..., 0] if squeeze else image)
+    out = np.asarray(pil.resize((width, height), resample=resample))
+    return out[..., None] if squeeze else out
+  planes = [np.asarray(Image.fromarray(np.ascontiguousarray(
+      image[..., c], np.float32)).resize((width, height), resample=resample))
+            for c in range(image.shape[-1])]
+  out = np.stack(planes, axis=-1)
+  if image.dtype == np.uint8:
+    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+  return out
+
+
+def _hw(size):
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
 @registry.register("pp", "resize")
 def get_resize(size, key="image", method="bilinear"):
-  """Resizes a uint8 image to `size` (int for square, or (height, width))."""
-  height, width = (size, size) if isinstance(size, int) else size
-  resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-              "nearest": Image.NEAREST, "area": Image.BOX}[method]
+  """Resizes an image to `size`, ignoring its aspect ratio.
+
+  Args:
+    size: int for a square, or (height, width).
+    key: image field (uint8 or float [H, W, C]).
+    method: "bilinear", "bicubic", "nearest", "area" (box) or "lanczos"; PIL
+      filters, antialiased when downsampling.
+
+  Returns:
+    op(example, rng); e.g. resize(32) on uint8[480, 640, 3] -> uint8[32, 32, 3].
+  """
+  height, width = _hw(size)
+  resample = _resample(method)
+
+  def op(example, rng):
+    del rng
+    example[key] = _pil_resize(example[key], height, width, resample)
+    return example
+
+  return op
+
+
+def resize_small_shape(height, width, size):
+  """Output (height, width) of resizing the shorter side to `size`.
+
+  Same rounding as torchvision's `Resize(int)`: the longer side becomes
+  `int(size * long / short)` (truncated).
+
+  Args:
+    height, width: input shape.
+    size: target length of the shorter side.
+
+  Returns:
+    (new_height, new_width), e.g. (200, 300, 224) -> (224, 336) and
+    (450, 655, 224) -> (224, 326).
+  """
+  if height <= width:
+    return size, int(size * width / height)
+  return int(size * height / width), size
+
+
+@registry.register("pp", "resize_small")
+def get_resize_small(size, key="image", method="bicubic"):
+  """Resizes the shorter side to `size`, keeping the aspect ratio.
+
+  Args:
+    size: target length of the shorter side.
+    key: image field.
+    method: PIL filter name (see `resize`); bicubic on uint8 equals
+      torchvision's `Resize(size, BICUBIC)` on a PIL image.
+
+  Returns:
+    op(example, rng); e.g. resize_small(224) on uint8[200, 300, 3] ->
+    uint8[224, 336, 3].
+  """
+  resample = _resample(method)
 
   def op(example, rng):
     del rng
     image = np.asarray(example[key])
-    if image.shape[:2] != (height, width):
-      squeeze = image.shape[-1] == 1
-      pil = Image.fromarray(image[..., 0] if squeeze else image)
-      image = np.asarray(pil.resize((width, height), resample=resample))
-      image = image[..., None] if squeeze else image
-    example[key] = image
+    height, width = resize_small_shape(image.shape[0], image.shape[1], size)
+    example[key] = _pil_resize(image, height, width, resample)
+    return example
+
+  return op
+
+
+def central_crop_box(height, width, crop_height, crop_width):
+  """Top-left corner of a centred crop, with torchvision CenterCrop rounding.
+
+  Args:
+    height, width: image shape (at least the crop's).
+    crop_height, crop_width: crop shape.
+
+  Returns:
+    (top, left) = (round((height - crop_height) / 2), ...) with Python's
+    round (half to even), e.g. (336, 224, 224, 224) -> (56, 0) and
+    (5, 5, 2, 2) -> (2, 2).
+  """
+  return (int(round((height - crop_height) / 2.0)),
+          int(round((width - crop_width) / 2.0)))
+
+
+@registry.register("pp", "central_crop")
+def get_central_crop(size, key="image"):
+  """Crops the centre of an image, like torchvision's `CenterCrop`.
+
+  An image smaller than the crop is first zero-padded (as torchvision does:
+  the extra pixel of an odd padding goes to the bottom/right).
+
+  Args:
+    size: int for a square, or (height, width).
+    key: image field.
+
+  Returns:
+    op(example, rng); e.g. central_crop(224) on [224, 336, 3] takes columns
+    56:280 -> [224, 224, 3].
+  """
+  crop_h, crop_w = _hw(size)
+
+  def op(example, rng):
+    del rng
+    image = np.asarray(example[key])
+    height, width = image.shape[:2]
+    if crop_h > height or crop_w > width:
+      pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+      pads = [(pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)]
+      image = np.pad(image, pads + [(0, 0)] * (image.ndim - 2))
+      height, width = image.shape[:2]
+    top, left = central_crop_box(height, width, crop_h, crop_w)
+    example[key] = np.ascontiguousarray(
+        image[top:top + crop_h, left:left + crop_w])
+    return example
+
+  return op
+
+
+def random_resized_crop_box(height, width, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3), rng=None):
+  """Crop box of torchvision's `RandomResizedCrop.get_params`.
+
+  Up to 10 tries draw an area fraction uniformly in `scale` and an aspect
+  ratio (width / height) log-uniformly in `ratio`, round the crop's sides
+  and keep the first crop that fits, at a uniform position. If none fits,
+  or `rng` is None, the fallback is a central crop of the whole image with
+  its aspect ratio clipped to `ratio`. Same distribution as torchvision,
+  not the same numbers (numpy instead of torch random draws).
+
+  Args:
+    height, width: image shape.
+    scale: (min, max) fraction of the image area.
+    ratio: (min, max) aspect ratio width / height.
+    rng: np.random.Generator, or None for the deterministic fallback.
+
+  Returns:
+    (top, left, crop_height, crop_width); e.g. rng None on (100, 300)
+    gives (0, 83, 100, 133).
+  """
+  if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+    raise ValueError(f"random_resized_crop: need 0 < scale[0] <= scale[1] "
+                     f"<= 1 and 0 < ratio[0] <= ratio[1]; got scale={scale}, "
+                     f"ratio={ratio}.")
+  if rng is not None:
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+      target_area = area * rng.uniform(scale[0], scale[1])
+      aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+      crop_w = int(round(math.sqrt(target_area * aspect)))
+      crop_h = int(round(math.sqrt(target_area / aspect)))
+      if 0 < crop_w <= width and 0 < crop_h <= height:
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        return top, left, crop_h, crop_w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    crop_w, crop_h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    crop_w, crop_h = int(round(height * ratio[1])), height
+  else:
+    crop_w, crop_h = width, height
+  return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+@registry.register("pp", "random_resized_crop")
+@registry.register("pp", "inception_crop")
+def get_random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                            method="bicubic", key="image"):
+  """Random crop of random area and aspect, resized (torchvision semantics).
+
+  See `random_resized_crop_box` for how the crop is drawn. With rng None
+  (evaluation) the crop is the deterministic central one of the whole image
+  (aspect clipped to `ratio`), then resized. Also registered as
+  `inception_crop`.
+
+  Args:
+    size: output int (square) or (height, width).
+    scale: (min, max) fraction of the image area kept.
+    ratio: (min, max) aspect ratio width / height of the crop.
+    method: PIL filter for the resize.
+    key: image field.
+
+  Returns:
+    op(example, rng); e.g. random_resized_crop(224) on uint8[480, 640, 3]
+    -> uint8[224, 224, 3].
+  """
+  out_h, out_w = _hw(size)
+  resample = _resample(method)
+  scale, ratio = tuple(scale), tuple(ratio)
+  random_resized_crop_box(1, 1, scale, ratio)  # Validates the arguments.
+
+  def op(example, rng):
+    image = np.asarray(example[key])
+    top, left, crop_h, crop_w = random_resized_crop_box(
+        image.shape[0], image.shape[1], scale, ratio, rng)
+    crop = np.ascontiguousarray(image[top:top + crop_h, left:left + crop_w])
+    example[key] = _pil_resize(crop, out_h, out_w, resample)
     return example
 
   return op
@@ -152,6 +511,79 @@ def get_value_range(vmin=-1.0, vmax=1.0, key="image", in_min=0.0,
     del rng
     image = np.asarray(example[key], np.float32)
     example[key] = ((image - in_min) * scale + vmin).astype(np.float32)
+    return example
+
+  return op
+
+
+@registry.register("pp", "normalize")
+def get_normalize(mean=CLIP_MEAN, std=CLIP_STD, key="image"):
+  """Per-channel standardisation `(x - mean) / std` of a float image.
+
+  Expects float values in [0, 1] (put `value_range(0, 1)` before it), the
+  convention of torchvision's ToTensor + Normalize:
+  `value_range(0,1)|normalize(mean=CLIP_MEAN, std=CLIP_STD)` in the DSL,
+  where the names stand for the tuples (the DSL only takes literals, so
+  write the numbers, or use `clip_preprocess`).
+
+  Args:
+    mean: scalar or one value per channel. Default: CLIP_MEAN.
+    std: scalar or one positive value per channel. Default: CLIP_STD.
+    key: image field.
+
+  Returns:
+    op(example, rng) giving float32[H, W, C]; e.g. a pixel of 0.5 in every
+    channel -> ((0.5 - 0.4815) / 0.2686, ...) = (0.0690, 0.1614, 0.3328).
+
+  Raises (from the op):
+    TypeError: for an integer image (forgotten `value_range(0, 1)`).
+  """
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  if np.any(std <= 0):
+    raise ValueError(f"normalize: std must be positive, got {std}.")
+
+  def op(example, rng):
+    del rng
+    image = np.asarray(example[key])
+    if not np.issubdtype(image.dtype, np.floating):
+      raise TypeError(f"normalize expects a float image in [0, 1] in "
+                      f"{key!r}, got {image.dtype}; put value_range(0, 1) "
+                      "before it.")
+    example[key] = ((image.astype(np.float32) - mean) / std).astype(
+        np.float32)
+    return example
+
+  return op
+
+
+@registry.register("pp", "clip_preprocess")
+def get_clip_preprocess(size=224, key="image"):
+  """OpenAI CLIP's evaluation transform, the same numbers as `clip.load`'s.
+
+  decode -> bicubic resize of the shorter side to `size` (PIL, uint8) ->
+  central crop `size` x `size` -> float in [0, 1] -> normalise with
+  CLIP_MEAN / CLIP_STD. Equivalent to
+  `decode|resize_small(size)|central_crop(size)|value_range(0,1)|normalize`.
+  OpenAI converts to RGB after resizing; the two orders agree except at
+  alpha edges of transparent images.
+
+  Args:
+    size: output side (224 for ViT-B/32, B/16, L/14; 336 for L/14@336px).
+    key: image field (encoded bytes or uint8[H, W, 3]).
+
+  Returns:
+    op(example, rng) setting `example[key]` to float32[size, size, 3] (HWC;
+    transpose to CHW to compare with PyTorch).
+  """
+  ops = [get_decode(key=key), get_resize_small(size, key=key),
+         get_central_crop(size, key=key),
+         get_value_range(0.0, 1.0, key=key),
+         get_normalize(CLIP_MEAN, CLIP_STD, key=key)]
+
+  def op(example, rng):
+    for fn in ops:
+      example = fn(example, rng)
     return example
 
   return op
@@ -180,7 +612,7 @@ def get_choice(key="captions", out="text", index=0):
   def op(example, rng):
     values = example[key]
     if len(values) == 0:
-      raise CorruptRecordError(f"{key!r} is empty")
+      raise CorruptRecordError(f"{key!r} is empty", reason="missing_text")
     i = index if rng is None else int(rng.integers(len(values)))
     example[out] = values[i]
     return example
@@ -215,6 +647,46 @@ def get_tokenize(max_len, key="text", out=None, tokenizer="clip_bpe"):
   return op
 
 
+def _lower(value):
+  """Lower-cases a str or UTF-8 bytes, keeping the type."""
+  if isinstance(value, (bytes, np.bytes_)):
+    try:
+      return bytes(value).decode("utf-8").lower().encode("utf-8")
+    except UnicodeDecodeError as e:
+      raise CorruptRecordError(f"text is not UTF-8: {e}",
+                               reason="decode_text") from e
+  return str(value).lower()
+
+
+@registry.register("pp", "lower")
+def get_lower(key="text"):
+  """Lower-cases a text field (Unicode-aware).
+
+  Args:
+    key: field holding a str / bytes, or a sequence of them (all captions).
+
+  Returns:
+    op(example, rng); str stays str and bytes stay (UTF-8) bytes; a
+    sequence becomes a list, e.g. [b"A Dog", "ÉTÉ"] -> [b"a dog", "été"].
+
+  Raises (from the op):
+    CorruptRecordError: reason "decode_text" for bytes that are not UTF-8.
+  """
+
+  def op(example, rng):
+    del rng
+    value = example[key]
+    if isinstance(value, (str, bytes, np.bytes_, np.str_)):
+      example[key] = _lower(value)
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+      example[key] = _lower(value.item())
+    else:
+      example[key] = [_lower(v) for v in value]
+    return example
+
+  return op
+
+
 @registry.register("pp", "keep")
 def get_keep(*keys):
   """Keeps only the given keys."""
@@ -226,6 +698,31 @@ def get_keep(*keys):
       raise KeyError(f"keep{keys}: example has no {missing}; it has "
                      f"{sorted(example)}.")
     return {k: example[k] for k in keys}
+
+  return op
+
+
+@registry.register("pp", "drop")
+def get_drop(*keys):
+  """Removes the given keys (the complement of `keep`).
+
+  Args:
+    *keys: field names, e.g. drop('captions', 'url').
+
+  Returns:
+    op(example, rng) without those keys.
+
+  Raises (from the op):
+    KeyError: naming a key the example does not have.
+  """
+
+  def op(example, rng):
+    del rng
+    missing = [k for k in keys if k not in example]
+    if missing:
+      raise KeyError(f"drop{keys}: example has no {missing}; it has "
+                     f"{sorted(example)}.")
+    return {k: v for k, v in example.items() if k not in keys}
 
   return op
 
