@@ -71,18 +71,6 @@ def check_config(config):
                        f"{kind!r}; known: {registry.names('evaluator')}.")
 
 
-def _example_shapes(source, pp_fn, tries=16):
-  """Shapes of one preprocessed example (to initialise the model)."""
-  for i in range(min(tries, len(source))):
-    try:
-      ex = pp_fn(source[i], np.random.default_rng(0))
-    except pp_lib.CorruptRecordError:
-      continue
-    return ex
-  raise ValueError(f"None of the first {tries} training records could be "
-                   "preprocessed; check config.input.pp.")
-
-
 def make_model(config):
   return registry.get("model", config.get("model_name", "two_towers"))(
       **config.model.to_dict())
@@ -346,7 +334,8 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
   global_batch = inp.batch_size
   local_batch = _per_process_batch(global_batch, mesh)
   accumulate.check_steps(global_batch, grad_accum_steps(config), mesh)
-  num_examples = len(train_source)
+  # None for streaming sources (wds:): durations then need _steps/_examples.
+  num_examples = pipeline.num_examples(train_source)
   total = config_lib.get_steps("total", config, num_examples=num_examples,
                                batch_size=global_batch)
   warmup = config_lib.get_steps("warmup", config, num_examples=num_examples,
@@ -359,7 +348,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       train_source, pp=inp.pp, batch_size=local_batch, seed=seed,
       shuffle=inp.get("shuffle", True), workers=inp.get("workers", 0),
       read_threads=inp.get("read_threads", 4))
-  example = _example_shapes(train_source, pp_lib.build(inp.pp))
+  example = pipeline.first_example(train_source, pp_lib.build(inp.pp))
 
   # Model, loss, optimiser, state and step.
   run = build(config, mesh, example, total, warmup)
@@ -370,6 +359,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       max_to_keep=config.get("keep_ckpts", 2))
   start = checkpointer.latest_step()
   skipped = 0
+  skipped_by = {r: 0 for r in pipeline.SKIP_REASONS}
   if start is not None:
     _log(f"Resuming from step {start} in {workdir}")
     state, meta = checkpointer.restore(
@@ -377,6 +367,8 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
                                                 state_shardings),
         data_iter=it)
     skipped = int(meta.get("skipped", 0))
+    skipped_by.update({r: int(n) for r, n in meta.get(
+        "skipped_by_reason", {}).items()})
   else:
     start = 0
     state = run.init_state()
@@ -384,8 +376,10 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       abstract_state["params"]))
   _log(f"Model {config.get('model_name', 'two_towers')}: "
        f"{n_params / 1e6:.2f}M params; mesh {dict(mesh.shape)}; {total} steps "
-       f"of {global_batch} examples ({total * global_batch / num_examples:.2f} "
-       f"epochs of {num_examples}); workdir {workdir}")
+       f"of {global_batch} examples ("
+       + (f"{total * global_batch / num_examples:.2f} epochs of {num_examples}"
+          if num_examples else "streaming data")
+       + f"); workdir {workdir}")
 
   train_step = run.train_step
   evaluators = make_evaluators(config, model, mesh)
@@ -397,7 +391,9 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
 
   def save(step):
     checkpointer.save(step, state, data_iter=it,
-                      meta={"skipped": skipped, "config": json.loads(
+                      meta={"skipped": skipped,
+                            "skipped_by_reason": dict(skipped_by),
+                            "config": json.loads(
                           config.to_json_best_effort())})
 
   step_losses = {}
@@ -409,6 +405,9 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     while step < total:
       batch = next(it)
       skipped += int(np.sum(batch.pop(pipeline.SKIPPED_KEY)))
+      for r, n in pipeline.skipped_by_reason(
+          batch.pop(pipeline.SKIPPED_BY_REASON_KEY)).items():
+        skipped_by[r] += n
       state, step_metrics = train_step(state, sharding.to_global(batch, mesh))
       step += 1
       done_this_call += 1
@@ -432,7 +431,10 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
         step_metrics["train/examples_per_sec"] = examples_since_log / max(
             dt, 1e-9)
         step_metrics["data/skipped"] = skipped
-        step_metrics["train/epoch"] = step * global_batch / num_examples
+        for r, n in skipped_by.items():
+          step_metrics[f"data/skipped/{r}"] = n
+        if num_examples:
+          step_metrics["train/epoch"] = step * global_batch / num_examples
         writer.write(step, step_metrics, console=False)
         t_log, examples_since_log = time.time(), 0
       final = step == total

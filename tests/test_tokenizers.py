@@ -1,10 +1,28 @@
-"""Tests for big_vl.data.tokenizers (CLIP BPE tokenizer).
+"""Tests for big_vl.data.tokenizers (CLIP BPE and SentencePiece tokenizers).
 
 The expected id lists were produced by open_clip's own `SimpleTokenizer`
 (open_clip_torch 3.3.0) on the same strings.
+
+open_clip parity at scale: `tests/data/clip_tokenizer_parity.npz` holds the
+`parity_corpus()` strings (UTF-8 JSON, key "texts_json") and
+`open_clip.tokenize(texts, context_length=77)` of them (key "ids", int32
+[N, 77]), computed with open_clip_torch 3.3.0, torch 2.14.1, ftfy 6.3.1,
+regex 2026.11.19. To regenerate it, in a virtualenv with open_clip_torch,
+ftfy, regex, numpy and pytest (torch only for open_clip)::
+
+  PYTHONPATH=. /path/to/venv/bin/python tests/test_tokenizers.py \
+      --write-parity-fixture
+
+`test_open_clip_parity_live` (marker `peer`) compares against open_clip
+directly when it is importable.
 """
 
 import importlib.util
+import json
+import os
+import random
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +32,9 @@ from big_vl.data import tokenizers
 from big_vl.data.tokenizers import ClipBpeTokenizer
 
 HAS_FTFY = importlib.util.find_spec("ftfy") is not None
+HAS_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
+PARITY_FIXTURE = os.path.join(os.path.dirname(__file__), "data",
+                              "clip_tokenizer_parity.npz")
 
 # (text, open_clip SimpleTokenizer.encode(text)); independent of ftfy.
 OPEN_CLIP_PAIRS = [
@@ -203,3 +224,375 @@ def test_registry_lookup_with_all_builtins():
   assert isinstance(tok, ClipBpeTokenizer)
   np.testing.assert_array_equal(tok.tokenize("a dog", max_len=5),
                                 [[49406, 320, 1929, 49407, 0]])
+
+
+# ----------------------------------------------------------------------------
+# open_clip parity corpus.
+
+_WORDS = (
+    "a photo of the cat dog car tree house man woman child red blue green "
+    "small large old new running sitting on in at with near under over two "
+    "three people street beach mountain sky water bird horse plate food pizza "
+    "bicycle train bus table chair computer phone book flower garden snow "
+    "night sunset city building bridge river boat airplane kitchen bathroom "
+    "it's don't they're we've I'm you'll he'd can't won't isn't"
+).split()
+_SCRIPTS = (  # (lo, hi) code point ranges, inclusive.
+    (0x00C0, 0x017F),  # Latin-1 supplement letters, Latin extended-A.
+    (0x0391, 0x03C9),  # Greek.
+    (0x0410, 0x044F),  # Cyrillic.
+    (0x05D0, 0x05EA),  # Hebrew.
+    (0x0621, 0x064A),  # Arabic.
+    (0x0905, 0x0939),  # Devanagari.
+    (0x0E01, 0x0E30),  # Thai.
+    (0x3041, 0x3096),  # Hiragana.
+    (0x30A1, 0x30FA),  # Katakana.
+    (0x4E00, 0x9FFF),  # CJK ideographs.
+    (0xAC00, 0xD7A3),  # Hangul syllables.
+    (0xFF01, 0xFF5E),  # Fullwidth ASCII.
+    (0x2000, 0x206F),  # General punctuation (incl. zero-width chars).
+    (0x2190, 0x23FF),  # Arrows, math, technical.
+    (0x0300, 0x036F),  # Combining diacritics.
+)
+_EMOJI = (
+    "\U0001F600", "\U0001F602", "\U0001F60D", "\U0001F44D", "\U0001F44D\U0001F3FD",
+    "\u2764\ufe0f", "\U0001F525", "\U0001F389", "\U0001F1FA\U0001F1F8",
+    "\U0001F1EF\U0001F1F5", "\U0001F468\u200d\U0001F469\u200d\U0001F467",
+    "\U0001F3F3\ufe0f\u200d\U0001F308", "\u2615", "\U0001F436", "\U0001F431",
+    "\U0001F697", "\u2600\ufe0f", "\U0001F9D1\u200d\U0001F4BB", "\u263A",
+    "\U0001FAE0", "#\ufe0f\u20e3",
+)
+_ENTITIES = (
+    "&amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&nbsp;", "&eacute;", "&copy;",
+    "&#x1F600;", "&#8212;", "&amp;amp;", "&amp;lt;b&amp;gt;", "&hellip;",
+    "&euro;", "&#233;", "&lt;br/&gt;", "&bogus;", "&", "&#;", "&#xZZ;",
+)
+_ACCENTED = ("café", "crème brûlée", "naïve", "façade", "Ångström", "señor",
+             "Müller", "straße", "smørrebrød", "Dvořák", "São Paulo", "œuvre",
+             "ÉCOLE", "İstanbul", "ﬁne", "Œdipe", "cafe\u0301")
+_ODD = ("\t", "\n", "\r\n", "\x0c", "\x1b[31m", "\x00", "\x7f", "\u00ad",
+        "\u200b", "\ufeff", "\u00a0", "\u3000", "<start_of_text>",
+        "<end_of_text>", "Ã©", "â€™", "'s", "'S", "''", "...", "!!!", "--")
+
+
+def _words(rng, n):
+  out = []
+  for _ in range(n):
+    w = rng.choice(_WORDS)
+    r = rng.random()
+    if r < 0.1:
+      w = w.upper()
+    elif r < 0.2:
+      w = w.capitalize()
+    out.append(w)
+  return " ".join(out)
+
+
+def _script_run(rng, n):
+  lo, hi = rng.choice(_SCRIPTS)
+  return "".join(chr(rng.randint(lo, hi)) for _ in range(n))
+
+
+def _random_codepoints(rng, n):
+  chars = []
+  while len(chars) < n:
+    c = rng.randint(0x20, 0x2FFFF)
+    if 0xD800 <= c <= 0xDFFF:  # Surrogates cannot be UTF-8 encoded.
+      continue
+    chars.append(chr(c))
+  return "".join(chars)
+
+
+def _piece(rng):
+  kind = rng.randrange(9)
+  if kind == 0:
+    return _words(rng, rng.randint(1, 12))
+  if kind == 1:
+    return _script_run(rng, rng.randint(1, 12))
+  if kind == 2:
+    return "".join(rng.choice(_EMOJI) for _ in range(rng.randint(1, 4)))
+  if kind == 3:
+    return rng.choice(_ENTITIES)
+  if kind == 4:
+    return rng.choice(_ACCENTED)
+  if kind == 5:
+    return rng.choice(_ODD)
+  if kind == 6:
+    return str(rng.choice([rng.randint(0, 10**9), rng.random() * 1000,
+                           -rng.randint(0, 99)]))
+  if kind == 7:
+    return _random_codepoints(rng, rng.randint(1, 8))
+  return "".join(rng.choice("!\"#$%'()*+,-./:;<=>?@[\\]^_`{|}~")
+                 for _ in range(rng.randint(1, 5)))
+
+
+def parity_corpus(num=2400, seed=20261129):
+  """Deterministic varied strings for the open_clip parity fixture.
+
+  Args:
+    num: number of strings.
+    seed: seed of the `random.Random` that draws them.
+
+  Returns:
+    A list of `num` str: empty and whitespace-only strings, plain captions,
+    mixes of scripts, emoji, HTML entities, accents, control characters,
+    random code points, and long texts (up to ~3k characters).
+  """
+  rng = random.Random(seed)
+  fixed = ["", " ", "\n\t ", "a", "A photo of a cat.", "&amp;", "\U0001F600",
+           "<start_of_text>a<end_of_text>"]
+  out = list(fixed)
+  while len(out) < num:
+    kind = rng.random()
+    if kind < 0.03:
+      text = rng.choice(["", " ", "  \t", "\n", "\u3000", "\u200b"])
+    elif kind < 0.3:
+      text = _words(rng, rng.randint(3, 20))
+      if rng.random() < 0.5:
+        text += rng.choice([".", "!", "?", "", " ", "..."])
+    elif kind < 0.9:
+      sep = rng.choice([" ", " ", " ", "", ", ", "\n"])
+      text = sep.join(_piece(rng) for _ in range(rng.randint(1, 8)))
+    elif kind < 0.96:  # Long: hundreds of words, beyond 77 tokens.
+      sep = rng.choice([" ", ""])
+      text = sep.join(_piece(rng) for _ in range(rng.randint(40, 150)))
+    else:  # A very long single "word" or run.
+      text = rng.choice(["a", "ab", "ha", "x\u0301", "\U0001F600", "é"]) * (
+          rng.randint(100, 1500))
+    out.append(text)
+  return out
+
+
+def _load_parity_fixture():
+  data = np.load(PARITY_FIXTURE)
+  texts = json.loads(bytes(data["texts_json"]).decode("utf-8"))
+  return texts, data["ids"]
+
+
+def _first_mismatches(ids, expected, texts, limit=5):
+  bad = np.nonzero((ids != expected).any(axis=1))[0]
+  return len(bad), [(int(i), texts[i][:80]) for i in bad[:limit]]
+
+
+def test_parity_corpus_is_deterministic_and_varied():
+  texts = parity_corpus()
+  assert len(texts) >= 2000
+  assert texts == parity_corpus()
+  assert sum(1 for t in texts if not t.strip()) >= 20  # Empty / whitespace.
+  assert sum(1 for t in texts if len(t) > 1000) >= 20  # Very long.
+  assert sum(1 for t in texts if "&" in t) >= 100  # HTML entities.
+  assert sum(1 for t in texts if not t.isascii()) >= 1000  # Unicode.
+  stored, _ = _load_parity_fixture()
+  assert stored == texts
+
+
+def test_open_clip_parity_fixture():
+  texts, expected = _load_parity_fixture()
+  assert expected.shape == (len(texts), 77) and expected.dtype == np.int32
+  tok = tokenizers.get("clip", max_len=77)
+  num_bad, examples = _first_mismatches(tok(texts), expected, texts)
+  assert num_bad == 0, f"{num_bad} rows differ from open_clip: {examples}"
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="open_clip not installed")
+def test_open_clip_parity_live():
+  import open_clip  # pylint: disable=g-import-not-at-top
+  texts = parity_corpus()
+  expected = open_clip.tokenize(texts, context_length=77).numpy()
+  num_bad, examples = _first_mismatches(
+      tokenizers.get("clip", max_len=77)(texts), expected, texts)
+  assert num_bad == 0, f"{num_bad} rows differ from open_clip: {examples}"
+  short = open_clip.tokenize(texts[:200], context_length=16).numpy()
+  np.testing.assert_array_equal(tokenizers.get("clip", max_len=16)(
+      texts[:200]), short)
+
+
+def _write_parity_fixture(path=PARITY_FIXTURE):
+  """Computes open_clip's ids of `parity_corpus()` and saves the fixture."""
+  import open_clip  # pylint: disable=g-import-not-at-top
+  texts = parity_corpus()
+  ids = open_clip.tokenize(texts, context_length=77).numpy().astype(np.int32)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  blob = json.dumps(texts, ensure_ascii=False).encode("utf-8")
+  np.savez_compressed(path, texts_json=np.frombuffer(blob, np.uint8),
+                      ids=ids)
+  print(f"wrote {path}: {len(texts)} texts, {os.path.getsize(path)} bytes")
+
+
+# ----------------------------------------------------------------------------
+# `get` and the bound CLIP tokenizer.
+
+
+def test_get_clip_is_open_clip_tokenize():
+  tok = tokenizers.get("clip", max_len=77)
+  out = tok(["A photo of a cat.", "a dog"])
+  assert out.shape == (2, 77) and out.dtype == np.int32
+  np.testing.assert_array_equal(out[:, :8], [
+      [49406, 320, 1125, 539, 320, 2368, 269, 49407],
+      [49406, 320, 1929, 49407, 0, 0, 0, 0]])
+  assert tok("a dog").shape == (1, 77)
+  assert tok("a dog", max_len=5).shape == (1, 5)
+  assert tok.tokenize(["a dog"], 6).shape == (1, 6)
+  assert tok.vocab_size == 49408 and tok.pad_id == 0 and tok.max_len == 77
+  assert tok.decode(out[0]) == "a photo of a cat ."
+  assert tok.encode("a dog") == [320, 1929]
+  # Shares the cached ClipBpeTokenizer with the "clip_bpe" factory.
+  assert tok.base is tokenizers.clip_bpe()
+  assert tokenizers.get("clip_bpe", max_len=8).max_len == 8
+  with pytest.raises(ValueError):
+    tokenizers.get("clip", max_len=1)
+  with pytest.raises(KeyError, match="sentencepiece"):
+    tokenizers.get("bert")
+
+
+def test_registry_clip_and_sentencepiece(monkeypatch, sp_model):
+  monkeypatch.setattr(registry, "BUILTIN_MODULES", ("big_vl.data.tokenizers",))
+  tok = registry.get("tokenizer", "clip")(max_len=16)
+  np.testing.assert_array_equal(tok.tokenize("a dog", 5),
+                                [[49406, 320, 1929, 49407, 0]])
+  sp = registry.get("tokenizer", "sentencepiece")(model=sp_model, max_len=8)
+  assert sp.tokenize(["a dog", "a cat"], 8).shape == (2, 8)
+  assert {"clip", "clip_bpe", "sentencepiece"} <= set(
+      registry.names("tokenizer"))
+
+
+def test_clip_throughput_smoke():
+  # Not a timing assertion (see bench/); just exercises a 10k batch once.
+  rng = random.Random(0)
+  words = "a photo of the big small red dog cat on in with car tree".split()
+  texts = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
+           for _ in range(10_000)]
+  tok = tokenizers.get("clip", max_len=77)
+  start = time.perf_counter()
+  out = tok(texts)
+  elapsed = time.perf_counter() - start
+  assert out.shape == (10_000, 77)
+  print(f"clip: {len(texts) / elapsed:.0f} captions/s")
+
+
+# ----------------------------------------------------------------------------
+# SentencePiece.
+
+def _sp_sentences(num=400, seed=0):
+  """`num` varied short English captions to train a tiny SentencePiece model."""
+  rng = random.Random(seed)
+  adjectives = ("red green blue black white small large young old happy "
+                "wooden shiny striped fluffy tall empty busy quiet").split()
+  nouns = ("dog cat horse bird car tree house boat person child woman man "
+           "bicycle train street beach mountain river kitchen table pizza "
+           "flower garden city bridge airplane phone book chair").split()
+  verbs = ("running sleeping sitting eating jumping standing walking "
+           "flying parked swimming playing waiting").split()
+  places = ("on the grass", "in the snow", "near the water", "at night",
+            "under a tree", "in a room", "on a street", "by the sea",
+            "in the city", "next to a wall")
+  out = []
+  for _ in range(num):
+    words = [rng.choice(["a photo of", "an image of", "there is", "a"]),
+             rng.choice(adjectives), rng.choice(nouns), rng.choice(verbs),
+             rng.choice(places)]
+    out.append(" ".join(words) + rng.choice([".", "", "!"]))
+  return out
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+  """A 96-piece unigram model with T5's ids: pad 0, eos 1, unk 2, no bos."""
+  sentencepiece = pytest.importorskip("sentencepiece")
+  prefix = str(tmp_path_factory.mktemp("spm") / "tiny")
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(_sp_sentences()), model_prefix=prefix,
+      vocab_size=96, model_type="unigram", character_coverage=1.0,
+      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+      num_threads=1)
+  return prefix + ".model"
+
+
+@pytest.fixture(scope="module")
+def sp_proc(sp_model):
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  return sentencepiece.SentencePieceProcessor(model_file=sp_model)
+
+
+def test_sentencepiece_padding_and_sticky_eos(sp_model, sp_proc):
+  tok = tokenizers.get("sentencepiece", model=sp_model, max_len=16)
+  assert tok.vocab_size == 96 and tok.pad_id == 0 and tok.max_len == 16
+  ids = sp_proc.encode("a photo of a red dog.")
+  out = tok("a photo of a red dog.")
+  assert out.shape == (1, 16) and out.dtype == np.int32
+  np.testing.assert_array_equal(
+      out[0], ids + [1] + [0] * (16 - len(ids) - 1))
+  long = " ".join(["a red dog"] * 20)
+  long_ids = sp_proc.encode(long)
+  assert len(long_ids) > 16
+  # Sticky EOS: cut to max_len - 1 ids, then EOS.
+  np.testing.assert_array_equal(tok(long)[0], long_ids[:15] + [1])
+  # Exactly fitting with the EOS: no padding, EOS last.
+  fit = tokenizers.get("sentencepiece", model=sp_model,
+                       max_len=len(ids) + 1)("a photo of a red dog.")
+  np.testing.assert_array_equal(fit[0], ids + [1])
+  assert tok.decode(out[0]) == "a photo of a red dog."
+  assert tok.decode(tok(long)[0]) == sp_proc.decode(long_ids[:15])
+
+
+def test_sentencepiece_eos_modes_and_pad(sp_model, sp_proc):
+  long = " ".join(["a red dog"] * 20)
+  long_ids = sp_proc.encode(long)
+  short_ids = sp_proc.encode("a cat")
+  no_eos = tokenizers.get("sentencepiece", model=sp_model, max_len=8,
+                          add_eos=False)
+  np.testing.assert_array_equal(no_eos(long)[0], long_ids[:8])
+  np.testing.assert_array_equal(no_eos("a cat")[0],
+                                short_ids + [0] * (8 - len(short_ids)))
+  yes = tokenizers.get("sentencepiece", model=sp_model, max_len=8, eos="yes")
+  np.testing.assert_array_equal(yes(long)[0], long_ids[:8])  # EOS cut off.
+  # SigLIP style: pad with the EOS id (given as a piece or an id).
+  for pad in (1, "</s>"):
+    siglip = tokenizers.get("sentencepiece", model=sp_model, max_len=8,
+                            pad_id=pad)
+    np.testing.assert_array_equal(
+        siglip("a cat")[0], short_ids + [1] * (8 - len(short_ids)))
+    assert siglip.decode(siglip("a cat")[0]) == "a cat"
+  with pytest.raises(ValueError):
+    tokenizers.get("sentencepiece", model=sp_model, eos="maybe")
+  with pytest.raises(ValueError):
+    tokenizers.get("sentencepiece", model=sp_model, pad_id=96)
+  with pytest.raises(ValueError):
+    tokenizers.get("sentencepiece", model=sp_model, pad_id="<nope>")
+  with pytest.raises(ValueError):
+    tokenizers.get("sentencepiece", model=sp_model, add_bos=True)  # No BOS.
+  with pytest.raises(ValueError, match="not found"):
+    tokenizers.get("sentencepiece", model="/nonexistent/x.model")
+
+
+def test_sentencepiece_lowercases_ascii_only(sp_model, sp_proc):
+  tok = tokenizers.get("sentencepiece", model=sp_model, max_len=16)
+  np.testing.assert_array_equal(tok("A Photo of a RED Dog."),
+                                tok("a photo of a red dog."))
+  # Like tf.strings.lower: non-ASCII letters keep their case.
+  assert tok.encode("DOG É") == sp_proc.encode("dog É") + [1]
+  keep = tokenizers.get("sentencepiece", model=sp_model, max_len=16,
+                        lower=False)
+  assert keep.encode("RED") == sp_proc.encode("RED") + [1]
+
+
+def test_sentencepiece_batches_bytes_and_arrays(sp_model):
+  tok = tokenizers.get("spm", model=sp_model, max_len=12)
+  texts = ["a red dog", "", "a big blue cat", "a photo of a boat"]
+  out = tok(texts)
+  assert out.shape == (4, 12)
+  np.testing.assert_array_equal(out[1], [1] + [0] * 11)  # Empty: just EOS.
+  np.testing.assert_array_equal(tok([t.encode() for t in texts]), out)
+  np.testing.assert_array_equal(tok(np.array(texts)), out)
+  np.testing.assert_array_equal(tok(tuple(texts)), out)
+  assert tok([]).shape == (0, 12)
+  for i, text in enumerate(texts):
+    np.testing.assert_array_equal(tok(text)[0], out[i])
+  # Shared underlying tokenizer for equal options.
+  assert tokenizers.get("sentencepiece", model=sp_model).base is tok.base
+
+
+if __name__ == "__main__":
+  if "--write-parity-fixture" in sys.argv:
+    _write_parity_fixture()

@@ -1,15 +1,19 @@
 """grain input pipelines: training stream and exact evaluation batches.
 
-Training: this process's shard of a random-access source, shuffled with a
-seed (reshuffled every epoch), preprocessed by a pp string, records that fail
-(e.g. undecodable images) skipped and counted, batched to the per-process
-batch, prefetched. The iterator's position is saved and restored through grain
-checkpointing, so a resumed run sees exactly the batches it would have seen.
+Training: this process's shard of a source, shuffled with a seed (reshuffled
+every epoch), preprocessed by a pp string, records that fail (e.g.
+undecodable images, missing files) skipped and counted by reason, batched to
+the per-process batch, prefetched. The iterator's position is saved and
+restored through grain checkpointing, so a resumed run sees exactly the
+batches it would have seen. Sources may be random-access (`len`, `[i]`:
+tfds, jsonl, csv), streaming (`grain.IterDataset`: wds) or a
+`sources.Mixture` of either.
 
     it = make_train_iterator(source, pp="decode|value_range(-1,1)|...",
                              batch_size=64, seed=0)
     batch = next(it)   # {"image": f32[64,H,W,3], "text": i32[64,L],
-                       #  "_skipped": i32[64]} (records skipped before each)
+                       #  "_skipped": i32[64] (records skipped before each),
+                       #  "_skipped_by_reason": i32[64, len(SKIP_REASONS)]}
 
 Evaluation: `eval_batches` visits every example exactly once, padded to
 full batches with a `_mask`, the same number of batches on every process.
@@ -22,23 +26,53 @@ import jax
 import numpy as np
 
 from big_vl.data import pp as pp_lib
+from big_vl.data import sources as sources_lib
+from big_vl.data import wds as wds_lib
 
 SKIPPED_KEY = "_skipped"
+SKIPPED_BY_REASON_KEY = "_skipped_by_reason"
 MASK_KEY = "_mask"
+# Reasons counted separately; any other reason is counted as "other".
+# "decode", "missing_image", "missing_text", "decode_text" come from pp ops,
+# "missing_file" from jsonl/csv sources, "read_error" from unreadable shards.
+SKIP_REASONS = ("decode", "missing_file", "missing_image", "missing_text",
+                "decode_text", "bad_caption", "read_error", "other")
+ERROR_KEY = wds_lib.ERROR_KEY
+
+
+def reason_index(reason):
+  """Position of `reason` in SKIP_REASONS ("other" if unknown)."""
+  try:
+    return SKIP_REASONS.index(reason)
+  except ValueError:
+    return SKIP_REASONS.index("other")
+
+
+def skipped_by_reason(batch_counts):
+  """{reason: int} from summed `_skipped_by_reason` rows ([..., R] array)."""
+  counts = np.asarray(batch_counts).reshape(-1, len(SKIP_REASONS)).sum(0)
+  return {r: int(c) for r, c in zip(SKIP_REASONS, counts)}
 
 
 class _CountSkippedIterator(grain.DatasetIterator):
-  """Drops None elements (failed records), counting them on the next element."""
+  """Drops failed records, counting them (by reason) on the next element.
+
+  A failed record is None (reason "decode") or a dict with `__error__`.
+  """
 
   def __next__(self):
-    skipped = 0
+    counts = np.zeros([len(SKIP_REASONS)], np.int32)
     while True:
       element = next(self._parent)
-      if element is not None:
+      if element is None:
+        counts[reason_index("decode")] += 1
+      elif isinstance(element, dict) and ERROR_KEY in element:
+        counts[reason_index(element[ERROR_KEY])] += 1
+      else:
         element = dict(element)
-        element[SKIPPED_KEY] = np.int32(skipped)
+        element[SKIPPED_KEY] = np.int32(counts.sum())
+        element[SKIPPED_BY_REASON_KEY] = counts
         return element
-      skipped += 1
 
   def get_state(self):
     return self._parent.get_state()
@@ -54,16 +88,82 @@ class _CountSkipped(grain.IterDataset):
     return _CountSkippedIterator(self._parent.__iter__())
 
 
+def _error(e):
+  return {ERROR_KEY: str(getattr(e, "reason", "decode"))}
+
+
 def _safe(fn):
-  """Wraps a pp function so a CorruptRecordError gives None (skipped)."""
+  """Wraps a pp function: a CorruptRecordError gives an error record
+  `{"__error__": reason}` (skipped and counted); error records pass through."""
 
   def apply(example, rng=None):
+    if example is None or (isinstance(example, dict) and ERROR_KEY in example):
+      return example
     try:
       return fn(example, rng)
-    except pp_lib.CorruptRecordError:
-      return None
+    except pp_lib.CorruptRecordError as e:
+      return _error(e)
 
   return apply
+
+
+class _SafeSource:
+  """A random-access source whose failing reads become error records."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    try:
+      return self._source[i]
+    except pp_lib.CorruptRecordError as e:
+      return _error(e)
+
+  def __repr__(self):
+    return f"_SafeSource({self._source!r})"
+
+
+def is_streaming(source):
+  """Whether `source` (or a mixture component) is a grain IterDataset."""
+  if isinstance(source, sources_lib.Mixture):
+    return any(is_streaming(s) for s in source.sources)
+  return isinstance(source, grain.IterDataset)
+
+
+def num_examples(source):
+  """Examples in one epoch of `source`, or None for streaming sources."""
+  return None if is_streaming(source) else len(source)
+
+
+def first_example(source, pp_fn, tries=16):
+  """The first example of `source` that `pp_fn` preprocesses (for shapes).
+
+  Args:
+    source: random-access, streaming or Mixture source.
+    pp_fn: `fn(example, rng)` from `pp.build`.
+    tries: records to try before giving up.
+
+  Returns:
+    One preprocessed example dict.
+  """
+  if isinstance(source, sources_lib.Mixture):
+    source = source.sources[0]
+  if isinstance(source, grain.IterDataset):
+    ds = source.configure(shuffle_buffer=0, process_index=0,
+                          process_count=1) if hasattr(
+                              source, "configure") else source
+    records = iter(ds)
+  else:
+    records = (_SafeSource(source)[i] for i in range(len(source)))
+  for _, record in zip(range(tries), records):
+    out = _safe(pp_fn)(record, np.random.default_rng(0))
+    if out is not None and ERROR_KEY not in out:
+      return out
+  raise ValueError(f"None of the first {tries} training records could be "
+                   "preprocessed; check the data and config.input.pp.")
 
 
 def _process_shard(ds, process_index, process_count):
@@ -76,40 +176,81 @@ def _process_shard(ds, process_index, process_count):
   return ds
 
 
+def _map_component(source, seed, shuffle, num_epochs, process_index,
+                   process_count):
+  ds = grain.MapDataset.source(_SafeSource(source))
+  ds = _process_shard(ds, process_index, process_count)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  return ds.repeat(num_epochs)
+
+
+def _iter_component(source, seed, shuffle, num_epochs, process_index,
+                    process_count, shuffle_buffer, read_options):
+  """A source as an IterDataset (streaming ones configured for this run)."""
+  if isinstance(source, grain.IterDataset):
+    if hasattr(source, "configure"):
+      kwargs = dict(seed=seed, num_epochs=num_epochs, shuffle_shards=shuffle,
+                    process_index=process_index, process_count=process_count)
+      if not shuffle:
+        kwargs["shuffle_buffer"] = 0
+      elif shuffle_buffer is not None:
+        kwargs["shuffle_buffer"] = shuffle_buffer
+      source = source.configure(**kwargs)
+    return source
+  return _map_component(source, seed, shuffle, num_epochs, process_index,
+                        process_count).to_iter_dataset(read_options)
+
+
 def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
                         shuffle=True, workers=0, read_threads=4,
                         prefetch_buffer=4, process_index=None,
-                        process_count=None):
+                        process_count=None, shuffle_buffer=None):
   """Builds the training iterator over this process's shard of `source`.
 
   Args:
-    source: random-access source (`len`, `[i]`) of example dicts.
+    source: random-access source (`len`, `[i]`) of example dicts, a streaming
+      `grain.IterDataset` (e.g. `wds.WebDataset`), or a `sources.Mixture`.
     pp: pp string applied to each example (with a per-example rng).
     batch_size: examples per batch on this process (global / processes).
-    seed: shuffling and random-pp seed.
-    num_epochs: None repeats forever.
+    seed: shuffling and random-pp seed (mixture component i uses seed + i).
+    num_epochs: None repeats forever (per component for a mixture; a
+      finite mixture stops when its first component runs out).
     shuffle: shuffle (differently each epoch).
     workers: grain worker processes (0: threads in this process).
-    read_threads: threads reading and preprocessing in each process.
+    read_threads: threads reading and preprocessing in each process
+      (random-access sources; streaming ones are read by the workers).
     prefetch_buffer: elements each thread reads ahead.
     process_index, process_count: default to JAX's.
+    shuffle_buffer: streaming sources' shuffle buffer size (None: theirs).
 
   Returns:
     A grain DatasetIterator of batches (dicts of numpy arrays) with
     `get_state()` / `set_state()`; each batch has `_skipped`: how many failed
-    records were dropped before each of its examples.
+    records were dropped before each of its examples, and
+    `_skipped_by_reason` (i32[batch, len(SKIP_REASONS)]): the same by reason.
   """
   pp_fn = _safe(pp_lib.build(pp))
-  ds = grain.MapDataset.source(source)
-  ds = _process_shard(ds, process_index, process_count)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  ds = ds.random_map(pp_fn, seed=seed)
-  ds = ds.to_iter_dataset(
-      grain.ReadOptions(num_threads=read_threads,
-                        prefetch_buffer_size=prefetch_buffer),
-      allow_nones=True)
+  read_options = grain.ReadOptions(num_threads=read_threads,
+                                   prefetch_buffer_size=prefetch_buffer)
+  components = source.sources if isinstance(
+      source, sources_lib.Mixture) else [source]
+  common = dict(shuffle=shuffle, num_epochs=num_epochs,
+                process_index=process_index, process_count=process_count)
+  if not is_streaming(source):
+    parts = [_map_component(s, seed + i, **common)
+             for i, s in enumerate(components)]
+    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(
+        parts, source.weights)
+    ds = ds.random_map(pp_fn, seed=seed)
+    ds = ds.to_iter_dataset(read_options, allow_nones=True)
+  else:
+    parts = [_iter_component(s, seed + i, shuffle_buffer=shuffle_buffer,
+                             read_options=read_options, **common)
+             for i, s in enumerate(components)]
+    ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(
+        parts, source.weights)
+    ds = ds.random_map(pp_fn, seed=seed)
   ds = _CountSkipped(ds)
   ds = ds.batch(batch_size, drop_remainder=True)
   if workers > 0:
@@ -126,8 +267,8 @@ def num_eval_batches(num_examples, batch_size, process_count):
 def _padding_template(source, pp_fn, tries=64):
   """Zeros shaped like a preprocessed example (fills padding rows)."""
   for i in range(min(tries, len(source))):
-    example = pp_fn(source[i], None)
-    if example is not None:
+    example = pp_fn(_SafeSource(source)[i], None)
+    if example is not None and ERROR_KEY not in example:
       return {k: np.zeros_like(np.asarray(v)) for k, v in example.items()}
   raise ValueError(f"None of the first {tries} records could be preprocessed;"
                    " check the data and the pp string.")
@@ -154,7 +295,7 @@ def eval_batches(source, *, pp, batch_size, process_index=None,
       process_count
   n_batches = num_eval_batches(len(source), batch_size, process_count)
   pp_fn = _safe(pp_lib.build(pp))
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.source(_SafeSource(source))
   ds = ds[process_index::process_count] if process_count > 1 else ds
   ds = ds.map(lambda x: pp_fn(x, None))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads),
@@ -175,7 +316,8 @@ def eval_batches(source, *, pp, batch_size, process_index=None,
     return batch
 
   for element in ds:
-    rows.append(element)
+    failed = element is None or ERROR_KEY in element
+    rows.append(None if failed else element)
     if len(rows) == batch_size:
       yield emit(rows)
       done += 1

@@ -1,0 +1,354 @@
+"""Sources (wds, jsonl, csv, tfds errors), mixtures, exact resume, skip reasons."""
+
+import collections
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from big_vl.data import pipeline
+from big_vl.data import sources
+from big_vl.data import wds
+
+FORMATS = (("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"))
+KEYS_PP = "keep('__key__', '__url__')"
+
+
+def _image(value, fmt="PNG", size=8):
+  buf = io.BytesIO()
+  Image.fromarray(np.full((size, size, 3), value % 256, np.uint8)).save(
+      buf, fmt)
+  return buf.getvalue()
+
+
+def _add(tar, name, data):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shards(folder, num_shards, per_shard, *, extra=None):
+  """Writes shards `shard-{000..N-1}.tar`; returns {key: (ext, bytes, text)}.
+
+  `extra(tar, shard)` may add more members at the start of a shard.
+  """
+  written = {}
+  for s in range(num_shards):
+    with tarfile.open(os.path.join(folder, f"shard-{s:03d}.tar"), "w") as tar:
+      if extra:
+        extra(tar, s)
+      for i in range(per_shard):
+        key = f"{s:03d}{i:04d}"
+        ext, fmt = FORMATS[(s + i) % 3]
+        img = _image(s * per_shard + i, fmt)
+        text = f"caption {s} {i} é"
+        _add(tar, f"{key}.{ext}", img)
+        _add(tar, f"{key}.txt", text.encode())
+        if i % 2 == 0:
+          _add(tar, f"{key}.json", json.dumps({"i": i}).encode())
+        written[key] = (ext, img, text)
+  return written, os.path.join(folder, f"shard-{{000..{num_shards - 1:03d}}}.tar")
+
+
+def test_shard_pattern_is_lazy_and_ordered():
+  p = wds.ShardPattern("gs://b/x-{000000..999999}-{a,b}.tar::/l/y{1..3}.tar")
+  assert len(p) == 2_000_003
+  assert p[0] == "gs://b/x-000000-a.tar" and p[3] == "gs://b/x-000001-b.tar"
+  assert p[1_999_999] == "gs://b/x-999999-b.tar" and p[2_000_002] == "/l/y3.tar"
+  with pytest.raises(IndexError):
+    p[len(p)]
+  assert sources.get("wds:gs://b/s-{0..9}.tar?shuffle_buffer=7").shuffle_buffer == 7
+
+
+def test_wds_reads_back_exactly(tmp_path):
+  written, pattern = _write_shards(tmp_path, 3, 4)
+  ds = sources.get(f"wds:{pattern}").configure(
+      shuffle_buffer=0, shuffle_shards=False, num_epochs=1, process_count=1,
+      process_index=0)
+  got = list(ds)
+  assert [g["__key__"] for g in got] == sorted(written)
+  for g in got:
+    ext, img, text = written[g["__key__"]]
+    assert g["image"] == img and g["text"] == g["caption"] == text
+    assert g["__url__"].endswith(f"shard-{g['__key__'][:3]}.tar")
+    i = int(g["__key__"][3:])
+    assert g["json"] == ({"i": i} if i % 2 == 0 else None)
+  assert wds.count_samples(pattern) == 12
+
+
+def _keys(batches):
+  return [k for b in batches for k in b["__key__"].tolist()]
+
+
+def test_wds_splits_over_processes_and_workers_without_overlap(tmp_path):
+  written, pattern = _write_shards(tmp_path, 8, 3)
+  seen = []
+  for p in range(2):
+    it = pipeline.make_train_iterator(
+        sources.get(f"wds:{pattern}"), pp=KEYS_PP, batch_size=1, seed=0,
+        num_epochs=1, workers=2, process_index=p, process_count=2)
+    seen.append(_keys(it))
+  assert len(seen[0]) == len(seen[1]) == 12
+  assert set(seen[0]).isdisjoint(seen[1])
+  assert sorted(seen[0] + seen[1]) == sorted(written)
+  # Process 0 reads shards 0, 2, 4, 6 only.
+  assert {k[:3] for k in seen[0]} == {"000", "002", "004", "006"}
+
+
+@pytest.mark.parametrize("buffer,stops", [(0, (1, 6)), (7, (2, 5, 9, 13))])
+def test_wds_resumes_on_the_exact_next_batch(tmp_path, buffer, stops):
+  written, pattern = _write_shards(tmp_path, 4, 5)
+  make = lambda: pipeline.make_train_iterator(
+      sources.get(f"wds:{pattern}"), pp=KEYS_PP, batch_size=3, seed=5,
+      shuffle_buffer=buffer, process_index=0, process_count=1)
+  ref_it = make()
+  ref = [next(ref_it) for _ in range(16)]  # 48 samples: 2.4 epochs of 20
+  keys = _keys(ref)
+  if not buffer:
+    assert sorted(keys[:20]) == sorted(written)  # an epoch is a permutation
+    assert keys[:20] != keys[20:40]  # the next one is in another order
+  else:  # The buffer mixes samples across the epoch boundary.
+    assert set(keys[:40]) == set(written) and keys[:20] != sorted(keys[:20])
+    assert max(collections.Counter(keys[:40]).values()) <= 3
+  for stop in stops:
+    it = make()
+    for _ in range(stop):
+      next(it)
+    state = json.loads(json.dumps(it.get_state()))  # as in a checkpoint
+    resumed = make()
+    resumed.set_state(state)
+    for want in ref[stop:]:
+      got = next(resumed)
+      assert got["__key__"].tolist() == want["__key__"].tolist(), stop
+
+
+def _caption_files(folder, n, *, missing=(), corrupt=()):
+  """Images img/i.png (+ list files) with some missing / corrupt entries."""
+  os.makedirs(folder / "img", exist_ok=True)
+  rows = []
+  for i in range(n):
+    name = f"img/{i}.png"
+    if i not in missing:
+      data = b"not an image" if i in corrupt else _image(i)
+      (folder / name).write_bytes(data)
+    rows.append((name, f"picture {i}, with a comma"))
+  with open(folder / "pairs.jsonl", "w") as f:
+    for name, cap in rows:
+      f.write(json.dumps({"image": name, "caption": cap}) + "\n")
+  with open(folder / "pairs.tsv", "w") as f:
+    f.write("filepath\ttitle\n")
+    for name, cap in rows:
+      f.write(f"{folder / name}\t{cap}\n")  # absolute paths
+  return rows
+
+
+def test_jsonl_and_csv_read_back_and_count_skips_by_reason(tmp_path):
+  rows = _caption_files(tmp_path, 10, missing={2}, corrupt={7})
+  for spec in (f"jsonl:{tmp_path}/pairs.jsonl",
+               f"csv:{tmp_path}/pairs.tsv?sep=\\t"):
+    src = sources.get(spec)
+    assert len(src) == 10
+    assert src[4]["caption"] == rows[4][1]
+    assert src[4]["image"] == (tmp_path / "img/4.png").read_bytes()
+    with pytest.raises(pipeline.pp_lib.CorruptRecordError) as e:
+      src[2]  # pylint: disable=pointless-statement
+    assert e.value.reason == "missing_file"
+    it = pipeline.make_train_iterator(
+        src, pp="decode|keep('image','caption')", batch_size=4, seed=0,
+        num_epochs=1, shuffle=False)  # failures precede the last good one
+    captions, by_reason = [], collections.Counter()
+    for batch in it:
+      captions += batch["caption"].tolist()
+      by_reason.update(pipeline.skipped_by_reason(
+          batch[pipeline.SKIPPED_BY_REASON_KEY]))
+      assert (batch[pipeline.SKIPPED_KEY] == batch[
+          pipeline.SKIPPED_BY_REASON_KEY].sum(-1)).all()
+    assert len(captions) == 8 and len(set(captions)) == 8
+    assert rows[2][1] not in captions and rows[7][1] not in captions
+    assert by_reason["missing_file"] == 1 and by_reason["decode"] == 1
+    assert sum(by_reason.values()) == 2
+  with pytest.raises(ValueError, match="separator"):
+    sources.get(f"csv:{tmp_path}/pairs.tsv")  # ',' finds no such columns
+
+
+def _labelled(n, label):
+  return [{"id": np.int32(i), "src": np.int32(label)} for i in range(n)]
+
+
+def test_mixture_proportions_determinism_and_resume(tmp_path):
+  spec_a, spec_b = "mem:a", "mem:b"
+  data = {"a": _labelled(50, 0), "b": _labelled(30, 1)}
+  sources.registry.get("source", "tfds")  # load built-ins
+  sources.registry._TABLES["source"]["mem"] = (  # pylint: disable=protected-access
+      lambda name, **kw: data[name])
+  try:
+    mix = sources.get({spec_a: 3.0, spec_b: 1.0}, split="train")
+    assert mix.weights == [0.75, 0.25]
+    make = lambda: pipeline.make_train_iterator(
+        mix, pp="keep('id','src')", batch_size=10, seed=1)
+    ref_it = make()
+    ref = [next(ref_it) for _ in range(100)]
+    frac = np.mean(np.concatenate([b["src"] for b in ref]))
+    assert abs(frac - 0.25) < 0.02
+    again = make()
+    for want in ref[:5]:
+      np.testing.assert_array_equal(next(again)["id"], want["id"])
+    it = make()
+    for _ in range(7):
+      next(it)
+    resumed = make()
+    resumed.set_state(json.loads(json.dumps(it.get_state())))
+    for want in ref[7:12]:
+      got = next(resumed)
+      np.testing.assert_array_equal(got["id"], want["id"])
+      np.testing.assert_array_equal(got["src"], want["src"])
+  finally:
+    del sources.registry._TABLES["source"]["mem"]  # pylint: disable=protected-access
+
+
+def test_streaming_mixture_with_random_access_source_resumes(tmp_path):
+  _, pattern = _write_shards(tmp_path, 2, 5)
+  _caption_files(tmp_path, 6)
+  mix = sources.get([(f"wds:{pattern}", 1), (f"jsonl:{tmp_path}/pairs.jsonl",
+                                             1)])
+  assert pipeline.is_streaming(mix) and pipeline.num_examples(mix) is None
+  make = lambda: pipeline.make_train_iterator(
+      mix, pp="keep('caption')", batch_size=4, seed=2, shuffle_buffer=3,
+      process_index=0, process_count=1)
+  ref_it = make()
+  ref = [next(ref_it)["caption"].tolist() for _ in range(8)]
+  flat = [c for b in ref for c in b]
+  assert sum(c.startswith("picture") for c in flat) == 16
+  it = make()
+  for _ in range(3):
+    next(it)
+  resumed = make()
+  resumed.set_state(json.loads(json.dumps(it.get_state())))
+  assert [next(resumed)["caption"].tolist() for _ in range(5)] == ref[3:]
+
+
+def test_wds_bad_samples_are_counted_by_reason(tmp_path):
+  def extra(tar, s):
+    if s == 1:
+      _add(tar, "bad1.txt", b"caption without image")
+      _add(tar, "bad2.png", b"garbage bytes")
+      _add(tar, "bad2.txt", b"x")
+      _add(tar, "bad3.png", _image(1))
+  _, pattern = _write_shards(tmp_path, 2, 3, extra=extra)
+  with open(tmp_path / "shard-000.tar", "r+b") as f:
+    f.truncate(512 + 300)  # cut inside the first image's data
+  # In order (shard 0, then 1), so that every failure precedes a good record
+  # (failures after the last good record of a finite run are not reported).
+  it = pipeline.make_train_iterator(
+      sources.get(f"wds:{pattern}"), pp="decode|keep('image','text')",
+      batch_size=1, seed=0, num_epochs=1, process_index=0, process_count=1,
+      shuffle=False)
+  counts = collections.Counter()
+  good = 0
+  for batch in it:
+    good += 1
+    counts.update(pipeline.skipped_by_reason(
+        batch[pipeline.SKIPPED_BY_REASON_KEY]))
+  assert good == 3  # the 3 of shard 1
+  assert counts["missing_image"] == 1 and counts["missing_text"] == 1
+  assert counts["read_error"] == 1 and counts["decode"] == 1
+
+
+def test_tfds_tfrecord_dataset_gets_a_clear_error(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class TinyPairs(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"caption": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(3):
+        yield i, {"caption": f"c{i}"}
+
+  builder = TinyPairs(data_dir=str(tmp_path), file_format="array_record")
+  builder.download_and_prepare()
+  assert len(sources.get("tfds:tiny_pairs", split="train",
+                         data_dir=str(tmp_path))) == 3
+  info_path = builder.data_path / "dataset_info.json"
+  info = json.loads(info_path.read_text())
+  info["fileFormat"] = "tfrecord"
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError, match=r"prepared as 'tfrecord'.*"
+                     r"--file_format=array_record"):
+    sources.get("tfds:tiny_pairs:train", data_dir=str(tmp_path))
+
+
+def test_wds_resumes_exactly_with_grain_workers(tmp_path):
+  _, pattern = _write_shards(tmp_path, 4, 4)
+  make = lambda: pipeline.make_train_iterator(
+      sources.get(f"wds:{pattern}"), pp=KEYS_PP, batch_size=2, seed=1,
+      shuffle_buffer=3, workers=2, process_index=0, process_count=1)
+  ref_it = make()
+  ref = [next(ref_it)["__key__"].tolist() for _ in range(12)]  # 1.5 epochs
+  it = make()
+  for _ in range(5):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = make()
+  resumed.set_state(state)
+  assert [next(resumed)["__key__"].tolist() for _ in range(7)] == ref[5:]
+
+
+def _shape_shards(folder, num_shards, per_shard):
+  """Demo-like shards: coloured squares with captions; sample 0 of each
+  shard has undecodable image bytes."""
+  colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+  names = sorted(colours)
+  for s in range(num_shards):
+    with tarfile.open(folder / f"part-{s:02d}.tar", "w") as tar:
+      for i in range(per_shard):
+        name = names[(s + i) % 3]
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[4 + i % 8:20 + i % 8, 6:22] = colours[name]
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "PNG")
+        _add(tar, f"{s:02d}{i:03d}.png", b"junk" if i == 0 else buf.getvalue())
+        _add(tar, f"{s:02d}{i:03d}.txt", f"a {name} square".encode())
+  return str(folder / f"part-{{00..{num_shards - 1:02d}}}.tar")
+
+
+@pytest.mark.slow
+def test_trainer_runs_on_wds_and_logs_skips_by_reason(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from big_vl import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from big_vl import train as train_lib  # pylint: disable=g-import-not-at-top
+  pattern = _shape_shards(tmp_path, 4, 20)
+  config = config_lib.load_config_module("configs/demo.py").get_config(
+      "runlocal")
+  config.evals = ml_collections.ConfigDict()
+  config.log_steps = 1
+  config.total_steps = 2
+  config.warmup_steps = 0
+  config.input.data = f"wds:{pattern}"
+  config.input.shuffle = False  # shards and samples in order
+  config.input.pp = ("decode|resize(32)|value_range(-1,1)|"
+                     f"tokenize(max_len={config.model.text.max_len})|"
+                     "keep('image','text')")
+  # Stopped after step 1 and resumed: the counts go on from the checkpoint.
+  first = train_lib.train(config, str(tmp_path / "wd"), stop_after_steps=1)
+  assert first["step"] == 1
+  assert train_lib.train(config, str(tmp_path / "wd"))["step"] == 2
+  rows = [r for r in metrics_lib.read_jsonl(tmp_path / "wd/metrics.jsonl")
+          if "data/skipped" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  # 64 good samples: the junk sample 0 of all 4 shards came before them.
+  assert rows[-1]["data/skipped"] == rows[-1]["data/skipped/decode"] == 4
+  assert rows[0]["data/skipped/decode"] == 2  # shards 0, 1 by sample 33
+  for reason in pipeline.SKIP_REASONS:
+    assert f"data/skipped/{reason}" in rows[-1]
