@@ -90,18 +90,17 @@ reads: `src.__getitems__([0, 1, 2])` (`src[[0, 1]]` is not supported).
 `tfds.data_source("big_vl_demo_shapes/small", ...)` reads the small config.
 """
 
-import contextlib
-import fcntl
 import io
 import math
 import os
-import time
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 import tensorflow_datasets as tfds
+
+from big_vl.data.builders import common
 
 NAME = "big_vl_demo_shapes"
 IMAGE_SIZE = 64
@@ -554,22 +553,6 @@ class DemoShapes(tfds.core.GeneratorBasedBuilder):
       yield index, generate_example(split, index)
 
 
-def _is_built(builder):
-  # Like `builder.is_prepared()`, which also logs a warning when it is not.
-  return all((builder.data_path / name).exists()
-             for name in ("dataset_info.json", "features.json"))
-
-
-@contextlib.contextmanager
-def _file_lock(path):
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def prepare(data_dir: str | os.PathLike[str] | None = None,
             config: str = "full") -> tfds.core.DatasetBuilder:
   """Returns the `big_vl_demo_shapes` builder, building the data if needed.
@@ -588,20 +571,9 @@ def prepare(data_dir: str | os.PathLike[str] | None = None,
     A prepared `DemoShapes` builder (`builder.data_dir_root` is the data dir
     to give `tfds.data_source`).
   """
-  builder = DemoShapes(data_dir=data_dir, config=config)
-  if _is_built(builder):
-    return builder
-  root = builder.data_dir_root
-  root.mkdir(parents=True, exist_ok=True)
-  with _file_lock(os.fspath(root / f".{NAME}.{config}.lock")):
-    builder = DemoShapes(data_dir=data_dir, config=config)
-    if not _is_built(builder):
-      num = sum(SPLIT_SIZES[config].values())
-      print(f"building demo dataset {NAME} into {root} (one-time, "
-            f"~{max(1, round(num * _SECONDS_PER_EXAMPLE))} s)", flush=True)
-      start = time.time()
-      builder.download_and_prepare(file_format="array_record")
-      print(f"built {NAME}/{config} ({num} examples) in "
-            f"{time.time() - start:.1f} s", flush=True)
-      builder = DemoShapes(data_dir=data_dir, config=config)
-  return builder
+  num = sum(SPLIT_SIZES[config].values())
+  return common.build_once(
+      lambda: DemoShapes(data_dir=data_dir, config=config),
+      lock_name=f"{NAME}.{config}",
+      message=(f"building demo dataset {NAME} into {{root}} "
+               f"(one-time, ~{max(1, round(num * _SECONDS_PER_EXAMPLE))} s)"))

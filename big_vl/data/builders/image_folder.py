@@ -40,13 +40,12 @@ is deterministic. Building reads each file once; a corrupt image is stored as
 is and counted by the pipeline's `decode` op when read.
 """
 
-import contextlib
-import fcntl
 import os
 import re
-import time
 
 import tensorflow_datasets as tfds
+
+from big_vl.data.builders import common
 
 NAME = "big_vl_image_folder"
 ENV_VAR = "BIG_VL_IMAGE_FOLDERS"
@@ -242,21 +241,6 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
       }
 
 
-def _is_built(builder):
-  return all((builder.data_path / name).exists()
-             for name in ("dataset_info.json", "features.json"))
-
-
-@contextlib.contextmanager
-def _file_lock(path):
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _built_path(data_dir, config):
   """The prepared dataset's folder, or None if not built (no folder scan)."""
   if data_dir is None:
@@ -304,18 +288,9 @@ def prepare(data_dir: str | os.PathLike[str] | None = None,
   if _built_path(data_dir, config) is not None:
     return _read_only(data_dir, config)
   root = root if root is not None else find_root(config)
-  builder = ImageFolder(data_dir=data_dir,
-                        config=ImageFolderConfig(name=config, root=root))
-  data_root = builder.data_dir_root
-  data_root.mkdir(parents=True, exist_ok=True)
-  with _file_lock(os.fspath(data_root / f".{NAME}.{config}.lock")):
-    if _is_built(builder):
-      return _read_only(data_dir, config)
-    print(f"building {NAME}/{config} from {root} into {data_root} (one-time)",
-          flush=True)
-    start = time.time()
-    builder.download_and_prepare(file_format="array_record")
-    num = sum(s.num_examples for s in builder.info.splits.values())
-    print(f"built {NAME}/{config} ({num} examples) in "
-          f"{time.time() - start:.1f} s", flush=True)
+  common.build_once(
+      lambda: ImageFolder(data_dir=data_dir,
+                          config=ImageFolderConfig(name=config, root=root)),
+      lock_name=f"{NAME}.{config}",
+      message=f"building {NAME}/{config} from {root} into {{root}} (one-time)")
   return _read_only(data_dir, config)

@@ -45,16 +45,15 @@ serialisation): the 70,000 Fashion-MNIST examples in 11 s on a 2-core VM;
 55 MB on disk. `prepare()` builds once per data dir under a file lock.
 """
 
-import contextlib
-import fcntl
 import gzip
 import io
 import os
-import time
 
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from big_vl.data.builders import common
 
 NAME = "big_vl_mnist_idx"
 CONFIGS = ("fashion_mnist", "mnist")
@@ -267,21 +266,6 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
       }
 
 
-def _is_built(builder):
-  return all((builder.data_path / name).exists()
-             for name in ("dataset_info.json", "features.json"))
-
-
-@contextlib.contextmanager
-def _file_lock(path):
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def prepare(data_dir: str | os.PathLike[str] | None = None,
             config: str = "fashion_mnist",
             source_dir: str | os.PathLike[str] | None = None
@@ -302,20 +286,10 @@ def prepare(data_dir: str | os.PathLike[str] | None = None,
   if config not in CONFIGS:
     raise ValueError(f"Unknown {NAME} config {config!r}; known: {CONFIGS}")
   builder = MnistIdx(data_dir=data_dir, config=config, source_dir=source_dir)
-  if _is_built(builder):
+  if common.is_built(builder):
     return builder
   folder = source_dir_for(config, source_dir)  # Fail early, before locking.
-  root = builder.data_dir_root
-  root.mkdir(parents=True, exist_ok=True)
-  with _file_lock(os.fspath(root / f".{NAME}.{config}.lock")):
-    builder = MnistIdx(data_dir=data_dir, config=config, source_dir=folder)
-    if not _is_built(builder):
-      print(f"building {NAME}/{config} from {folder} into {root} (one-time)",
-            flush=True)
-      start = time.time()
-      builder.download_and_prepare(file_format="array_record")
-      num = sum(s.num_examples for s in builder.info.splits.values())
-      print(f"built {NAME}/{config} ({num} examples) in "
-            f"{time.time() - start:.1f} s", flush=True)
-      builder = MnistIdx(data_dir=data_dir, config=config, source_dir=folder)
-  return builder
+  return common.build_once(
+      lambda: MnistIdx(data_dir=data_dir, config=config, source_dir=folder),
+      lock_name=f"{NAME}.{config}",
+      message=f"building {NAME}/{config} from {folder} into {{root}} (one-time)")
