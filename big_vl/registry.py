@@ -23,6 +23,8 @@ BUILTIN_MODULES = (
     "big_vl.losses",
     "big_vl.evaluators.zeroshot",
     "big_vl.evaluators.retrieval",
+    "big_vl.evaluators.linear_probe",
+    "big_vl.evaluators.fewshot",
     "big_vl.data.sources",
     "big_vl.data.pp",
     "big_vl.data.tokenizers",

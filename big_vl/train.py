@@ -12,6 +12,8 @@ A workdir that already holds a checkpoint is resumed from it. Outputs:
   workdir/checkpoints/     Orbax checkpoints (state, data position, meta)
   workdir/curves.png       loss and eval metrics over steps
   workdir/retrieval.png    text queries and their top retrieved images
+  workdir/results/         final metrics, CLIP_benchmark JSON files per
+                           dataset and task (config.results_dir; "": none)
 """
 
 import json
@@ -36,6 +38,7 @@ from big_vl import metrics as metrics_lib
 from big_vl import optim
 from big_vl import plots
 from big_vl import registry
+from big_vl import results as results_lib
 from big_vl import sharding
 from big_vl.data import pipeline
 from big_vl.data import pp as pp_lib
@@ -46,7 +49,7 @@ KNOWN_KEYS = {
     "seed", "mesh", "sharding_rules", "input", "model_name", "model", "loss",
     "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
     "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
-    "grad_accum_steps", "param_compute_dtype",
+    "grad_accum_steps", "param_compute_dtype", "results_dir",
     *(f"{p}_{u}" for p in ("total", "warmup", "log", "ckpt")
       for u in ("steps", "epochs", "examples")),
 }
@@ -457,6 +460,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     result["final"] = _run_evals(evaluators, state["params"], step, writer,
                                  final=True)
     if is_main:
+      _write_results(config, workdir, step, result["final"])
       rows = metrics_lib.read_jsonl(writer.path)
       plots.plot_curves(rows, os.path.join(workdir, "curves.png"))
       for ev_name, _, ev in evaluators:
@@ -467,6 +471,28 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
   writer.close()
   checkpointer.close()
   return result
+
+
+def _write_results(config, workdir, step, final):
+  """Writes the final metrics as CLIP_benchmark files (big_vl/results.py).
+
+  Args:
+    config: the run's ConfigDict; `config.results_dir` is the folder (absent
+      or None: workdir/results; "": write nothing).
+    workdir: the run's workdir.
+    step: the step evaluated.
+    final: the final evaluation's metrics.
+
+  Returns:
+    The paths written.
+  """
+  directory = config.get("results_dir", None)
+  if directory == "":
+    return []
+  directory = directory or os.path.join(workdir, "results")
+  return results_lib.write(
+      final, directory, model=config.get("model_name", "two_towers"),
+      pretrained=f"{os.path.basename(workdir)}-step{step}")
 
 
 def _log_summary(final, skipped):

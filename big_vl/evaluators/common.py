@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from big_vl import sharding
 from big_vl.data import pipeline
+from big_vl.data import pp as pp_lib
 
 
 def local_batch_size(global_batch_size, mesh):
@@ -31,7 +32,8 @@ def local_batch_size(global_batch_size, mesh):
   return global_batch_size // jax.process_count()
 
 
-def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None):
+def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
+             with_index=False):
   """Applies a jitted `fn(params, batch) -> dict` to every example once.
 
   Args:
@@ -43,32 +45,102 @@ def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None):
       arrays with leading dimension = batch.
     params: model parameters (global arrays).
     desc: unused label (kept for progress messages).
+    with_index: also return "index": int64[N], the position in `source` of
+      each returned example (so callers can tell which records failed).
 
   Returns:
     dict of numpy arrays: the outputs of `fn` for every valid example (padding
-    and failed records removed), concatenated over batches and processes.
+    and failed records removed), concatenated over batches and processes, in
+    source order within each process.
   """
   del desc
   local = local_batch_size(batch_size, mesh)
+  nproc = jax.process_count()
   outputs = {}
-  for batch in pipeline.eval_batches(source, pp=pp, batch_size=local):
+  for b, batch in enumerate(pipeline.eval_batches(source, pp=pp,
+                                                  batch_size=local)):
     gbatch = sharding.to_global(batch, mesh)
     out = fn(params, gbatch)
     out[pipeline.MASK_KEY] = gbatch[pipeline.MASK_KEY]
     out = multihost_utils.process_allgather(out, tiled=True)
     for k, v in out.items():
       outputs.setdefault(k, []).append(np.asarray(v))
+    # Row r of process p's b-th batch is example p + nproc * (b * local + r)
+    # (eval_batches reads source[p::nproc]); the gather is process-major.
+    q = np.arange(local * nproc)
+    outputs.setdefault("_index", []).append(
+        q // local + nproc * (b * local + q % local))
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   mask = result.pop(pipeline.MASK_KEY)
-  return {k: v[mask] for k, v in result.items()}
+  index = result.pop("_index")
+  result = {k: v[mask] for k, v in result.items()}
+  if with_index:
+    result["index"] = index[mask]
+  return result
 
 
 def embed_texts(texts, *, pp, batch_size, mesh, predict_fn, params):
-  """Text embeddings f32[len(texts), D] of a list of strings."""
+  """Text embeddings f32[len(texts), D] of a list of strings.
+
+  Raises:
+    ValueError: if some text failed preprocessing (rows would not align).
+  """
   source = [{"text": t} for t in texts]
   fn = jax.jit(lambda p, b: {"z": predict_fn(p, text=b["text"])[1]})
-  return run_over(source, pp=pp, batch_size=batch_size, mesh=mesh, fn=fn,
-                  params=params)["z"]
+  z = run_over(source, pp=pp, batch_size=batch_size, mesh=mesh, fn=fn,
+               params=params)["z"]
+  if len(z) != len(texts):
+    raise ValueError(f"{len(texts) - len(z)} of {len(texts)} texts failed "
+                     f"preprocessing with pp={pp!r}.")
+  return z
+
+
+def text_fn(predict_fn):
+  """Jitted `(params, batch) -> {"z": text embeddings}` for `run_over`."""
+  return jax.jit(lambda p, b: {"z": predict_fn(p, text=b["text"])[1]})
+
+
+def embed_tokens(tokens, *, batch_size, mesh, predict_fn, params, fn=None):
+  """Text embeddings f32[N, D] of already tokenized texts (mesh-exact).
+
+  Args:
+    tokens: int32[N, L] token ids.
+    batch_size: global eval batch size.
+    mesh: the Mesh.
+    predict_fn: `(params, image=None, text=None) -> (zimg, ztxt, aux)`.
+    params: model parameters.
+    fn: `text_fn(predict_fn)`, made once by the caller to reuse its
+      compilation across runs (None: made here).
+
+  Returns:
+    f32[N, D] text embeddings, in the order of `tokens`.
+  """
+  tokens = np.asarray(tokens, np.int32)
+  source = [{"text": row} for row in tokens]
+  fn = fn or text_fn(predict_fn)
+  return run_over(source, pp="keep('text')", batch_size=batch_size,
+                  mesh=mesh, fn=fn, params=params)["z"]
+
+
+def pp_tokenizer(pp):
+  """`fn(list of str) -> int32[N, L]` applying a text pp string to each text.
+
+  Args:
+    pp: pp string reading "text" and writing token ids to "text", e.g.
+      "tokenize(max_len=32)".
+
+  Returns:
+    The tokenizer function.
+  """
+  pp_fn = pp_lib.build(pp)
+  return lambda texts: np.stack(
+      [np.asarray(pp_fn({"text": t})["text"], np.int32) for t in texts])
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+  """x / ||x|| along `axis` (numpy)."""
+  x = np.asarray(x, np.float32)
+  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
 def dataset_label(spec):

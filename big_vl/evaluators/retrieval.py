@@ -2,9 +2,21 @@
 
 Image -> text R@k: an image is a hit if any of its captions is among the k
 texts most similar to it. Text -> image R@k: a caption is a hit if its image
-is among the k most similar images.
+is among the k most similar images. Mean ranks are 1-based; an image's rank
+is the best rank among its captions.
 
-Config block:
+Ties are broken conservatively (and so deterministically): an item tied in
+similarity with a wrong item is ranked after it. Image -> text: rank =
+1 + #{wrong texts with similarity >= the image's best caption}; the image's
+other captions never count against it. Text -> image: rank =
+1 + #{other images with similarity >= its own image's}. A model that maps
+everything to one point therefore scores chance-or-worse, never 100%.
+
+Two kinds of data:
+
+- a dataset whose examples hold an image and all its captions (TFDS, e.g.
+  the demo set), with one pp giving "image" f32[H, W, 3] and "texts"
+  i32[C, L]:
 
     config.evals.retrieval = dict(
         type="retrieval", every=500,
@@ -14,9 +26,29 @@ Config block:
            "keep('image','texts')",
         batch_size=256)
 
-Metrics: retrieval/<dataset>/img2txt_r@{1,5,10}, txt2img_r@{1,5,10}.
+- a `jsonl:FILE` / `csv:FILE` listing (see `sources.CaptionFileSource`),
+  where rows are grouped by image path: an image may have several rows (one
+  caption each) and a jsonl row's caption may be a list of captions (a CSV
+  cell holding a JSON list, '["a", "b"]', is read as one too). Each distinct
+  image is embedded once, with `pp_img`; each caption with `pp_txt`:
+
+    config.evals.retrieval = dict(
+        type="retrieval", data="jsonl:/data/coco_val.jsonl",
+        pp_img="decode|resize(224)|value_range(-1,1)|keep('image')",
+        pp_txt="tokenize(max_len=77)", batch_size=256)
+
+  Images that cannot be read are dropped with their captions.
+
+Metrics: retrieval/<dataset>/img2txt_r@{1,5,10}, txt2img_r@{1,5,10},
+img2txt_mean_rank, txt2img_mean_rank.
 """
 
+import collections
+import csv
+import json
+import urllib.parse
+
+from etils import epath
 import jax
 import numpy as np
 
@@ -25,34 +57,125 @@ from big_vl.data import sources
 from big_vl.evaluators import common
 
 
-def recall_at_k(sim, text_to_image, ks=(1, 5, 10)):
-  """Retrieval recalls from a similarity matrix.
+def _ranks(img_emb, txt_emb, txt_to_img, chunk):
+  """0-based conservative ranks: (per image [N_img], per text [N_txt])."""
+  img = np.asarray(img_emb, np.float32)
+  txt = np.asarray(txt_emb, np.float32)
+  t2i = np.asarray(txt_to_img, np.int64)
+  n_img, n_txt = len(img), len(txt)
+  img_rank = np.zeros(n_img, np.int64)
+  for s in range(0, n_img, chunk):
+    sim = img[s:s + chunk] @ txt.T
+    own = t2i[None, :] == np.arange(s, s + len(sim))[:, None]
+    best = np.where(own, sim, -np.inf).max(axis=1, initial=-np.inf)
+    img_rank[s:s + chunk] = ((sim >= best[:, None]) & ~own).sum(axis=1)
+  txt_rank = np.zeros(n_txt, np.int64)
+  for s in range(0, n_txt, chunk):
+    sim = txt[s:s + chunk] @ img.T
+    own_score = sim[np.arange(len(sim)), t2i[s:s + chunk]]
+    # Counts the own image too (sim >= itself), hence the -1.
+    txt_rank[s:s + chunk] = (sim >= own_score[:, None]).sum(axis=1) - 1
+  return img_rank, txt_rank
+
+
+def recall_at_k(img_emb, txt_emb, txt_to_img, ks=(1, 5, 10), chunk=1024):
+  """Retrieval recalls and mean ranks from embeddings.
 
   Args:
-    sim: f32[N_img, N_txt] similarities.
-    text_to_image: int[N_txt] index of each text's image.
+    img_emb: f32[N_img, D] image embeddings.
+    txt_emb: f32[N_txt, D] text embeddings (similarity = dot product).
+    txt_to_img: int[N_txt] index of each text's image.
     ks: cut-offs.
+    chunk: rows of the similarity matrix computed at once (memory bound).
 
   Returns:
-    dict "img2txt_r@k" and "txt2img_r@k" -> fraction in [0, 1].
+    dict of python floats: "img2txt_r@k" and "txt2img_r@k" (fractions in
+    [0, 1]) for each k, "img2txt_mean_rank" and "txt2img_mean_rank"
+    (1-based). Images without captions are left out of the image -> text
+    numbers. Ties count against the hit (see the module docstring).
   """
-  n_img = sim.shape[0]
-  # Rank of each text for each image (0 = most similar).
-  order = np.argsort(-sim, axis=1)
-  ranks = np.empty_like(order)
-  rows = np.arange(n_img)[:, None]
-  ranks[rows, order] = np.arange(sim.shape[1])[None, :]
-  own = text_to_image[None, :] == np.arange(n_img)[:, None]
-  best_text_rank = np.where(own, ranks, np.iinfo(ranks.dtype).max).min(axis=1)
-  # Rank of each text's own image among all images.
-  own_score = sim[text_to_image, np.arange(sim.shape[1])]
-  image_rank = (sim > own_score[None, :]).sum(axis=0)
+  t2i = np.asarray(txt_to_img, np.int64)
+  n_img = len(img_emb)
+  if len(t2i) != len(txt_emb):
+    raise ValueError(f"txt_to_img has {len(t2i)} entries for "
+                     f"{len(txt_emb)} texts.")
+  if len(t2i) and (t2i.min() < 0 or t2i.max() >= n_img):
+    raise ValueError(f"txt_to_img must index the {n_img} images.")
+  img_rank, txt_rank = _ranks(img_emb, txt_emb, t2i, chunk)
+  img_rank = img_rank[np.bincount(t2i, minlength=n_img) > 0]
   out = {}
   for k in ks:
-    out[f"img2txt_r@{k}"] = float((best_text_rank < k).mean())
+    out[f"img2txt_r@{k}"] = float((img_rank < k).mean())
   for k in ks:
-    out[f"txt2img_r@{k}"] = float((image_rank < k).mean())
+    out[f"txt2img_r@{k}"] = float((txt_rank < k).mean())
+  out["img2txt_mean_rank"] = float(img_rank.mean() + 1)
+  out["txt2img_mean_rank"] = float(txt_rank.mean() + 1)
   return out
+
+
+def _as_captions(value):
+  """A caption cell -> list of captions (a list, or a JSON list string)."""
+  if isinstance(value, (list, tuple)):
+    return [str(v) for v in value]
+  value = "" if value is None else str(value)
+  if value.startswith("["):
+    try:
+      parsed = json.loads(value)
+      if isinstance(parsed, list):
+        return [str(v) for v in parsed]
+    except ValueError:
+      pass
+  return [value]
+
+
+def read_listing(spec, source):
+  """Groups a jsonl/csv listing's rows by image path.
+
+  Args:
+    spec: the "jsonl:FILE[?..]" / "csv:FILE[?sep=..]" spec.
+    source: the `sources.CaptionFileSource` opened from it (for its file and
+      column names).
+
+  Returns:
+    (first_rows, captions, caption_image): row index in `source` of each
+    distinct image (in order of first appearance), all captions, and the
+    image index of each caption.
+  """
+  kind, _, rest = spec.partition(":")
+  query = rest.partition("?")[2]
+  options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+  with epath.Path(source.path).open("r") as f:
+    text = f.read()
+  if kind == "jsonl":
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+  else:
+    sep = options.get("sep", ",").replace("\\t", "\t")
+    rows = list(csv.DictReader(text.splitlines(), delimiter=sep))
+  groups = collections.OrderedDict()
+  for i, row in enumerate(rows):
+    path = str(row.get(source.image_key, ""))
+    first, caps = groups.setdefault(path, (i, []))
+    del first
+    caps.extend(_as_captions(row.get(source.caption_key)))
+  first_rows, captions, caption_image = [], [], []
+  for j, (first, caps) in enumerate(groups.values()):
+    first_rows.append(first)
+    captions.extend(caps)
+    caption_image.extend([j] * len(caps))
+  return first_rows, captions, np.asarray(caption_image, np.int64)
+
+
+class _Rows:
+  """Random-access view of some rows of a listing, images only."""
+
+  def __init__(self, source, rows):
+    self.source, self.rows = source, list(rows)
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    return {"image": self.source[self.rows[i]]["image"]}
 
 
 @registry.register("evaluator", "retrieval")
@@ -62,19 +185,33 @@ class Evaluator:
   Args:
     predict_fn: `(params, image=None, text=None) -> (zimg, ztxt, aux)`.
     mesh: the Mesh.
-    data, split, data_dir: the source.
-    pp: pp string producing "image" f32[H,W,3] and "texts" i32[C, L] (C
-      captions per image).
-    batch_size: global eval batch size (images).
+    data, split, data_dir: the source; a "jsonl:"/"csv:" listing is grouped
+      by image path (see the module docstring).
+    pp: for a dataset of images with their captions: pp string producing
+      "image" f32[H,W,3] and "texts" i32[C, L] (C captions per image) or
+      i32[L] (one caption).
+    pp_img, pp_txt: for a listing: pp producing "image" from a row, and pp
+      tokenizing "text" (a caption string) into "text".
+    batch_size: global eval batch size (images, or texts).
     name: dataset name in metric keys.
     keep_images: keep the images of the last run for `plot_examples`.
   """
 
-  def __init__(self, predict_fn, *, mesh, data, split, pp, batch_size=256,
-               data_dir=None, name=None, keep_images=False):
+  def __init__(self, predict_fn, *, mesh, data, split=None, pp=None,
+               pp_img=None, pp_txt=None, batch_size=256, data_dir=None,
+               name=None, keep_images=False):
     self.source = sources.get(data, split=split, data_dir=data_dir)
+    self.listing = isinstance(data, str) and data.split(":")[0] in (
+        "jsonl", "csv")
+    if self.listing and not (pp_img and pp_txt):
+      raise ValueError(f"retrieval on the listing {data!r} needs pp_img "
+                       "(image) and pp_txt (tokenize 'text').")
+    if not self.listing and not pp:
+      raise ValueError("retrieval needs pp giving 'image' and 'texts'.")
+    self.data = data
+    self.predict_fn = predict_fn
     self.mesh = mesh
-    self.pp = pp
+    self.pp, self.pp_img, self.pp_txt = pp, pp_img, pp_txt
     self.batch_size = batch_size
     self.name = name or common.dataset_label(data)
     self.keep_images = keep_images
@@ -82,6 +219,8 @@ class Evaluator:
 
     def fn(params, batch, keep_images):
       texts = batch["texts"]
+      if texts.ndim == 2:
+        texts = texts[:, None]
       b, c, l = texts.shape
       zimg, ztxt, _ = predict_fn(params, image=batch["image"],
                                  text=texts.reshape(b * c, l))
@@ -90,19 +229,57 @@ class Evaluator:
         out["image"] = batch["image"]
       return out
 
-    self._fn = jax.jit(fn, static_argnums=2)
+    def image_fn(params, batch, keep_images):
+      out = {"zimg": predict_fn(params, image=batch["image"])[0]}
+      if keep_images:
+        out["image"] = batch["image"]
+      return out
 
-  def run(self, params):
-    """Yields (metric_name, value) pairs."""
+    self._fn = jax.jit(fn, static_argnums=2)
+    self._image_fn = jax.jit(image_fn, static_argnums=2)
+    self._text_fn = common.text_fn(predict_fn)
+
+  def _embed_dataset(self, params):
     fn = lambda p, b: self._fn(p, b, self.keep_images)
     out = common.run_over(self.source, pp=self.pp, batch_size=self.batch_size,
                           mesh=self.mesh, fn=fn, params=params)
     n, c, d = out["ztxt"].shape
-    ztxt = out["ztxt"].reshape(n * c, d)
-    sim = out["zimg"] @ ztxt.T
-    text_to_image = np.repeat(np.arange(n), c)
-    self.last = dict(out, sim=sim, text_to_image=text_to_image)
-    for k, v in recall_at_k(sim, text_to_image).items():
+    last = {"zimg": out["zimg"], "ztxt": out["ztxt"].reshape(n * c, d),
+            "text_to_image": np.repeat(np.arange(n), c),
+            "text_tokens": out["texts"].reshape(n * c, -1)}
+    if "image" in out:
+      last["image"] = out["image"]
+    return last
+
+  def _embed_listing(self, params):
+    first_rows, captions, caption_image = read_listing(self.data, self.source)
+    fn = lambda p, b: self._image_fn(p, b, self.keep_images)
+    out = common.run_over(_Rows(self.source, first_rows), pp=self.pp_img,
+                          batch_size=self.batch_size, mesh=self.mesh, fn=fn,
+                          params=params, with_index=True)
+    # Renumber the images that could be read; drop the others' captions.
+    new_index = np.full(len(first_rows), -1, np.int64)
+    new_index[out["index"]] = np.arange(len(out["index"]))
+    keep = new_index[caption_image] >= 0
+    tokens = common.pp_tokenizer(self.pp_txt)(
+        [c for c, k in zip(captions, keep) if k])
+    ztxt = common.embed_tokens(tokens, batch_size=self.batch_size,
+                               mesh=self.mesh, predict_fn=self.predict_fn,
+                               params=params, fn=self._text_fn)
+    last = {"zimg": out["zimg"], "ztxt": ztxt,
+            "text_to_image": new_index[caption_image[keep]],
+            "text_tokens": tokens}
+    if "image" in out:
+      last["image"] = out["image"]
+    return last
+
+  def run(self, params):
+    """Yields (metric_name, value) pairs."""
+    last = (self._embed_listing(params) if self.listing
+            else self._embed_dataset(params))
+    self.last = last
+    for k, v in recall_at_k(last["zimg"], last["ztxt"],
+                            last["text_to_image"]).items():
       yield f"retrieval/{self.name}/{k}", v
 
   def plot_examples(self, path, tokenizer, num_queries=6, k=5, seed=0):
@@ -119,15 +296,15 @@ class Evaluator:
       raise ValueError("plot_examples needs a run() with keep_images=True.")
     last = self.last
     rng = np.random.default_rng(seed)
-    n, c = last["texts"].shape[:2]
-    picks = rng.choice(n * c, size=min(num_queries, n * c), replace=False)
+    n_txt = len(last["ztxt"])
+    picks = rng.choice(n_txt, size=min(num_queries, n_txt), replace=False)
     queries, images, scores, correct = [], [], [], []
     for t in picks:
-      i, j = divmod(int(t), c)
-      queries.append(tokenizer.decode(last["texts"][i, j]))
-      top = np.argsort(-last["sim"][:, t])[:k]
+      sim = last["zimg"] @ last["ztxt"][t]
+      queries.append(tokenizer.decode(last["text_tokens"][t]))
+      top = np.argsort(-sim, kind="stable")[:k]
       images.append(last["image"][top])
-      scores.append(last["sim"][top, t])
-      correct.append(top == i)
+      scores.append(sim[top])
+      correct.append(top == last["text_to_image"][t])
     plots.plot_retrieval(queries, np.stack(images), np.stack(scores), path,
                          correct=np.stack(correct))

@@ -13,6 +13,10 @@ Config block (all keys are constructor arguments):
         pp_txt="tokenize(max_len=32)",
         templates="demo_shapes", batch_size=256)
 
+`templates` and `class_names` also take shipped set names ("imagenet",
+"cifar10", ...; see `prompts`); class names default to the dataset's
+ClassLabel names.
+
 Metrics: zeroshot/<dataset>/top1, top5, mean_per_class_recall.
 """
 
@@ -24,16 +28,30 @@ from big_vl.data import sources
 from big_vl.evaluators import common, prompts
 
 
-def class_embeddings(class_names, templates, *, pp, batch_size, mesh,
-                     predict_fn, params):
-  """Prompt-ensembled class embeddings f32[num_classes, D] (unit rows)."""
-  texts = [t.format(c) for c in class_names for t in templates]
-  z = common.embed_texts(texts, pp=pp, batch_size=batch_size, mesh=mesh,
-                         predict_fn=predict_fn, params=params)
-  z = z.reshape(len(class_names), len(templates), -1)
-  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
-  z = z.mean(axis=1)
-  return z / np.linalg.norm(z, axis=-1, keepdims=True)
+def classifier(text_encode_fn, tokenizer, classnames, templates):
+  """Zero-shot classifier weights from a prompt ensemble.
+
+  Each class's weight is the mean of its L2-normalised prompt embeddings
+  (`template.format(class_name)` for every template), renormalised.
+
+  Args:
+    text_encode_fn: maps int32 tokens [N, L] to embeddings [N, D].
+    tokenizer: maps a list of N strings to int32 tokens [N, L].
+    classnames: list of C class names.
+    templates: list of T templates, each with one "{}".
+
+  Returns:
+    f32[D, C] with unit-norm columns: `logits = zimg @ classifier(...)`.
+  """
+  classnames, templates = list(classnames), list(templates)
+  texts = [t.format(c) for c in classnames for t in templates]
+  tokens = np.asarray(tokenizer(texts), np.int32)
+  z = np.asarray(text_encode_fn(tokens), np.float32)
+  if z.shape[0] != len(texts):
+    raise ValueError(f"text_encode_fn gave {z.shape[0]} embeddings for "
+                     f"{len(texts)} prompts.")
+  z = common.l2_normalize(z.reshape(len(classnames), len(templates), -1))
+  return common.l2_normalize(z.mean(axis=1)).T
 
 
 def classification_metrics(logits, labels, num_classes):
@@ -58,8 +76,9 @@ class Evaluator:
     split: split to evaluate.
     pp_img: pp string giving "image" and the label key.
     pp_txt: pp string tokenizing "text".
-    templates: template set name or list.
-    class_names: list, or None to read them from the dataset's ClassLabel.
+    templates: template set name or list (see `prompts.get`).
+    class_names: list, a shipped set name (see `prompts.classnames`), or None
+      to read them from the dataset's ClassLabel.
     batch_size: global eval batch size.
     label_key: name of the label field.
     data_dir: data directory.
@@ -72,6 +91,8 @@ class Evaluator:
     self.predict_fn = predict_fn
     self.mesh = mesh
     self.source = sources.get(data, split=split, data_dir=data_dir)
+    if isinstance(class_names, str):
+      class_names = prompts.classnames(class_names)
     self.class_names = list(class_names or sources.class_names(
         self.source, label_key) or [])
     if not self.class_names:
@@ -82,18 +103,21 @@ class Evaluator:
     self.batch_size = batch_size
     self.label_key = label_key
     self.name = name or common.dataset_label(data)
+    self._text_fn = common.text_fn(predict_fn)
     self._image_fn = jax.jit(lambda p, b: {
         "z": predict_fn(p, image=b["image"])[0], "label": b[label_key]})
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""
-    zcls = class_embeddings(self.class_names, self.templates, pp=self.pp_txt,
-                            batch_size=self.batch_size, mesh=self.mesh,
-                            predict_fn=self.predict_fn, params=params)
+    encode = lambda tokens: common.embed_tokens(
+        tokens, batch_size=self.batch_size, mesh=self.mesh,
+        predict_fn=self.predict_fn, params=params, fn=self._text_fn)
+    weights = classifier(encode, common.pp_tokenizer(self.pp_txt),
+                         self.class_names, self.templates)
     out = common.run_over(self.source, pp=self.pp_img,
                           batch_size=self.batch_size, mesh=self.mesh,
                           fn=self._image_fn, params=params)
-    logits = out["z"] @ zcls.T
+    logits = out["z"] @ weights
     metrics = classification_metrics(logits, out["label"],
                                      len(self.class_names))
     for k, v in metrics.items():

@@ -1,0 +1,301 @@
+r"""Evaluators on a trained checkpoint, no training.
+
+    python -m big_vl.evaluate --config=configs/eval/demo.py \
+        --checkpoint=workdirs/demo --output=workdirs/demo/eval \
+        [--step=N] [--config.mesh="(('data', -1),)" ...]
+
+`--checkpoint` is a training workdir or its `checkpoints/` folder; the latest
+step is evaluated unless `--step` is given. The model is rebuilt from the
+config saved with the checkpoint (its `meta`, else `workdir/config.json`);
+the eval config may override `model_name` / `model`. Only the params are read
+(an Orbax partial restore: the optimiser state stays on disk), straight onto
+the eval mesh `config.mesh` (default: all devices, data parallel) with the
+shardings of `config.sharding_rules` (default: replicated), so a checkpoint
+trained on any mesh is evaluated on any other.
+
+The evaluators are `config.evals` (the same blocks, and registry types, as a
+training config's `evals`; `every` is ignored), or the training config's own
+`evals` when the eval config has none. Metrics are printed and written to
+`--output`:
+  metrics.json     {"step": N, "checkpoint": DIR, metric: value, ...}
+  results/*.json   one CLIP_benchmark-format file per (dataset, task), see
+                   big_vl/results.py (`python -m big_vl.results aggregate`)
+
+Eval config keys (all optional): mesh, sharding_rules, evals, model_name,
+model, model_label (results' "model", default the run's model_name),
+pretrained (results' "pretrained", default "<workdir name>-step<N>"),
+language (default "en").
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+import ml_collections
+import orbax.checkpoint as ocp
+import tqdm
+
+from big_vl import checkpoint as ckpt_lib
+from big_vl import config as config_lib
+from big_vl import results as results_lib
+from big_vl import sharding
+from big_vl import train as train_lib
+
+KNOWN_KEYS = {"mesh", "sharding_rules", "evals", "model_name", "model",
+              "model_label", "pretrained", "language"}
+DEFAULT_MESH = (("data", -1),)
+DEFAULT_RULES = ((".*", "replicate"),)
+
+
+def checkpoint_dir(path):
+  """The Orbax checkpoints folder of `path` (a workdir or the folder itself).
+
+  Args:
+    path: a training workdir (holding `checkpoints/`) or its checkpoints dir.
+
+  Returns:
+    The absolute path of the checkpoints folder.
+
+  Raises:
+    FileNotFoundError: if `path` holds no checkpoint folder.
+  """
+  path = os.path.abspath(path)
+  sub = os.path.join(path, "checkpoints")
+  if os.path.isdir(sub):
+    return sub
+  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
+    return path
+  raise FileNotFoundError(
+      f"No checkpoints in {path}: give a training workdir (with a "
+      "checkpoints/ folder) or the checkpoints folder itself.")
+
+
+def latest_step(ckpt_dir):
+  """(newest complete step or None, all steps) of the checkpoints folder."""
+  checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+  try:
+    return checkpointer.latest_step(), checkpointer.all_steps()
+  finally:
+    checkpointer.close()
+
+
+def read_meta(ckpt_dir, step):
+  """The JSON `meta` item of checkpoint `step` ({} if it has none)."""
+  path = os.path.join(ckpt_dir, str(step), "meta")
+  if not os.path.isdir(path):
+    return {}
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path) or {}
+
+
+def run_config(ckpt_dir, meta):
+  """The training run's config: from the checkpoint meta or config.json.
+
+  Args:
+    ckpt_dir: the checkpoints folder.
+    meta: the checkpoint's meta dict.
+
+  Returns:
+    An (unlocked) ConfigDict.
+
+  Raises:
+    FileNotFoundError: if neither holds a config.
+  """
+  config = meta.get("config")
+  if config is None:
+    path = os.path.join(os.path.dirname(ckpt_dir), "config.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f"The checkpoint in {ckpt_dir} has no config in its meta and there "
+          f"is no {path}; give the model in the eval config (config.model).")
+    with open(path) as f:
+      config = json.load(f)
+  return ml_collections.ConfigDict(config)
+
+
+def restore_params(ckpt_dir, step, mesh, rules=DEFAULT_RULES):
+  """Restores only the params of a train-state checkpoint onto `mesh`.
+
+  Shapes and dtypes come from the checkpoint's own metadata; shardings from
+  `rules` (as `config.sharding_rules`) on `mesh`. The rest of the state
+  (optimiser moments, step, rng) is not read.
+
+  Args:
+    ckpt_dir: the checkpoints folder (`Checkpointer`'s directory).
+    step: the checkpoint step.
+    mesh: the Mesh to place the params on.
+    rules: sharding rules, regex -> "replicate" / "fsdp" / axes.
+
+  Returns:
+    The params pytree of global jax.Arrays.
+  """
+  path = os.path.join(ckpt_dir, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  if "params" not in tree:
+    raise ValueError(f"{path} holds no 'params' (keys: {sorted(tree)}).")
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                          tree["params"])
+  shardings = sharding.tree_shardings(abstract, mesh, rules)
+  restore_args = jax.tree.map(
+      lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape,
+                                        dtype=a.dtype), abstract, shardings)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item={"params": abstract}, restore_args={"params": restore_args},
+      partial_restore=True))
+  return restored["params"]
+
+
+def model_config(eval_config, train_config):
+  """The train config with the eval config's model / evals overrides.
+
+  Args:
+    eval_config: the eval ConfigDict.
+    train_config: the training run's ConfigDict.
+
+  Returns:
+    A ConfigDict with `model_name`, `model` and `evals` for
+    `train.make_model` / `train.make_evaluators`.
+  """
+  config = ml_collections.ConfigDict()
+  for key, default in (("model_name", "two_towers"), ("model", None),
+                       ("evals", None)):
+    value = eval_config.get(key, None)
+    if value is None:
+      value = train_config.get(key, default)
+    config[key] = value
+  if config.model is None:
+    raise ValueError("No model config: the run's config has no `model` and "
+                     "the eval config gives none.")
+  return config
+
+
+def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
+             progress=True):
+  """Evaluates the params of a checkpoint with the evaluators of `config`.
+
+  Args:
+    config: the eval ConfigDict (see the module docstring for its keys).
+    checkpoint: a training workdir or its checkpoints folder.
+    output: folder for metrics.json and results/ (None: write nothing).
+    step: the checkpoint step (None: the latest).
+    devices: devices for the eval mesh (default: all).
+    progress: show a progress bar over the evaluators.
+
+  Returns:
+    dict with "step", "metrics" ({name: value}, with `eval_time/<name>`) and
+    "files" (the result files written).
+  """
+  config_lib.check_keys(config, KNOWN_KEYS)
+  ckpt_dir = checkpoint_dir(checkpoint)
+  latest, steps = latest_step(ckpt_dir)
+  if step is None:
+    step = latest
+  if step is None or int(step) not in steps:
+    raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt_dir}; "
+                            f"steps there: {sorted(steps)}.")
+  step = int(step)
+  train_config = run_config(ckpt_dir, read_meta(ckpt_dir, step))
+  mconfig = model_config(config, train_config)
+  if not mconfig.get("evals"):
+    raise ValueError("No evaluators: give config.evals in the eval config.")
+  mesh = sharding.make_mesh(config.get("mesh", None) or DEFAULT_MESH,
+                            devices)
+  params = restore_params(ckpt_dir, step, mesh,
+                          config.get("sharding_rules", None) or DEFAULT_RULES)
+  model = train_lib.make_model(mconfig)
+  evaluators = train_lib.make_evaluators(mconfig, model, mesh)
+  is_main = jax.process_index() == 0
+  metrics = {}
+  bar = tqdm.tqdm(evaluators, desc="eval", unit="evaluator",
+                  disable=not (progress and is_main), file=sys.stdout,
+                  dynamic_ncols=True)
+  for name, _, ev in bar:
+    bar.set_postfix_str(name)
+    t0 = time.time()
+    for key, value in ev.run(params):
+      metrics[key] = float(value)
+    metrics[f"eval_time/{name}"] = time.time() - t0
+  bar.close()
+
+  files = []
+  if output and is_main:
+    output = os.path.abspath(output)
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "metrics.json"), "w") as f:
+      json.dump({"step": step, "checkpoint": ckpt_dir, **metrics}, f,
+                indent=1)
+    files = results_lib.write(
+        metrics, os.path.join(output, "results"),
+        model=config.get("model_label", None) or mconfig.model_name,
+        pretrained=config.get("pretrained", None) or default_pretrained(
+            ckpt_dir, step),
+        language=config.get("language", None) or results_lib.LANGUAGE)
+  return {"step": step, "metrics": metrics, "files": files}
+
+
+def default_pretrained(ckpt_dir, step):
+  """"<workdir name>-step<N>": the results' default "pretrained" name."""
+  ckpt_dir = os.path.abspath(ckpt_dir)
+  workdir = os.path.dirname(ckpt_dir) if os.path.basename(
+      ckpt_dir) == "checkpoints" else ckpt_dir
+  return f"{os.path.basename(workdir)}-step{step}"
+
+
+# The trainer (imported here) defines --config in absl's global flags, so the
+# evaluator's own flags live in their own FlagValues, parsed first.
+_FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Eval config file, e.g. configs/eval/demo.py.",
+    lock_config=True, flag_values=_FLAGS)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Training workdir or its checkpoints/ folder.",
+    flag_values=_FLAGS)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Output folder for metrics.json and results/*.json.",
+    flag_values=_FLAGS)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).",
+                             flag_values=_FLAGS)
+
+
+def _parse_flags(argv):
+  """Parses the evaluator's flags, then absl's own (--verbosity, ...)."""
+  try:
+    rest = _FLAGS(argv, known_only=True)
+    return flags.FLAGS(rest)
+  except flags.Error as e:
+    sys.stderr.write(f"FATAL Flags parsing error: {e}\n"
+                     f"{_FLAGS.main_module_help()}\n")
+    sys.exit(1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _CHECKPOINT.value is None:
+    raise app.UsageError("--config and --checkpoint are required.")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # Orbax is chatty.
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)
+  result = evaluate(_CONFIG.value, _CHECKPOINT.value, output=_OUTPUT.value,
+                    step=_STEP.value)
+  if jax.process_index() == 0:
+    lines = [f"  {k} = {v:.4f}" for k, v in sorted(result["metrics"].items())
+             if not k.startswith("eval_time/")]
+    print(f"Evaluation of step {result['step']} of {_CHECKPOINT.value}:\n"
+          + "\n".join(lines), flush=True)
+    for path in result["files"]:
+      print(f"  wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)
