@@ -237,3 +237,23 @@ def load_config_module(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def setup_cli_runtime(verbosity):
+  """What every `python -m big_vl.X` entry point does before its work.
+
+  Sets absl logging to `verbosity` (e.g. `absl.logging.WARNING`; Orbax is
+  chatty at INFO) unless `--verbosity` was given, and points JAX's persistent
+  compilation cache at `$JAX_COMPILATION_CACHE_DIR` when that is set.
+
+  Args:
+    verbosity: the absl logging level to use by default.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(verbosity)
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if cache:
+    jax.config.update("jax_compilation_cache_dir", cache)

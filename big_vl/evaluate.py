@@ -281,11 +281,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _CHECKPOINT.value is None:
     raise app.UsageError("--config and --checkpoint are required.")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # Orbax is chatty.
-  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", cache)
+  config_lib.setup_cli_runtime(logging.ERROR)
   result = evaluate(_CONFIG.value, _CHECKPOINT.value, output=_OUTPUT.value,
                     step=_STEP.value)
   if jax.process_index() == 0:

@@ -522,11 +522,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
-  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", cache)
+  config_lib.setup_cli_runtime(logging.WARNING)
   train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value)
 
 
