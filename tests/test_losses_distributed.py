@@ -86,6 +86,17 @@ def _assert_grads_close(grads, ref, rtol, floor=1e-2):
                                err_msg=f"gradient w.r.t. {name}")
 
 
+def _assert_matches_dense(name, n, loss, metrics, grads):
+  """Loss, metrics and gradients equal the dense float64 reference (1e-5)."""
+  ref_loss, ref_metrics, ref_grads = _dense_reference(name, n)
+  np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+  assert set(metrics) == set(ref_metrics)
+  for key, value in metrics.items():
+    np.testing.assert_allclose(float(value), ref_metrics[key], rtol=1e-5,
+                               err_msg=key)
+  _assert_grads_close(grads, ref_grads, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("mesh_key,n", [
     ("none", 24), ("1", 24), ("2", 24), ("4", 24), ("8", 24), ("2x4", 24),
@@ -95,13 +106,7 @@ def test_ring_matches_dense(name, mesh_key, n):
   zimg, ztxt = _place(mesh, *_embeddings(n))
   (loss, metrics), grads = _value_and_grad(name, "ring", mesh)(
       zimg, ztxt, jnp.float32(T), jnp.float32(B))
-  ref_loss, ref_metrics, ref_grads = _dense_reference(name, n)
-  np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
-  assert set(metrics) == set(ref_metrics)
-  for key, value in metrics.items():
-    np.testing.assert_allclose(float(value), ref_metrics[key], rtol=1e-5,
-                               err_msg=key)
-  _assert_grads_close(grads, ref_grads, rtol=1e-5)
+  _assert_matches_dense(name, n, loss, metrics, grads)
   # Gradients come back sharded like the embeddings.
   if mesh is not None:
     assert grads[0].sharding.is_equivalent_to(
@@ -124,13 +129,7 @@ def test_tiled_ring_matches_dense_and_untiled_ring(name, mesh_key, n,
   args = (*_place(mesh, *_embeddings(n)), jnp.float32(T), jnp.float32(B))
   (loss, metrics), grads = _value_and_grad(
       name, "ring", mesh, block_size=block_size)(*args)
-  ref_loss, ref_metrics, ref_grads = _dense_reference(name, n)
-  np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
-  assert set(metrics) == set(ref_metrics)
-  for key, value in metrics.items():
-    np.testing.assert_allclose(float(value), ref_metrics[key], rtol=1e-5,
-                               err_msg=key)
-  _assert_grads_close(grads, ref_grads, rtol=1e-5)
+  _assert_matches_dense(name, n, loss, metrics, grads)
   # Against the untiled ring in the same float32: only the order of the
   # sums changes (d/db of softmax, exactly 0, gets an absolute floor).
   (loss1, metrics1), grads1 = _value_and_grad(

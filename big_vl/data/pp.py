@@ -687,16 +687,20 @@ def get_lower(key="text"):
   return op
 
 
+def _check_keys_present(op_name, keys, example):
+  missing = [k for k in keys if k not in example]
+  if missing:
+    raise KeyError(f"{op_name}{keys}: example has no {missing}; it has "
+                   f"{sorted(example)}.")
+
+
 @registry.register("pp", "keep")
 def get_keep(*keys):
   """Keeps only the given keys."""
 
   def op(example, rng):
     del rng
-    missing = [k for k in keys if k not in example]
-    if missing:
-      raise KeyError(f"keep{keys}: example has no {missing}; it has "
-                     f"{sorted(example)}.")
+    _check_keys_present("keep", keys, example)
     return {k: example[k] for k in keys}
 
   return op
@@ -718,10 +722,7 @@ def get_drop(*keys):
 
   def op(example, rng):
     del rng
-    missing = [k for k in keys if k not in example]
-    if missing:
-      raise KeyError(f"drop{keys}: example has no {missing}; it has "
-                     f"{sorted(example)}.")
+    _check_keys_present("drop", keys, example)
     return {k: v for k, v in example.items() if k not in keys}
 
   return op
