@@ -20,8 +20,13 @@ def _encode(img, fmt, **kwargs):
   return buf.getvalue()
 
 
+def _run(op, image, rng=None):
+  """Applies one op to {"image": image}; the image as an array."""
+  return pp.as_array(op({"image": image}, rng)["image"])
+
+
 def _decode(data, **kwargs):
-  return pp.get_decode(**kwargs)({"image": data}, None)["image"]
+  return _run(pp.get_decode(**kwargs), data)
 
 
 def _ramp(height, width):
@@ -172,22 +177,20 @@ def test_resize_small_torchvision_rounding():
   assert pp.resize_small_shape(3, 5, 2) == (2, 3)  # 3.33 truncated
   assert pp.resize_small_shape(7, 7, 3) == (3, 3)
   image = _ramp(200, 300)
-  out = pp.get_resize_small(224)({"image": image}, None)["image"]
+  out = _run(pp.get_resize_small(224), image)
   assert out.shape == (224, 336, 3) and out.dtype == np.uint8
   # Bicubic on the uint8 PIL image, as torchvision's PIL backend does.
   ref = np.asarray(Image.fromarray(image).resize((336, 224), Image.BICUBIC))
   np.testing.assert_array_equal(out, ref)
-  tall = pp.get_resize_small(10)({"image": _ramp(30, 20)}, None)["image"]
+  tall = _run(pp.get_resize_small(10), _ramp(30, 20))
   assert tall.shape == (15, 10, 3)
 
 
 def test_resize_float_image_matches_uint8():
   image = _ramp(20, 30)
   as_float = image.astype(np.float32)
-  out_u8 = pp.get_resize((10, 12), method="bicubic")({"image": image},
-                                                       None)["image"]
-  out_f = pp.get_resize((10, 12), method="bicubic")({"image": as_float},
-                                                      None)["image"]
+  out_u8 = _run(pp.get_resize((10, 12), method="bicubic"), image)
+  out_f = _run(pp.get_resize((10, 12), method="bicubic"), as_float)
   assert out_u8.shape == out_f.shape == (10, 12, 3)
   assert out_f.dtype == np.float32
   # uint8 PIL resizing rounds and clips; the float one does not.
@@ -198,20 +201,20 @@ def test_resize_float_image_matches_uint8():
 
 def test_central_crop_offsets():
   image = np.arange(5 * 5).reshape(5, 5, 1)
-  out = pp.get_central_crop(2)({"image": image}, None)["image"]
+  out = _run(pp.get_central_crop(2), image)
   # round(1.5) == 2 (Python / torchvision rounding).
   np.testing.assert_array_equal(out[..., 0], [[12, 13], [17, 18]])
   assert pp.central_crop_box(336, 224, 224, 224) == (56, 0)
   assert pp.central_crop_box(7, 7, 2, 2) == (2, 2)     # round(2.5) == 2
   assert pp.central_crop_box(8, 10, 3, 4) == (2, 3)    # 2.5 -> 2, 3
   image = _ramp(224, 336)
-  out = pp.get_central_crop(224)({"image": image}, None)["image"]
+  out = _run(pp.get_central_crop(224), image)
   np.testing.assert_array_equal(out, image[:, 56:280])
-  out = pp.get_central_crop((2, 3))({"image": _ramp(4, 9)}, None)["image"]
+  out = _run(pp.get_central_crop((2, 3)), _ramp(4, 9))
   np.testing.assert_array_equal(out, _ramp(4, 9)[1:3, 3:6])
   # Smaller than the crop: zero-padded like torchvision (odd pixel at end).
   small = np.ones((2, 3, 3), np.uint8)
-  out = pp.get_central_crop(5)({"image": small}, None)["image"]
+  out = _run(pp.get_central_crop(5), small)
   assert out.shape == (5, 5, 3)
   np.testing.assert_array_equal(out[..., 0], [[0, 0, 0, 0, 0],
                                               [0, 1, 1, 1, 0],
@@ -240,8 +243,7 @@ def test_random_resized_crop_box_bounds():
 def test_random_resized_crop_op():
   image = _ramp(64, 96)
   op = pp.get_random_resized_crop(24, scale=(0.2, 0.6))
-  outs = [op({"image": image}, np.random.default_rng(s))["image"]
-          for s in (7, 7, 8)]
+  outs = [_run(op, image, np.random.default_rng(s)) for s in (7, 7, 8)]
   assert outs[0].shape == (24, 24, 3) and outs[0].dtype == np.uint8
   np.testing.assert_array_equal(outs[0], outs[1])
   assert not np.array_equal(outs[0], outs[2])
@@ -252,10 +254,10 @@ def test_random_resized_crop_op():
       (24, 24), Image.BICUBIC)
   np.testing.assert_array_equal(outs[0], np.asarray(ref))
   # rng None: deterministic central crop (64 x 85) resized.
-  det = op({"image": image}, None)["image"]
+  det = _run(op, image)
   ref = Image.fromarray(image[:, 5:90]).resize((24, 24), Image.BICUBIC)
   np.testing.assert_array_equal(det, np.asarray(ref))
-  rect = pp.get_random_resized_crop((8, 16))({"image": image}, None)["image"]
+  rect = _run(pp.get_random_resized_crop((8, 16)), image)
   assert rect.shape == (8, 16, 3)
 
 
@@ -264,14 +266,13 @@ def test_random_resized_crop_op():
 
 def test_normalize_values():
   image = np.full((2, 2, 3), 0.5, np.float32)
-  out = pp.get_normalize(pp.CLIP_MEAN, pp.CLIP_STD)({"image": image},
-                                                    None)["image"]
+  out = _run(pp.get_normalize(pp.CLIP_MEAN, pp.CLIP_STD), image)
   assert out.dtype == np.float32 and out.shape == (2, 2, 3)
   expected = (0.5 - np.array(pp.CLIP_MEAN)) / np.array(pp.CLIP_STD)
   np.testing.assert_allclose(out[1, 1], expected, rtol=1e-6)
   np.testing.assert_allclose(out[0, 0], (0.06904, 0.16139, 0.33284),
                              atol=1e-4)
-  scalar = pp.get_normalize(0.5, 0.25)({"image": image}, None)["image"]
+  scalar = _run(pp.get_normalize(0.5, 0.25), image)
   np.testing.assert_array_equal(scalar, 0.0)
   with pytest.raises(TypeError, match="value_range"):
     pp.get_normalize()({"image": np.zeros((2, 2, 3), np.uint8)}, None)
@@ -333,6 +334,34 @@ def test_clip_preprocess_equals_composition():
       "decode|resize_small(16, method='bicubic')|central_crop(16)|"
       "value_range(0, 1)|normalize")({"image": data})["image"]
   np.testing.assert_array_equal(a, b)
+
+
+def test_train_chain_equals_step_by_step_numpy_reference():
+  """Images pass between ops as PIL images; the result must equal doing each
+  step on arrays: crop slice, PIL bicubic resize, numpy flip, then the
+  float32 formulas of value_range and normalize (bit for bit)."""
+  image = (np.random.default_rng(0).random((37, 53, 3)) * 255).astype(np.uint8)
+  data = _encode(Image.fromarray(image), "PNG")
+  fn = pp.build("decode|random_resized_crop(16, scale=(0.3, 1.0))|flip_lr|"
+                "value_range(0, 1)|normalize")
+  flips = 0
+  for seed in range(6):
+    out = fn({"image": data}, np.random.default_rng(seed))["image"]
+    rng = np.random.default_rng(seed)
+    top, left, h, w = pp.random_resized_crop_box(37, 53, (0.3, 1.0),
+                                                 (3 / 4, 4 / 3), rng)
+    ref = np.asarray(Image.fromarray(image[top:top + h, left:left + w])
+                     .resize((16, 16), Image.BICUBIC))
+    if rng.random() < 0.5:
+      ref, flips = ref[:, ::-1], flips + 1
+    ref = ref.astype(np.float32) * np.float32(1 / 255)
+    ref = (ref - np.float32(pp.CLIP_MEAN)) / np.float32(pp.CLIP_STD)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, ref)
+  assert 0 < flips < 6  # Both branches ran.
+  # Without value ops the chain still ends in a uint8 array.
+  u8 = pp.build("decode|central_crop(8)|flip_lr")({"image": data})["image"]
+  np.testing.assert_array_equal(u8, image[14:22, 22:30])
 
 
 def test_clip_preprocess_matches_openai_fixture():

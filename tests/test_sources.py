@@ -258,6 +258,17 @@ def test_wds_bad_samples_are_counted_by_reason(tmp_path):
   assert counts["read_error"] == 1 and counts["decode"] == 1
 
 
+def test_wds_with_no_readable_shard_fails_instead_of_spinning(tmp_path):
+  # A wrong pattern (or unreadable bucket) must not loop forever on
+  # read_error records in an endless run: the first empty epoch raises.
+  ds = sources.get(f"wds:{tmp_path}/missing-{{0..2}}.tar")
+  it = pipeline.make_train_iterator(ds, pp="decode|keep('image','text')",
+                                    batch_size=2, seed=0, process_index=0,
+                                    process_count=1)
+  with pytest.raises(ValueError, match="no readable samples"):
+    next(it)
+
+
 def test_tfds_tfrecord_dataset_gets_a_clear_error(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 

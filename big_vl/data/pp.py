@@ -116,6 +116,9 @@ def build(spec):
 
   Returns:
     A function applying the ops in order to a copy of the example dict.
+    Images travel between ops as PIL images where they can (no numpy round
+    trips between decode, crop, resize and flip); the result always holds
+    numpy arrays.
 
   Raises:
     KeyError: for an unknown op (listing the known ones).
@@ -129,7 +132,8 @@ def build(spec):
     example = dict(example)
     for op in ops:
       example = op(example, rng)
-    return example
+    return {k: as_array(v) if isinstance(v, Image.Image) else v
+            for k, v in example.items()}
 
   return apply
 
@@ -173,14 +177,48 @@ def _has_alpha(img):
           or "transparency" in img.info)
 
 
+def as_array(image):
+  """An image field as a numpy array (PIL images become uint8[H, W, C]).
+
+  Ops hand images to each other as PIL images where they can (see
+  `build`); this turns either form into an array ([H, W, 1] for one-band
+  images).
+  """
+  if isinstance(image, Image.Image):
+    array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+  return np.asarray(image)
+
+
+def _image_shape(image):
+  """(height, width) of a PIL image or an [H, W, ...] array."""
+  if isinstance(image, Image.Image):
+    return image.height, image.width
+  return np.shape(image)[:2]
+
+
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _as_pil(image):
+  """A PIL image for PIL images and uint8 [H, W, 1|3|4] arrays, else None."""
+  if isinstance(image, Image.Image):
+    return image if image.mode in _PIL_MODES.values() else None
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or \
+      image.shape[-1] not in _PIL_MODES:
+    return None
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
 def _pil_to_rgb(img, alpha):
-  """PIL image of any mode -> uint8[H, W, 3] (see `get_decode`)."""
+  """PIL image of any mode -> RGB PIL image or uint8[H, W, 3] (`get_decode`)."""
   if img.mode in _WIDE_INT_MODES:
     wide = np.asarray(img).astype(np.float64)
     grey = np.clip(np.round(wide * (255.0 / 65535.0)), 0, 255)
     return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
   if not _has_alpha(img):
-    return np.asarray(img.convert("RGB"))
+    return img if img.mode == "RGB" else img.convert("RGB")
   rgba = np.asarray(img.convert("RGBA"))
   rgb = rgba[..., :3]
   if alpha == "drop":
@@ -214,8 +252,9 @@ def get_decode(key="image", channels=3, alpha="drop"):
       composites the image on a white background (as img2dataset does).
 
   Returns:
-    op(example, rng) setting `example[key]` to uint8[H, W, channels], e.g.
-    a 640x480 JPEG -> uint8[480, 640, 3].
+    op(example, rng) setting `example[key]` to the decoded image, e.g. a
+    640x480 JPEG -> uint8[480, 640, 3] at the end of the pp function (a PIL
+    image while later ops can work on it as one, see `build`).
 
   Raises (from the op):
     CorruptRecordError: reason "missing_image" for an absent, None or empty
@@ -236,22 +275,24 @@ def get_decode(key="image", channels=3, alpha="drop"):
     if _is_missing(value):
       raise CorruptRecordError(f"no image in field {key!r}",
                                reason="missing_image")
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and \
-        value.ndim == 3:
+    if isinstance(value, Image.Image) or (
+        isinstance(value, np.ndarray) and value.dtype == np.uint8 and
+        value.ndim == 3):
       return example  # Already decoded.
     try:
-      with Image.open(io.BytesIO(bytes(value))) as img:
-        img.load()
-        if channels == 4:
-          array = np.asarray(img.convert("RGBA"))
-        else:
-          array = _pil_to_rgb(img, alpha)
+      # No `with`: an RGB image is handed on as it is (closing would free it).
+      img = Image.open(io.BytesIO(bytes(value)))
+      img.load()
+      if channels == 4:
+        image = img if img.mode == "RGBA" else img.convert("RGBA")
+      else:
+        image = _pil_to_rgb(img, alpha)
     except Exception as e:  # PIL raises many types for bad data.
       raise CorruptRecordError(f"cannot decode {key!r}: {e}",
                                reason="decode") from e
     if channels == 1:
-      array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
-    example[key] = array
+      image = _as_pil(as_array(image)).convert("L")
+    example[key] = image
     return example
 
   return op
@@ -272,18 +313,17 @@ def _resample(method):
 def _pil_resize(image, height, width, resample):
   """Resizes an [H, W, C] image with PIL to [height, width, C].
 
-  uint8 images with 1, 3 or 4 channels are resized as one PIL image (L, RGB,
-  RGBA), exactly like torchvision's PIL backend; other images are resized
-  channel by channel in float32 ("F" mode), uint8 ones rounded back.
+  PIL images and uint8 arrays with 1, 3 or 4 channels are resized as one PIL
+  image (L, RGB, RGBA), exactly like torchvision's PIL backend, and come
+  back as a PIL image; other images are resized channel by channel in
+  float32 ("F" mode), uint8 ones rounded back.
   """
-  image = np.asarray(image)
-  if image.shape[:2] == (height, width):
+  if tuple(_image_shape(image)) == (height, width):
     return image
-  if image.dtype == np.uint8 and image.shape[-1] in (1, 3, 4):
-    squeeze = image.shape[-1] == 1
-    pil = Image.fromarray(image[..., 0] if squeeze else image)
-    out = np.asarray(pil.resize((width, height), resample=resample))
-    return out[..., None] if squeeze else out
+  pil = _as_pil(image)
+  if pil is not None:
+    return pil.resize((width, height), resample=resample)
+  image = as_array(image)
   planes = [np.asarray(Image.fromarray(np.ascontiguousarray(
       image[..., c], np.float32)).resize((width, height), resample=resample))
             for c in range(image.shape[-1])]
@@ -291,6 +331,14 @@ def _pil_resize(image, height, width, resample):
   if image.dtype == np.uint8:
     out = np.clip(np.round(out), 0, 255).astype(np.uint8)
   return out
+
+
+def _crop(image, top, left, height, width):
+  """The [top:top+height, left:left+width] window of a PIL image or array."""
+  if isinstance(image, Image.Image):
+    return image.crop((left, top, left + width, top + height))
+  return np.ascontiguousarray(
+      np.asarray(image)[top:top + height, left:left + width])
 
 
 def _hw(size):
@@ -358,8 +406,8 @@ def get_resize_small(size, key="image", method="bicubic"):
 
   def op(example, rng):
     del rng
-    image = np.asarray(example[key])
-    height, width = resize_small_shape(image.shape[0], image.shape[1], size)
+    image = example[key]
+    height, width = resize_small_shape(*_image_shape(image), size)
     example[key] = _pil_resize(image, height, width, resample)
     return example
 
@@ -401,16 +449,16 @@ def get_central_crop(size, key="image"):
 
   def op(example, rng):
     del rng
-    image = np.asarray(example[key])
-    height, width = image.shape[:2]
+    image = example[key]
+    height, width = _image_shape(image)
     if crop_h > height or crop_w > width:
+      image = as_array(image)
       pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
       pads = [(pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)]
       image = np.pad(image, pads + [(0, 0)] * (image.ndim - 2))
       height, width = image.shape[:2]
     top, left = central_crop_box(height, width, crop_h, crop_w)
-    example[key] = np.ascontiguousarray(
-        image[top:top + crop_h, left:left + crop_w])
+    example[key] = _crop(image, top, left, crop_h, crop_w)
     return example
 
   return op
@@ -491,10 +539,10 @@ def get_random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
   random_resized_crop_box(1, 1, scale, ratio)  # Validates the arguments.
 
   def op(example, rng):
-    image = np.asarray(example[key])
+    image = example[key]
     top, left, crop_h, crop_w = random_resized_crop_box(
-        image.shape[0], image.shape[1], scale, ratio, rng)
-    crop = np.ascontiguousarray(image[top:top + crop_h, left:left + crop_w])
+        *_image_shape(image), scale, ratio, rng)
+    crop = _crop(image, top, left, crop_h, crop_w)
     example[key] = _pil_resize(crop, out_h, out_w, resample)
     return example
 
@@ -509,8 +557,13 @@ def get_value_range(vmin=-1.0, vmax=1.0, key="image", in_min=0.0,
 
   def op(example, rng):
     del rng
-    image = np.asarray(example[key], np.float32)
-    example[key] = ((image - in_min) * scale + vmin).astype(np.float32)
+    image = as_array(example[key]).astype(np.float32)  # A fresh copy.
+    if in_min:
+      image -= np.float32(in_min)
+    image *= np.float32(scale)
+    if vmin:
+      image += np.float32(vmin)
+    example[key] = image
     return example
 
   return op
@@ -545,13 +598,25 @@ def get_normalize(mean=CLIP_MEAN, std=CLIP_STD, key="image"):
 
   def op(example, rng):
     del rng
-    image = np.asarray(example[key])
+    image = as_array(example[key])
     if not np.issubdtype(image.dtype, np.floating):
       raise TypeError(f"normalize expects a float image in [0, 1] in "
                       f"{key!r}, got {image.dtype}; put value_range(0, 1) "
                       "before it.")
-    example[key] = ((image.astype(np.float32) - mean) / std).astype(
-        np.float32)
+    # Rows of [W * C] values against per-channel constants tiled to match:
+    # numpy's inner loops then run over whole rows, not over C = 3 values.
+    if image.ndim == 3 and mean.size in (1, image.shape[-1]) and \
+        std.size in (1, image.shape[-1]):
+      height, width, channels = image.shape
+      rows = np.ascontiguousarray(image).reshape(height, width * channels)
+      out = np.subtract(rows, np.resize(mean, rows.shape[1]),
+                        dtype=np.float32)
+      out /= np.resize(std, rows.shape[1])
+      out = out.reshape(height, width, channels)
+    else:
+      out = np.subtract(image, mean, dtype=np.float32)
+      out /= std
+    example[key] = out
     return example
 
   return op
@@ -595,7 +660,11 @@ def get_flip_lr(key="image"):
 
   def op(example, rng):
     if rng is not None and rng.random() < 0.5:
-      example[key] = np.ascontiguousarray(np.asarray(example[key])[:, ::-1])
+      image = example[key]
+      if isinstance(image, Image.Image):
+        example[key] = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+      else:
+        example[key] = np.ascontiguousarray(np.asarray(image)[:, ::-1])
     return example
 
   return op

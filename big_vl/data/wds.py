@@ -316,12 +316,14 @@ class WebDatasetIterator(grain.DatasetIterator):
       while shard < n:
         for o, sample in read_shard(self._url(epoch, shard), offset):
           self._pos = [epoch, shard, o + 1]
-          empty_epoch = False
+          empty_epoch = empty_epoch and ERROR_KEY in sample
           yield [epoch, shard, o], sample
         shard, offset = shard + 1, 0
         self._pos = [epoch, shard, 0]
       if empty_epoch and from_start:
-        raise ValueError(f"A whole epoch of {self._ds} had no samples.")
+        raise ValueError(f"A whole epoch of {self._ds} had no readable "
+                         "samples (are the shard paths right? see the "
+                         "warnings above).")
       epoch, shard, empty_epoch, from_start = epoch + 1, 0, True, True
       self._pos = [epoch, 0, 0]
 
