@@ -38,7 +38,6 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 import ml_collections
-import orbax.checkpoint as ocp
 import tqdm
 
 from big_vl import checkpoint as ckpt_lib
@@ -51,106 +50,6 @@ KNOWN_KEYS = {"mesh", "sharding_rules", "evals", "model_name", "model",
               "model_label", "pretrained", "language"}
 DEFAULT_MESH = (("data", -1),)
 DEFAULT_RULES = ((".*", "replicate"),)
-
-
-def checkpoint_dir(path):
-  """The Orbax checkpoints folder of `path` (a workdir or the folder itself).
-
-  Args:
-    path: a training workdir (holding `checkpoints/`) or its checkpoints dir.
-
-  Returns:
-    The absolute path of the checkpoints folder.
-
-  Raises:
-    FileNotFoundError: if `path` holds no checkpoint folder.
-  """
-  path = os.path.abspath(path)
-  sub = os.path.join(path, "checkpoints")
-  if os.path.isdir(sub):
-    return sub
-  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
-    return path
-  raise FileNotFoundError(
-      f"No checkpoints in {path}: give a training workdir (with a "
-      "checkpoints/ folder) or the checkpoints folder itself.")
-
-
-def latest_step(ckpt_dir):
-  """(newest complete step or None, all steps) of the checkpoints folder."""
-  checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
-  try:
-    return checkpointer.latest_step(), checkpointer.all_steps()
-  finally:
-    checkpointer.close()
-
-
-def read_meta(ckpt_dir, step):
-  """The JSON `meta` item of checkpoint `step` ({} if it has none)."""
-  path = os.path.join(ckpt_dir, str(step), "meta")
-  if not os.path.isdir(path):
-    return {}
-  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path) or {}
-
-
-def run_config(ckpt_dir, meta):
-  """The training run's config: from the checkpoint meta or config.json.
-
-  Args:
-    ckpt_dir: the checkpoints folder.
-    meta: the checkpoint's meta dict.
-
-  Returns:
-    An (unlocked) ConfigDict.
-
-  Raises:
-    FileNotFoundError: if neither holds a config.
-  """
-  config = meta.get("config")
-  if config is None:
-    path = os.path.join(os.path.dirname(ckpt_dir), "config.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"The checkpoint in {ckpt_dir} has no config in its meta and there "
-          f"is no {path}; give the model in the eval config (config.model).")
-    with open(path) as f:
-      config = json.load(f)
-  return ml_collections.ConfigDict(config)
-
-
-def restore_params(ckpt_dir, step, mesh, rules=DEFAULT_RULES):
-  """Restores only the params of a train-state checkpoint onto `mesh`.
-
-  Shapes and dtypes come from the checkpoint's own metadata; shardings from
-  `rules` (as `config.sharding_rules`) on `mesh`. The rest of the state
-  (optimiser moments, step, rng) is not read.
-
-  Args:
-    ckpt_dir: the checkpoints folder (`Checkpointer`'s directory).
-    step: the checkpoint step.
-    mesh: the Mesh to place the params on.
-    rules: sharding rules, regex -> "replicate" / "fsdp" / axes.
-
-  Returns:
-    The params pytree of global jax.Arrays.
-  """
-  path = os.path.join(ckpt_dir, str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
-  if "params" not in tree:
-    raise ValueError(f"{path} holds no 'params' (keys: {sorted(tree)}).")
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                          tree["params"])
-  shardings = sharding.tree_shardings(abstract, mesh, rules)
-  restore_args = jax.tree.map(
-      lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape,
-                                        dtype=a.dtype), abstract, shardings)
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item={"params": abstract}, restore_args={"params": restore_args},
-      partial_restore=True))
-  return restored["params"]
 
 
 def model_config(eval_config, train_config):
@@ -194,22 +93,24 @@ def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
     "files" (the result files written).
   """
   config_lib.check_keys(config, KNOWN_KEYS)
-  ckpt_dir = checkpoint_dir(checkpoint)
-  latest, steps = latest_step(ckpt_dir)
+  ckpt_dir = ckpt_lib.checkpoint_dir(checkpoint)
+  latest, steps = ckpt_lib.latest_step(ckpt_dir)
   if step is None:
     step = latest
   if step is None or int(step) not in steps:
     raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt_dir}; "
                             f"steps there: {sorted(steps)}.")
   step = int(step)
-  train_config = run_config(ckpt_dir, read_meta(ckpt_dir, step))
+  train_config = ckpt_lib.run_config(ckpt_dir,
+                                     ckpt_lib.read_meta(ckpt_dir, step))
   mconfig = model_config(config, train_config)
   if not mconfig.get("evals"):
     raise ValueError("No evaluators: give config.evals in the eval config.")
   mesh = sharding.make_mesh(config.get("mesh", None) or DEFAULT_MESH,
                             devices)
-  params = restore_params(ckpt_dir, step, mesh,
-                          config.get("sharding_rules", None) or DEFAULT_RULES)
+  params = ckpt_lib.restore_params(
+      ckpt_dir, step, mesh,
+      config.get("sharding_rules", None) or DEFAULT_RULES)
   model = train_lib.make_model(mconfig)
   evaluators = train_lib.make_evaluators(mconfig, model, mesh)
   is_main = jax.process_index() == 0

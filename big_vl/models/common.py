@@ -206,8 +206,16 @@ class MlpBlock(nn.Module):
     return nn.Dense(d, **inits)(x)
 
 
+NORM_POSITIONS = ("pre", "post")
+
+
 class EncoderBlock(nn.Module):
-  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+  """Transformer block, pre-LN (ViT, CLIP) or post-LN (BERT).
+
+  pre:  x + MHSA(LN(x)), then x + MLP(LN(x)).
+  post: LN(x + MHSA(x)), then LN(x + MLP(x)).
+  The two LayerNorms are `LayerNorm_0` (attention) and `LayerNorm_1` (MLP)
+  in both.
 
   Attributes:
     mlp_dim: MLP hidden width.
@@ -215,12 +223,17 @@ class EncoderBlock(nn.Module):
     dropout: dropout rate on both residual branches (and inside the MLP).
     dtype: compute dtype.
     act: MLP activation name.
+    norm_eps: LayerNorm epsilon (flax / big_vision 1e-6, PyTorch and
+      open_clip 1e-5, BERT 1e-12).
+    norm_position: "pre" or "post".
   """
   mlp_dim: int
   num_heads: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
   act: str = "gelu"
+  norm_eps: float = 1e-6
+  norm_position: str = "pre"
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
@@ -235,7 +248,13 @@ class EncoderBlock(nn.Module):
     Returns:
       [B, L, D] tokens.
     """
-    y = nn.LayerNorm(dtype=self.dtype)(x)
+    if self.norm_position not in NORM_POSITIONS:
+      raise ValueError(f"Unknown norm_position {self.norm_position!r}; known: "
+                       f"{NORM_POSITIONS}.")
+    pre = self.norm_position == "pre"
+    norm_attn = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)
+    norm_mlp = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)
+    y = norm_attn(x) if pre else x
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         dtype=self.dtype,
@@ -244,12 +263,12 @@ class EncoderBlock(nn.Module):
         deterministic=True,
     )(y, y, mask=mask)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
-    x = x + y
-    y = nn.LayerNorm(dtype=self.dtype)(x)
+    x = x + y if pre else norm_attn(x + y)
+    y = norm_mlp(x) if pre else x
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
                  act=self.act)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
-    return x + y
+    return x + y if pre else norm_mlp(x + y)
 
 
 # remat_policy name -> jax checkpoint policy (None = save nothing, i.e.
@@ -297,7 +316,7 @@ def resolve_remat_policy(remat_policy="none", remat=None,
 
 
 class Encoder(nn.Module):
-  """Stack of `depth` pre-LN blocks followed by a final LayerNorm.
+  """Stack of `depth` blocks; pre-LN stacks end with a final LayerNorm.
 
   Unscanned, blocks are named `encoderblock_{i}`; with `scan=True` one
   `encoderblock` holds every block's params stacked on a leading [depth]
@@ -318,6 +337,9 @@ class Encoder(nn.Module):
     scan: run the blocks as one `nn.scan` (compiles one block instead of
       `depth`; params stacked, see above).
     act: MLP activation name.
+    norm_eps: LayerNorm epsilon.
+    norm_position: "pre" (blocks then `encoder_norm`) or "post" (BERT-style
+      blocks, no final norm).
   """
   depth: int
   mlp_dim: int
@@ -327,6 +349,8 @@ class Encoder(nn.Module):
   remat_policy: str = "none"
   scan: bool = False
   act: str = "gelu"
+  norm_eps: float = 1e-6
+  norm_position: str = "pre"
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
@@ -341,7 +365,8 @@ class Encoder(nn.Module):
                            policy=REMAT_POLICIES[policy_name],
                            prevent_cse=not self.scan)
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                    dropout=self.dropout, dtype=self.dtype, act=self.act)
+                    dropout=self.dropout, dtype=self.dtype, act=self.act,
+                    norm_eps=self.norm_eps, norm_position=self.norm_position)
     if self.scan:
       def body(block, carry, mask):
         return block(carry, mask, deterministic), None
@@ -357,7 +382,10 @@ class Encoder(nn.Module):
       for i in range(self.depth):
         x = block_cls(**block_kw, name=f"encoderblock_{i}")(
             x, mask, deterministic)
-    return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+    if self.norm_position == "post":
+      return x
+    return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
+                        name="encoder_norm")(x)
 
 
 _BLOCK_RE = re.compile(r"encoderblock_(\d+)")
@@ -456,11 +484,13 @@ class MAPHead(nn.Module):
     num_heads: attention heads.
     dtype: compute dtype.
     act: MLP activation name.
+    norm_eps: LayerNorm epsilon.
   """
   mlp_dim: int
   num_heads: int
   dtype: Any = jnp.float32
   act: str = "gelu"
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -485,7 +515,7 @@ class MAPHead(nn.Module):
         force_fp32_for_softmax=True,
         deterministic=True,
     )(probe, x, mask=attn_mask)
-    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)(x)
     x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, act=self.act)(y)
     return x[:, 0]
 

@@ -70,6 +70,15 @@ class TextTransformer(nn.Module):
       `common.stack_block_params` / `common.unstack_block_params`).
     remat: legacy flag; True means remat_policy="full".
     act: MLP activation: "gelu" (tanh approx.), "gelu_exact", "quick_gelu".
+    norm_eps: epsilon of every LayerNorm (1e-6 flax / big_vision; 1e-5
+      open_clip; 1e-12 BERT).
+    norm_position: "pre" (CLIP, SigLIP: pre-LN blocks and a final
+      `encoder_norm`) or "post" (BERT: post-LN blocks, no final norm).
+    embed_norm: LayerNorm (`embed_norm`) on the summed embeddings (BERT).
+    type_vocab_size: > 0 adds a learned token-type embedding
+      (`type_embedding`, [type_vocab_size, width]) of type 0 to every token,
+      as BERT does for single-segment inputs.
+    head_bias: whether `head` has a bias (CLIP's `text_projection` has none).
   """
   variant: str | None = None
   width: int | None = None
@@ -89,6 +98,11 @@ class TextTransformer(nn.Module):
   scan: bool = False
   remat: bool = False
   act: str = "gelu"
+  norm_eps: float = 1e-6
+  norm_position: str = "pre"
+  embed_norm: bool = False
+  type_vocab_size: int = 0
+  head_bias: bool = True
 
   def dims(self):
     """The resolved {width, depth, mlp_dim, num_heads}."""
@@ -132,6 +146,13 @@ class TextTransformer(nn.Module):
     pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.01),
                     (1, self.max_len, width), jnp.float32)
     x = x + pe[:, :length].astype(dtype)
+    if self.type_vocab_size:
+      types = self.param("type_embedding", nn.initializers.normal(stddev=0.02),
+                         (self.type_vocab_size, width), jnp.float32)
+      x = x + types[0].astype(dtype)
+    if self.embed_norm:
+      x = nn.LayerNorm(epsilon=self.norm_eps, dtype=dtype,
+                       name="embed_norm")(x)
     x = nn.Dropout(rate=self.dropout)(x, not train)
 
     attn_mask = None
@@ -147,7 +168,8 @@ class TextTransformer(nn.Module):
         num_heads=dims["num_heads"], dropout=self.dropout, dtype=dtype,
         remat_policy=common.resolve_remat_policy(
             self.remat_policy, self.remat, "TextTransformer"),
-        scan=self.scan, act=self.act, name="Encoder_0",
+        scan=self.scan, act=self.act, norm_eps=self.norm_eps,
+        norm_position=self.norm_position, name="Encoder_0",
     )(x, attn_mask, not train)
 
     if self.pool_type == "eot":
@@ -164,11 +186,11 @@ class TextTransformer(nn.Module):
     else:  # map
       pooled = common.MAPHead(
           mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"], dtype=dtype,
-          act=self.act, name="MAPHead_0",
+          act=self.act, norm_eps=self.norm_eps, name="MAPHead_0",
       )(x, mask if self.mask_pad else None)
 
     out = pooled
     if self.num_classes:
-      out = nn.Dense(self.num_classes, dtype=dtype,
+      out = nn.Dense(self.num_classes, dtype=dtype, use_bias=self.head_bias,
                      kernel_init=common.head_init(width), name="head")(pooled)
     return out, {"tokens": x, "pre_logits": pooled, "mask": mask}

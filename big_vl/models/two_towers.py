@@ -57,10 +57,11 @@ class Model(nn.Module):
 
   Attributes:
     image: kwargs for `vit.ViT` (e.g. {"variant": "B/16", "pool_type":
-      "map"}); `num_classes` is set to `out_dim`.
+      "map"}); `num_classes` is set to `out_dim` (give 0 for a tower
+      without a projection head whose width already is `out_dim`).
     text: kwargs for `text_transformer.TextTransformer` (e.g. {"variant":
-      "B", "causal": True, "pool_type": "eot"}); `num_classes` is set to
-      `out_dim`.
+      "B", "causal": True, "pool_type": "eot"}); `num_classes` as for
+      `image` (0: e.g. a pretrained sentence encoder used as it is).
     out_dim: width of the shared embedding space (both towers end with a
       projection Dense `head` of this width).
     temperature_init: initial temperature; param `t` holds its log.
@@ -77,13 +78,21 @@ class Model(nn.Module):
 
   def _tower_kwargs(self, cfg, name):
     kw = _as_dict(cfg)
-    if kw.get("num_classes") not in (None, self.out_dim):
+    if kw.get("num_classes") not in (None, 0, self.out_dim):
       raise ValueError(
           f"two_towers: {name}.num_classes={kw['num_classes']} conflicts with "
-          f"out_dim={self.out_dim}; drop it from the {name} config.")
-    kw["num_classes"] = self.out_dim
+          f"out_dim={self.out_dim}; drop it from the {name} config (or set "
+          "0 for a tower without a projection head).")
+    if kw.get("num_classes") != 0:
+      kw["num_classes"] = self.out_dim
     kw.setdefault("dtype", self.dtype)
     return kw
+
+  def _check_width(self, out, name):
+    if out.shape[-1] != self.out_dim:
+      raise ValueError(
+          f"two_towers: the {name} tower has no head (num_classes=0) and "
+          f"gives width {out.shape[-1]}, not out_dim={self.out_dim}.")
 
   @nn.compact
   def __call__(self, image, text, train=False):
@@ -110,6 +119,7 @@ class Model(nn.Module):
     if image is not None:
       img = vit.ViT(**self._tower_kwargs(self.image, "image"), name="img")
       out, img_aux = img(image, train=train)
+      self._check_width(out, "image")
       zimg = l2_normalize(out)
       for k, v in img_aux.items():
         aux[f"img/{k}"] = v
@@ -117,6 +127,7 @@ class Model(nn.Module):
       txt = text_transformer.TextTransformer(
           **self._tower_kwargs(self.text, "text"), name="txt")
       out, txt_aux = txt(text, train=train)
+      self._check_width(out, "text")
       ztxt = l2_normalize(out)
       for k, v in txt_aux.items():
         aux[f"txt/{k}"] = v

@@ -104,6 +104,9 @@ class ViT(nn.Module):
     act: MLP activation: "gelu" (tanh approx.), "gelu_exact", "quick_gelu".
     pre_norm: LayerNorm on the embedded tokens before the blocks (CLIP's
       `ln_pre`), named `pre_norm`.
+    norm_eps: epsilon of every LayerNorm (1e-6 flax / big_vision; 1e-5 for
+      PyTorch-trained CLIP weights).
+    head_bias: whether `head` has a bias (CLIP's `proj` has none).
   """
   variant: str | None = None
   width: int | None = None
@@ -121,6 +124,8 @@ class ViT(nn.Module):
   remat: bool = False
   act: str = "gelu"
   pre_norm: bool = False
+  norm_eps: float = 1e-6
+  head_bias: bool = True
 
   def dims(self):
     """The resolved {width, depth, mlp_dim, num_heads, patch_size}."""
@@ -180,7 +185,8 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.tile(cls.astype(dtype), (n, 1, 1)), x], axis=1)
 
     if self.pre_norm:
-      x = nn.LayerNorm(dtype=dtype, name="pre_norm")(x)
+      x = nn.LayerNorm(epsilon=self.norm_eps, dtype=dtype,
+                       name="pre_norm")(x)
     x = nn.Dropout(rate=self.dropout)(x, not train)
 
     x = common.Encoder(
@@ -188,7 +194,8 @@ class ViT(nn.Module):
         num_heads=dims["num_heads"], dropout=self.dropout, dtype=dtype,
         remat_policy=common.resolve_remat_policy(
             self.remat_policy, self.remat, "ViT"),
-        scan=self.scan, act=self.act, name="Transformer",
+        scan=self.scan, act=self.act, norm_eps=self.norm_eps,
+        name="Transformer",
     )(x, None, not train)
 
     if self.pool_type == "cls":
@@ -198,11 +205,11 @@ class ViT(nn.Module):
     else:  # map
       pooled = common.MAPHead(
           mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"], dtype=dtype,
-          act=self.act, name="MAPHead_0")(x)
+          act=self.act, norm_eps=self.norm_eps, name="MAPHead_0")(x)
       tokens = x
 
     out = pooled
     if self.num_classes:
-      out = nn.Dense(self.num_classes, dtype=dtype,
+      out = nn.Dense(self.num_classes, dtype=dtype, use_bias=self.head_bias,
                      kernel_init=common.head_init(width), name="head")(pooled)
     return out, {"tokens": tokens, "pre_logits": pooled}
