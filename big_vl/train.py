@@ -35,8 +35,10 @@ from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import losses
 from big_vl import metrics as metrics_lib
+from big_vl import models
 from big_vl import optim
 from big_vl import plots
+from big_vl import pretrained
 from big_vl import registry
 from big_vl import results as results_lib
 from big_vl import sharding
@@ -49,7 +51,8 @@ KNOWN_KEYS = {
     "seed", "mesh", "sharding_rules", "input", "model_name", "model", "loss",
     "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
     "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
-    "grad_accum_steps", "param_compute_dtype", "results_dir",
+    "grad_accum_steps", "param_compute_dtype", "results_dir", "model_init",
+    "model_load",
     *(f"{p}_{u}" for p in ("total", "warmup", "log", "ckpt")
       for u in ("steps", "epochs", "examples")),
 }
@@ -75,8 +78,54 @@ def check_config(config):
 
 
 def make_model(config):
-  return registry.get("model", config.get("model_name", "two_towers"))(
-      **config.model.to_dict())
+  return models.get({"name": config.get("model_name", "two_towers"),
+                     **config.model.to_dict()})
+
+
+MODEL_LOAD_KEYS = {"dont_load"}
+
+
+def init_from_pretrained(state, config, state_shardings):
+  """The state with params from `config.model_init` (if set) put in.
+
+  Loads a converted checkpoint or another run's params (see
+  `big_vl.pretrained`) into the freshly initialised state, on its
+  shardings; `config.model_load.dont_load` regexes name the params that keep
+  their init. Optimiser moments start at zero either way.
+
+  Args:
+    state: the fresh, sharded train state.
+    config: the run's ConfigDict.
+    state_shardings: the state's shardings.
+
+  Returns:
+    The state (unchanged without `model_init`).
+  """
+  path = config.get("model_init", None)
+  if not path:
+    return state
+  load_cfg = dict(config.get("model_load", None) or {})
+  unknown = set(load_cfg) - MODEL_LOAD_KEYS
+  if unknown:
+    raise ValueError(f"Unknown keys {sorted(unknown)} in config.model_load; "
+                     f"known: {sorted(MODEL_LOAD_KEYS)}.")
+  _, loaded = pretrained.load(path)
+  params, report = pretrained.merge(
+      state["params"], loaded, tuple(load_cfg.get("dont_load", None) or ()))
+  _log(f"Initialised {len(report['loaded'])} params from {path} "
+       f"({len(report['kept'])} kept at init"
+       + (f", adapted: {report['adapted']}" if report["adapted"] else "")
+       + (f", {len(report['unused'])} checkpoint params not in the model"
+          if report["unused"] else "") + ")")
+
+  def place(value, sharding_):
+    if isinstance(value, jax.Array):
+      return value
+    return jax.make_array_from_callback(value.shape, sharding_,
+                                        lambda index: value[index])
+
+  return {**state, "params": jax.tree.map(place, params,
+                                          state_shardings["params"])}
 
 
 def make_loss(config):
@@ -275,8 +324,9 @@ def build(config, mesh, example, total_steps, warmup_steps):
   return Run(
       model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
       state_shardings=state_shardings,
-      init_state=lambda: jax.jit(init_state, out_shardings=state_shardings)(
-          init_rng),
+      init_state=lambda: init_from_pretrained(
+          jax.jit(init_state, out_shardings=state_shardings)(init_rng),
+          config, state_shardings),
       train_step=train_step)
 
 

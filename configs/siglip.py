@@ -75,6 +75,11 @@ def get_config(arg=None):
   # compute dtype for the params (fp32 master weights stay in the state).
   config.grad_accum_steps = 1
   config.param_compute_dtype = config_dict.placeholder(str)
+  # Start from pretrained weights (a `python -m big_vl.convert` output or
+  # another run): --config.model_init=DIR, and regexes of params that keep
+  # their init, e.g. --config.model_load.dont_load="('img/head/.*',)".
+  config.model_init = config_dict.placeholder(str)
+  config.model_load = ml_collections.ConfigDict(dict(dont_load=()))
   config.grad_clip_norm = 1.0
 
   config.mesh = (("data", -1),)
