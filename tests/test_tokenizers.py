@@ -20,6 +20,7 @@ directly when it is importable.
 import importlib.util
 import json
 import os
+import pickle
 import random
 import sys
 import time
@@ -591,6 +592,123 @@ def test_sentencepiece_batches_bytes_and_arrays(sp_model):
     np.testing.assert_array_equal(tok(text)[0], out[i])
   # Shared underlying tokenizer for equal options.
   assert tokenizers.get("sentencepiece", model=sp_model).base is tok.base
+
+
+# ----------------------------------------------------------------------------
+# WordPiece (BERT). Hand-checked ids on a tiny vocabulary and the
+# sentence-transformers parity are in tests/test_convert_hf_bert.py.
+
+_WP_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat",
+             "##s", ",", "!", "cafe", "un", "##aff", "##able", ".", "a",
+             "dog", "photo", "of", "big", "red", "small", "on", "in"]
+
+
+@pytest.fixture(name="wp_dir")
+def _wp_dir(tmp_path):
+  with open(tmp_path / "vocab.txt", "w", encoding="utf-8") as f:
+    f.write("\n".join(_WP_VOCAB) + "\n")
+  return tmp_path
+
+
+def test_wordpiece_tokenizer_json_equals_vocab_txt(wp_dir, tmp_path_factory):
+  # A tokenizer.json saved by the `tokenizers` library's own BERT builder,
+  # with its padding / truncation settings on: ours must ignore them.
+  # pylint: disable-next=g-import-not-at-top
+  from tokenizers.implementations import BertWordPieceTokenizer
+  hf = BertWordPieceTokenizer(str(wp_dir / "vocab.txt"), lowercase=True)
+  hf.enable_truncation(6)
+  hf.enable_padding(length=6)
+  json_dir = tmp_path_factory.mktemp("json")
+  hf.save(str(json_dir / "tokenizer.json"))
+  texts = ["The cats, the big red cats on a photo!", "Café UNAFFABLE",
+           "zebra", "", "a\tdog\n"]
+  from_json = tokenizers.get("wordpiece", path=str(json_dir), max_len=10)
+  from_vocab = tokenizers.get("wordpiece", path=str(wp_dir), max_len=10)
+  assert from_json.base is not from_vocab.base
+  np.testing.assert_array_equal(from_json(texts), from_vocab(texts))
+  out = from_json(texts)
+  assert out.shape == (5, 10) and out.dtype == np.int32
+  np.testing.assert_array_equal(out[0], [2, 5, 6, 7, 8, 5, 19, 20, 6, 3])
+  np.testing.assert_array_equal(out[1], [2, 10, 11, 12, 13, 3, 0, 0, 0, 0])
+  # A file path works as well as its folder.
+  by_file = tokenizers.get("wordpiece",
+                           path=str(json_dir / "tokenizer.json"), max_len=10)
+  np.testing.assert_array_equal(by_file(texts), out)
+  with pytest.raises(ValueError, match="vocab.txt only"):
+    tokenizers.WordPieceTokenizer(json_dir, lower=False)
+
+
+def test_wordpiece_batches_bytes_arrays_and_cache(wp_dir):
+  tok = tokenizers.get("wordpiece", path=str(wp_dir), max_len=7)
+  texts = ["a dog", "the big red cat", "", "a photo of a small dog in a cat"]
+  out = tok(texts)
+  np.testing.assert_array_equal(out[3], [2, 15, 17, 18, 15, 21, 3])
+  np.testing.assert_array_equal(tok([t.encode() for t in texts]), out)
+  np.testing.assert_array_equal(tok(np.array(texts)), out)
+  for i, text in enumerate(texts):
+    np.testing.assert_array_equal(tok(text)[0], out[i])
+  assert tok([]).shape == (0, 7)
+  assert tok(texts, max_len=12).shape == (4, 12)
+  assert tokenizers.get("wordpiece", path=str(wp_dir)).base is tok.base
+  copy = pickle.loads(pickle.dumps(tok.base))
+  np.testing.assert_array_equal(copy.tokenize(texts, 7), out)
+  with pytest.raises(ValueError, match="max_len"):
+    tok(texts, max_len=1)
+  with pytest.raises(ValueError, match="max_len"):
+    tokenizers.get("wordpiece", path=str(wp_dir), max_len=1)
+  with pytest.raises(ValueError, match="not found"):
+    tokenizers.WordPieceTokenizer(wp_dir / "nowhere")
+  os.mkdir(wp_dir / "empty")
+  with pytest.raises(ValueError, match="No tokenizer.json or vocab.txt"):
+    tokenizers.WordPieceTokenizer(wp_dir / "empty")
+
+
+def test_wordpiece_default_max_len(wp_dir):
+  assert tokenizers.get("wordpiece", path=str(wp_dir)).max_len == 512
+  with open(wp_dir / "tokenizer_config.json", "w", encoding="utf-8") as f:
+    json.dump({"do_lower_case": True, "model_max_length": 128}, f)
+  assert tokenizers.get("wordpiece", path=str(wp_dir)).max_len == 128
+  with open(wp_dir / "sentence_bert_config.json", "w", encoding="utf-8") as f:
+    json.dump({"max_seq_length": 64, "do_lower_case": False}, f)
+  assert tokenizers.get("wordpiece", path=str(wp_dir)).max_len == 64
+
+
+def test_registry_and_pp_tokenize_wordpiece(monkeypatch, wp_dir, sp_model):
+  from big_vl.data import pp  # pylint: disable=g-import-not-at-top
+  factory = registry.get("tokenizer", "wordpiece")
+  assert factory is tokenizers.wordpiece
+  fn = pp.get_preprocess_fn(
+      f"tokenize(max_len=6, tokenizer='wordpiece', path={str(wp_dir)!r})")
+  np.testing.assert_array_equal(fn({"text": b"The cats!"})["text"],
+                                [2, 5, 6, 7, 9, 3])
+  np.testing.assert_array_equal(
+      fn({"text": ["a dog", "the cat"]})["text"],
+      [[2, 15, 16, 3, 0, 0], [2, 5, 6, 3, 0, 0]])
+  # Existing forms are unchanged; other factories take their kwargs too.
+  fn = pp.get_preprocess_fn("tokenize(max_len=5)")
+  np.testing.assert_array_equal(fn({"text": "a dog"})["text"],
+                                [49406, 320, 1929, 49407, 0])
+  fn = pp.get_preprocess_fn(
+      f"tokenize(8, tokenizer='sentencepiece', model={sp_model!r})")
+  np.testing.assert_array_equal(
+      fn({"text": "a dog"})["text"],
+      tokenizers.get("sentencepiece", model=sp_model)("a dog", 8)[0])
+  monkeypatch.setattr(registry, "BUILTIN_MODULES", ("big_vl.data.tokenizers",))
+  assert "wordpiece" in registry.names("tokenizer")
+
+
+def test_wordpiece_throughput_smoke(wp_dir):
+  # Not a timing assertion; one batched call over 10k captions.
+  rng = random.Random(0)
+  words = _WP_VOCAB[5:] + ["zebra", "Café", "DOG!"]
+  texts = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
+           for _ in range(10_000)]
+  tok = tokenizers.get("wordpiece", path=str(wp_dir), max_len=32)
+  start = time.perf_counter()
+  out = tok(texts)
+  elapsed = time.perf_counter() - start
+  assert out.shape == (10_000, 32)
+  print(f"wordpiece: {len(texts) / elapsed:.0f} captions/s")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ from absl import app
 from absl import flags
 import jax
 
+from big_vl import convert as convert_lib
 from big_vl import pretrained
 
-SOURCES = ("open_clip", "openai", "big_vision", "hf_bert")
-
-_FROM = flags.DEFINE_enum("from", None, SOURCES, "Checkpoint family.")
+_FROM = flags.DEFINE_enum("from", None, convert_lib.SOURCES,
+                          "Checkpoint family.")
 _SRC = flags.DEFINE_string("src", None, "Source file or folder.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _ARCH = flags.DEFINE_string(
@@ -52,46 +52,12 @@ def _arch():
   return arch
 
 
-def convert(source, src, *, arch=None, image_size=None, max_len=None,
-            pool_type=None, tokenizer_model=None):
-  """Reads a checkpoint of family `source`.
-
-  Args:
-    source: one of SOURCES.
-    src: file or folder to read.
-    arch: open_clip architecture name or model-config dict (open_clip).
-    image_size: resample position embeddings to this image size.
-    max_len: hf_bert text length.
-    pool_type: hf_bert pooling.
-    tokenizer_model: big_vision SentencePiece model path.
-
-  Returns:
-    (model_config, params, preprocessing).
-  """
-  # pylint: disable=g-import-not-at-top
-  if source in ("open_clip", "openai"):
-    from big_vl.convert import open_clip as conv
-    model_config, params = conv.load(src, arch, image_size=image_size)
-    return model_config, params, conv.preprocessing(model_config)
-  if source == "big_vision":
-    from big_vl.convert import big_vision as conv
-    model_config, params = conv.load(src, image_size=image_size)
-    return model_config, params, conv.preprocessing(
-        model_config, tokenizer_model=tokenizer_model)
-  if source == "hf_bert":
-    from big_vl.convert import hf_bert as conv
-    model_config, params = conv.load(src, pool_type=pool_type,
-                                     max_len=max_len)
-    return model_config, params, conv.preprocessing(model_config, src)
-  raise ValueError(f"Unknown source {source!r}; known: {SOURCES}.")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not (_FROM.value and _SRC.value and _OUT.value):
     raise app.UsageError("--from, --src and --out are required.")
-  model_config, params, preprocessing = convert(
+  model_config, params, preprocessing = convert_lib.load(
       _FROM.value, _SRC.value, arch=_arch(), image_size=_IMAGE_SIZE.value,
       max_len=_MAX_LEN.value, pool_type=_POOL_TYPE.value,
       tokenizer_model=_TOKENIZER_MODEL.value)

@@ -27,7 +27,8 @@ Ops (image ops take `key="image"`, text ops `key="text"`):
     value_range(vmin, vmax)                  uint8 [0, 255] -> f32 [vmin, vmax]
     normalize(mean, std)                     f32 [0, 1] -> (x - mean) / std
     clip_preprocess(size=224)                OpenAI CLIP's eval transform
-    choice(key, out), tokenize(max_len), lower(), keep(*keys), drop(*keys),
+    choice(key, out), tokenize(max_len, tokenizer='clip_bpe', **kw), lower(),
+    keep(*keys), drop(*keys),
     rename(old=new)
 
 Images are resized with PIL on the uint8 image, like torchvision's PIL
@@ -696,12 +697,26 @@ def _to_str(value):
 
 
 @registry.register("pp", "tokenize")
-def get_tokenize(max_len, key="text", out=None, tokenizer="clip_bpe"):
+def get_tokenize(max_len, key="text", out=None, tokenizer="clip_bpe",
+                 **tokenizer_kw):
   """Tokenizes a string (or a list of strings) to int32[max_len] ids.
 
   A list of strings (e.g. all captions of an image) gives int32[N, max_len].
+
+  Args:
+    max_len: row length.
+    key: field holding the text(s).
+    out: field to write (default `key`).
+    tokenizer: a registered tokenizer name ("clip_bpe", "clip",
+      "sentencepiece", "wordpiece", see `big_vl.data.tokenizers`).
+    **tokenizer_kw: the tokenizer factory's arguments, e.g.
+      `tokenize(max_len=64, tokenizer='wordpiece', path='/models/minilm')`
+      or `tokenize(16, tokenizer='sentencepiece', model='/spm.model')`.
+
+  Returns:
+    op(example, rng).
   """
-  tok = registry.get("tokenizer", tokenizer)()
+  tok = registry.get("tokenizer", tokenizer)(**tokenizer_kw)
   out = out or key
 
   def op(example, rng):

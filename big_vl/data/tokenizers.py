@@ -1,4 +1,4 @@
-"""Text tokenizers: CLIP's byte-level BPE and SentencePiece (SigLIP-style).
+"""Text tokenizers: CLIP's BPE, SentencePiece (SigLIP) and BERT's WordPiece.
 
 Public entry point::
 
@@ -7,14 +7,18 @@ Public entry point::
   tok(["A photo of a cat.", "a dog"])               # int32 [2, 77]
   tok = tokenizers.get("sentencepiece", model="/path/spm.model", max_len=16)
   tok("a photo of a cat")                           # int32 [1, 16]
+  tok = tokenizers.get("wordpiece", path="/path/all-MiniLM-L6-v2", max_len=64)
+  tok("a photo of a cat")                           # int32 [1, 64]
 
 `get(name, max_len=..., **kw)` returns a `Tokenizer`: a callable mapping one
 text or a list of texts (str or UTF-8 bytes) to an int32 array [N, max_len],
 with `vocab_size`, `pad_id`, `max_len`, `encode`, `decode` and
-`tokenize(texts, max_len=None)`. Names: "clip" (alias "clip_bpe") and
-"sentencepiece" (alias "spm"). The same factories are registered in the
-registry: `registry.get("tokenizer", "clip")(**kw).tokenize(texts, max_len)`
-and `registry.get("tokenizer", "sentencepiece")(model=PATH, ...)`; the older
+`tokenize(texts, max_len=None)`. Names: "clip" (alias "clip_bpe"),
+"sentencepiece" (alias "spm") and "wordpiece". The same
+factories are registered in the registry:
+`registry.get("tokenizer", "clip")(**kw).tokenize(texts, max_len)`,
+`registry.get("tokenizer", "sentencepiece")(model=PATH, ...)` and
+`registry.get("tokenizer", "wordpiece")(path=FOLDER, ...)`; the older
 `registry.get("tokenizer", "clip_bpe")()` still returns the shared
 `ClipBpeTokenizer` itself.
 
@@ -78,12 +82,25 @@ big_vision's `lower=True`), the model's ids, an EOS appended that is kept as
 the last id when a row is cut ("sticky", the default; "yes" cuts it, "none"
 omits it), padding with `pad_id` (0; SigLIP's released models use 1, their
 EOS id: pass `pad_id=1`). No BOS unless `add_bos=True`.
+
+WordPiece
+---------
+
+`WordPieceTokenizer` is BERT's tokenizer (MiniLM, sentence-transformers
+models) through the HF `tokenizers` library: a model folder's
+`tokenizer.json`, or BERT's pipeline rebuilt from `vocab.txt` and
+`tokenizer_config.json` (`do_lower_case`). Rows are "[CLS] ... [SEP]" padded
+with [PAD] (0) and cut keeping [SEP] last, the ids `transformers` and
+sentence-transformers give (tested against all-MiniLM-L6-v2's tokenizer in
+tests/test_convert_hf_bert.py). A batch is encoded in one `encode_batch`
+call.
 """
 
 import functools
 import gzip
 import html
 import importlib.resources
+import json
 import os
 import re as _re
 from typing import Iterable, Sequence, Union
@@ -526,6 +543,224 @@ class SentencePieceTokenizer:
 
 
 # ----------------------------------------------------------------------------
+# WordPiece (BERT family: MiniLM, sentence-transformers text towers).
+
+_WORDPIECE_FILES = ("tokenizer.json", "vocab.txt")
+_BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _read_json(path, default=None):
+  """Parsed JSON file at `path`, or `default` if there is no such file."""
+  if not os.path.isfile(path):
+    return default
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _build_bert_wordpiece(vocab_file, tokenizer_config, lower):
+  """An HF `tokenizers.Tokenizer` equal to BERT's from a vocab.txt.
+
+  Args:
+    vocab_file: path of a BERT vocab.txt (one token a line, id = line).
+    tokenizer_config: the parsed tokenizer_config.json ({} if absent).
+    lower: lower-case (and strip accents) or not; None reads
+      `do_lower_case` from `tokenizer_config` (default True, as BERT's).
+
+  Returns:
+    The tokenizer, with BERT's normalizer, pre-tokenizer, WordPiece model
+    and a "[CLS] $A [SEP]" post-processor; no padding or truncation.
+  """
+  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer as HfTokenizer
+  from tokenizers import decoders, models, normalizers, pre_tokenizers
+  from tokenizers import processors
+  # pylint: enable=g-import-not-at-top
+  cfg = tokenizer_config
+  if lower is None:
+    lower = bool(cfg.get("do_lower_case", True))
+  vocab = {}  # id = line number; a repeated token keeps its last line (BERT).
+  with open(vocab_file, encoding="utf-8") as f:
+    for index, line in enumerate(f):
+      vocab[line.rstrip("\n")] = index
+  unk = cfg.get("unk_token", "[UNK]")
+  cls = cfg.get("cls_token", "[CLS]")
+  sep = cfg.get("sep_token", "[SEP]")
+  for token in (unk, cls, sep):
+    if token not in vocab:
+      raise ValueError(f"WordPiece vocabulary {vocab_file!r} has no "
+                       f"{token!r} token.")
+  tok = HfTokenizer(models.WordPiece(vocab, unk_token=unk,
+                                     max_input_chars_per_word=100))
+  tok.normalizer = normalizers.BertNormalizer(
+      clean_text=True,
+      handle_chinese_chars=bool(cfg.get("tokenize_chinese_chars", True)),
+      strip_accents=cfg.get("strip_accents"), lowercase=bool(lower))
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.post_processor = processors.TemplateProcessing(
+      single=f"{cls}:0 $A:0 {sep}:0",
+      pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+      special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+  tok.decoder = decoders.WordPiece(prefix="##")
+  specials = [cfg.get(k, d) for k, d in (
+      ("pad_token", "[PAD]"), ("unk_token", unk), ("cls_token", cls),
+      ("sep_token", sep), ("mask_token", "[MASK]"))]
+  tok.add_special_tokens([t for t in dict.fromkeys(specials) if t in vocab])
+  return tok
+
+
+def _default_wordpiece_max_len(folder):
+  """Row length a model folder implies: sentence-transformers' or BERT's."""
+  st = _read_json(os.path.join(folder, "sentence_bert_config.json"), {})
+  if st.get("max_seq_length"):
+    return int(st["max_seq_length"])
+  cfg = _read_json(os.path.join(folder, "tokenizer_config.json"), {})
+  n = cfg.get("model_max_length")
+  if isinstance(n, int) and 2 <= n <= 100_000:  # HF writes 1e30 for "none".
+    return n
+  return 512
+
+
+class WordPieceTokenizer:
+  """BERT's WordPiece tokenizer (HF `tokenizers`), as transformers builds it.
+
+  Loads `tokenizer.json` (the fast tokenizer that `transformers` and
+  sentence-transformers use) or, without one, builds BERT's tokenizer from
+  `vocab.txt` and `tokenizer_config.json`: clean text, split CJK characters,
+  lower-case and strip accents (`do_lower_case`, default True), split on
+  whitespace and punctuation, greedy longest-match-first WordPiece with
+  "##" continuations ([UNK] for a word with no split or over 100
+  characters), then "[CLS] ... [SEP]".
+
+  Rows (`tokenize`) are padded with `pad_id` ([PAD], 0 in BERT vocabularies)
+  and cut as `transformers` does with `truncation=True`: the text's ids are
+  cut so that the row, [CLS] and [SEP] included, fits `max_len`; [SEP] stays
+  last. Uncased BERT: "Hello, WORLD!" -> [101, 7592, 1010, 2088, 999, 102].
+
+  Attributes:
+    vocab_size: number of ids (added tokens included).
+    pad_id, cls_id, sep_id, unk_id: special ids (None if absent; pad_id 0
+      if the vocabulary has no [PAD]).
+  """
+
+  def __init__(self, path, *, lower=None):
+    """Loads the tokenizer.
+
+    Args:
+      path: a model folder holding `tokenizer.json` or `vocab.txt` (plus
+        optionally `tokenizer_config.json`), or the path of one of those
+        two files.
+      lower: only for a vocab.txt: overrides `do_lower_case`.
+
+    Raises:
+      ValueError: no tokenizer file, or `lower` given with a tokenizer.json
+        (whose normalizer already fixes it).
+    """
+    # pylint: disable-next=g-import-not-at-top
+    from tokenizers import Tokenizer as HfTokenizer
+    path = os.fspath(path)
+    if os.path.isdir(path):
+      folder = path
+      files = [os.path.join(path, f) for f in _WORDPIECE_FILES
+               if os.path.isfile(os.path.join(path, f))]
+      if not files:
+        raise ValueError(f"No tokenizer.json or vocab.txt in {path!r}.")
+      path = files[0]
+    elif os.path.isfile(path):
+      folder = os.path.dirname(path)
+    else:
+      raise ValueError(f"WordPiece tokenizer path not found: {path!r}")
+    cfg = _read_json(os.path.join(folder, "tokenizer_config.json"), {})
+    if path.endswith(".json"):
+      if lower is not None:
+        raise ValueError("lower= applies to a vocab.txt only; the "
+                         f"normalizer of {path!r} already sets it.")
+      tok = HfTokenizer.from_file(path)
+    else:
+      tok = _build_bert_wordpiece(path, cfg, lower)
+    padding = tok.padding or {}
+    tok.no_padding()
+    tok.no_truncation()
+    self._tok = tok
+    self.path = path
+    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    ids = {name: tok.token_to_id(cfg.get(f"{name}_token", f"[{name.upper()}]"))
+           for name in ("pad", "cls", "sep", "unk")}
+    self.cls_id, self.sep_id, self.unk_id = ids["cls"], ids["sep"], ids["unk"]
+    if padding.get("pad_id") is not None:
+      self.pad_id = int(padding["pad_id"])
+    else:
+      self.pad_id = 0 if ids["pad"] is None else ids["pad"]
+    self._pad_token = tok.id_to_token(self.pad_id) or "[PAD]"
+    self._fixed = {}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_fixed"] = {}
+    return state
+
+  def _fixed_len(self, max_len):
+    """A copy of the tokenizer that pads and cuts every row to `max_len`."""
+    tok = self._fixed.get(max_len)
+    if tok is None:
+      tok = type(self._tok).from_str(self._tok.to_str())
+      tok.enable_truncation(max_len)
+      tok.enable_padding(length=max_len, pad_id=self.pad_id,
+                         pad_token=self._pad_token)
+      # Worst case two threads build the same copy; both are equal.
+      self._fixed[max_len] = tok
+    return tok
+
+  def encode(self, text: TextLike) -> list:
+    """Ids of one text: [CLS] + WordPiece ids + [SEP], not cut or padded.
+
+    Args:
+      text: a str (bytes are decoded as UTF-8).
+
+    Returns:
+      A list of int ids.
+    """
+    return self._tok.encode(_as_text_list(text)[0]).ids
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of a row of ids, without special tokens and padding.
+
+    Args:
+      ids: ids (list, tuple or 1-D integer array).
+
+    Returns:
+      The text, "##" pieces joined to their words (lower-cased and without
+      accents for uncased vocabularies).
+    """
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    for i in ids:
+      if not 0 <= i < self.vocab_size:
+        raise ValueError(f"Token id {i} outside [0, {self.vocab_size}).")
+    return self._tok.decode(ids, skip_special_tokens=True)
+
+  def tokenize(self, texts: Union[TextLike, Sequence[TextLike]],
+               max_len: int) -> np.ndarray:
+    """Encodes texts into a fixed-length batch of ids (one batched call).
+
+    Args:
+      texts: one text or a sequence of texts (str, or UTF-8 bytes).
+      max_len: row length, >= 2 (room for [CLS] and [SEP]).
+
+    Returns:
+      int32 array [N, max_len] (N = 1 for a single text), see the class
+      docstring for padding / truncation.
+    """
+    if max_len < 2:
+      raise ValueError(
+          f"max_len must be >= 2 (room for [CLS] and [SEP]), got {max_len}")
+    texts = _as_text_list(texts)
+    out = np.zeros((len(texts), max_len), np.int32)
+    if texts:
+      encodings = self._fixed_len(int(max_len)).encode_batch_fast(texts)
+      out[:] = [e.ids for e in encodings]
+    return out
+
+
+# ----------------------------------------------------------------------------
 # Fixed-length callables and the public `get`.
 
 
@@ -623,18 +858,54 @@ def sentencepiece(model, max_len=16, *, add_eos=True, eos=None, pad_id=0,
       max_len)
 
 
+@functools.lru_cache(maxsize=None)
+def _cached_wordpiece(path, lower):
+  return WordPieceTokenizer(path, lower=lower)
+
+
+@registry.register("tokenizer", "wordpiece")
+def wordpiece(path, max_len=None, *, lower=None) -> Tokenizer:
+  """BERT WordPiece tokenizer; ids equal `transformers` / sentence-transformers.
+
+  Args:
+    path: a model folder (HF or sentence-transformers layout) holding
+      `tokenizer.json` or `vocab.txt` (+ `tokenizer_config.json`), or the
+      path of one of those files.
+    max_len: row length, >= 2; None takes `max_seq_length` from the folder's
+      `sentence_bert_config.json`, else the tokenizer config's
+      `model_max_length`, else 512.
+    lower: for a vocab.txt only: overrides its `do_lower_case`.
+
+  Returns:
+    A `Tokenizer` giving int32 [N, max_len] rows "[CLS] ... [SEP]" padded
+    with [PAD] (0); the `WordPieceTokenizer` behind it is shared between
+    calls with the same path and `lower`.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if max_len is None:
+    max_len = _default_wordpiece_max_len(
+        path if os.path.isdir(path) else os.path.dirname(path))
+  if max_len < 2:
+    raise ValueError(
+        f"max_len must be >= 2 (room for [CLS] and [SEP]), got {max_len}")
+  return Tokenizer(_cached_wordpiece(path, lower), max_len)
+
+
 _ALIASES = {"clip_bpe": "clip", "spm": "sentencepiece"}
-_FACTORIES = {"clip": clip, "sentencepiece": sentencepiece}
+_FACTORIES = {"clip": clip, "sentencepiece": sentencepiece,
+              "wordpiece": wordpiece}
 
 
 def get(name: str, **kw) -> Tokenizer:
   """Returns the tokenizer `name` as a callable texts -> int32 [N, max_len].
 
   Args:
-    name: "clip" (alias "clip_bpe") or "sentencepiece" (alias "spm").
+    name: "clip" (alias "clip_bpe"), "sentencepiece" (alias "spm") or
+      "wordpiece".
     **kw: the factory's arguments: for "clip" `max_len` (77) and
       `vocab_path`; for "sentencepiece" `model` (required), `max_len` (16),
-      `add_eos`, `eos`, `pad_id`, `lower`, `add_bos`.
+      `add_eos`, `eos`, `pad_id`, `lower`, `add_bos`; for "wordpiece" `path`
+      (required), `max_len` (from the folder), `lower`.
 
   Returns:
     A `Tokenizer`.

@@ -107,6 +107,10 @@ class ViT(nn.Module):
     norm_eps: epsilon of every LayerNorm (1e-6 flax / big_vision; 1e-5 for
       PyTorch-trained CLIP weights).
     head_bias: whether `head` has a bias (CLIP's `proj` has none).
+    image_size: informational, not used in the computation: the image
+      side the learned position embedding was made for. Converters
+      record it so that evaluation preprocessing can be derived from the
+      model config alone; None = unknown.
   """
   variant: str | None = None
   width: int | None = None
@@ -126,6 +130,7 @@ class ViT(nn.Module):
   pre_norm: bool = False
   norm_eps: float = 1e-6
   head_bias: bool = True
+  image_size: int | None = None
 
   def dims(self):
     """The resolved {width, depth, mlp_dim, num_heads, patch_size}."""
