@@ -23,7 +23,11 @@ Run (2 CPU cores; the Fashion-MNIST TFDS dataset is built on first use):
     python -m big_vl.train --config=configs/lit_fashion_mnist.py \
       --workdir=workdirs/lit_fashion_mnist
 
-Expected result: see RESULT below (filled from a measured run).
+Expected result (measured 2026-11-29 on 2 CPU cores, seed 0: 600 steps of
+128 pairs at ~1.7 steps/s, 6 min, plus an 8 s data build and a 12 s final
+evaluation): zero-shot top-1 83.9% on the 10,000 Fashion-MNIST test images
+(chance 10%), top-5 99.6%, mean per-class recall 83.9%; metrics under
+`zeroshot/fashion_mnist/` in workdirs/lit_fashion_mnist/metrics.jsonl.
 
 Arguments (`--config=configs/lit_fashion_mnist.py:steps=600,batch=128`):
 `text=DIR` the converted text tower (default workdirs/minilm), `steps`,
@@ -40,7 +44,6 @@ from ml_collections import config_dict
 from big_vl import config as config_lib
 
 DATA = "tfds:big_vl_mnist_idx/fashion_mnist"
-RESULT = None
 
 
 def text_tower(directory):
@@ -117,7 +120,8 @@ def get_config(arg=None):
       zeroshot=dict(type="zeroshot", every=None, data=DATA, split="test",
                     pp_img=f"{image_pp}|keep('image','label')",
                     pp_txt=tokenize, templates="fashion_mnist",
-                    class_names="fashion_mnist", batch_size=500)))
+                    class_names="fashion_mnist", batch_size=500,
+                    name="fashion_mnist")))
 
   if arg.runlocal:
     demo = config_lib.demo_evals(res, text["max_len"], batch_size=64,
@@ -131,5 +135,5 @@ def get_config(arg=None):
     config.log_steps = 1
     config.ckpt_steps = 4
     config.evals = ml_collections.ConfigDict(dict(zeroshot=dict(
-        demo.zeroshot.to_dict(), pp_txt=tokenize)))
+        demo.zeroshot.to_dict(), pp_txt=tokenize)))  # No `name`: demo data.
   return config

@@ -144,3 +144,22 @@ def test_training_starts_from_a_converted_checkpoint(demo_data, tmp_path):
   config.model_load = ml_collections.ConfigDict({"dont_load": ()})
   with pytest.raises(ValueError, match="not in the checkpoint"):
     train_lib.train(config, str(tmp_path / "run2"))
+
+
+@pytest.mark.slow
+def test_evaluate_reads_a_converted_checkpoint_like_a_run(demo_data, tmp_path):
+  # pylint: disable=g-import-not-at-top
+  from big_vl import evaluate as evaluate_lib
+  config = _demo_config(total_steps=2, ckpt_steps=100)
+  train_lib.train(config, str(tmp_path / "run"))
+  model_config, params = pretrained.load(tmp_path / "run")
+  converted = pretrained.save(tmp_path / "converted", model_config, params)
+  eval_config = config_lib.load_config_module(
+      "configs/eval/demo.py").get_config("runlocal")
+  from_run = evaluate_lib.evaluate(eval_config, str(tmp_path / "run"))
+  from_converted = evaluate_lib.evaluate(eval_config, converted)
+  assert from_converted["step"] == pretrained.CONVERTED_STEP
+  metrics = {k: v for k, v in from_run["metrics"].items()
+             if not k.startswith("eval_time/")}
+  assert metrics and all(
+      from_converted["metrics"][k] == v for k, v in metrics.items())
