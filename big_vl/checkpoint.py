@@ -21,6 +21,7 @@ import os
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from big_vl import sharding
@@ -180,8 +181,8 @@ def run_config(ckpt_dir, meta):
   return ml_collections.ConfigDict(config)
 
 
-def restore_params(ckpt_dir, step, mesh, rules=((".*", "replicate"),)):
-  """Restores only the params of a train-state checkpoint onto `mesh`.
+def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),)):
+  """Restores only the params of a train-state checkpoint.
 
   Shapes and dtypes come from the checkpoint's own metadata; shardings from
   `rules` (as `config.sharding_rules`) on `mesh`. The rest of the state
@@ -190,11 +191,11 @@ def restore_params(ckpt_dir, step, mesh, rules=((".*", "replicate"),)):
   Args:
     ckpt_dir: the checkpoints folder (`Checkpointer`'s directory).
     step: the checkpoint step.
-    mesh: the Mesh to place the params on.
+    mesh: the Mesh to place the params on, or None for host numpy arrays.
     rules: sharding rules, regex -> "replicate" / "fsdp" / axes.
 
   Returns:
-    The params pytree of global jax.Arrays.
+    The params pytree of global jax.Arrays (numpy arrays without a mesh).
   """
   path = os.path.join(ckpt_dir, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
@@ -205,10 +206,14 @@ def restore_params(ckpt_dir, step, mesh, rules=((".*", "replicate"),)):
     raise ValueError(f"{path} holds no 'params' (keys: {sorted(tree)}).")
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
                           tree["params"])
-  shardings = sharding.tree_shardings(abstract, mesh, rules)
-  restore_args = jax.tree.map(
-      lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape,
-                                        dtype=a.dtype), abstract, shardings)
+  if mesh is None:
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+  else:
+    shardings = sharding.tree_shardings(abstract, mesh, rules)
+    restore_args = jax.tree.map(
+        lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape,
+                                          dtype=a.dtype), abstract, shardings)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
       item={"params": abstract}, restore_args={"params": restore_args},
       partial_restore=True))

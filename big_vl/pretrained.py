@@ -38,7 +38,6 @@ import re
 from flax import traverse_util
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from big_vl import checkpoint as ckpt_lib
 from big_vl.models import common
@@ -103,23 +102,6 @@ def save(directory, model_config, params, *, preprocessing=None,
   return directory
 
 
-def _restore_numpy(state_path):
-  """The "params" subtree of an Orbax state item as numpy arrays."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(state_path)
-  tree = getattr(metadata, "item_metadata", metadata)
-  tree = getattr(tree, "tree", tree)
-  if "params" not in tree:
-    raise ValueError(f"{state_path} holds no 'params' (keys: "
-                     f"{sorted(tree)}).")
-  abstract = {"params": jax.tree.map(lambda m: 0, tree["params"])}
-  restore_args = jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-  restored = checkpointer.restore(state_path, args=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=restore_args, partial_restore=True))
-  return restored["params"]
-
-
 def load(path, step=None):
   """Reads params and model config from a converted checkpoint or a run.
 
@@ -146,7 +128,7 @@ def load(path, step=None):
   config = ckpt_lib.run_config(ckpt_dir, ckpt_lib.read_meta(ckpt_dir, step))
   model_config = {"name": config.get("model_name", "two_towers"),
                   **config.model.to_dict()}
-  params = _restore_numpy(os.path.join(ckpt_dir, str(step), "state"))
+  params = ckpt_lib.restore_params(ckpt_dir, step)
   return model_config, params
 
 
