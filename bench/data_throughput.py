@@ -49,7 +49,6 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import tarfile
 import time
@@ -57,12 +56,14 @@ import time
 import numpy as np
 from PIL import Image
 
+import peer as peer_lib  # bench/peer.py
+import results_md  # bench/results_md.py
+
 HEADING = "## Data throughput (bench/data_throughput.py)"
 IMAGE_SIZE = 224
 MAX_LEN = 77
 SAMPLES_PER_SHARD = 250
 DATA_VERSION = 1
-RESULT_PREFIX = "@@RESULT "
 
 _WORDS = (
     "a photo of the small large red blue green yellow old young dog cat bird "
@@ -336,61 +337,20 @@ def _stages_open_clip(pattern, n, scale):
 
 
 def peer_server(args):
-  """Runs open_clip measurements asked for on stdin (one JSON per line)."""
+  """Runs open_clip measurements asked for on stdin (see bench/peer.py)."""
   import open_clip  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torchvision  # pylint: disable=g-import-not-at-top
   import webdataset  # pylint: disable=g-import-not-at-top
-
-  def reply(obj):
-    sys.stdout.write(RESULT_PREFIX + json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-  reply({"torch": torch.__version__, "torchvision": torchvision.__version__,
-         "open_clip": open_clip.__version__,
-         "webdataset": getattr(webdataset, "__version__", "?"),
-         "torch_threads": torch.get_num_threads()})
-  for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["op"] == "quit":
-      break
-    if cmd["op"] == "measure":
-      reply(measure_open_clip(args.pattern, cmd["workers"], args.batch,
-                              cmd["batches"], cmd["seed"], args.scale))
-    elif cmd["op"] == "stages":
-      reply(stages_open_clip(args.pattern, cmd["n"], args.scale))
-
-
-class Peer:
-  """The open_clip side as a subprocess of the driver."""
-
-  def __init__(self, python, pattern, batch, scale):
-    self.proc = subprocess.Popen(
-        [python, os.path.abspath(__file__), "--side=open_clip",
-         f"--pattern={pattern}", f"--batch={batch}",
-         f"--scale={scale[0]},{scale[1]}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    self.versions = self._read()
-
-  def _read(self):
-    for line in self.proc.stdout:
-      if line.startswith(RESULT_PREFIX):
-        return json.loads(line[len(RESULT_PREFIX):])
-      sys.stderr.write("[open_clip] " + line)
-    raise RuntimeError(f"open_clip peer exited ({self.proc.wait()}).")
-
-  def ask(self, **cmd):
-    self.proc.stdin.write(json.dumps(cmd) + "\n")
-    self.proc.stdin.flush()
-    return self._read()
-
-  def close(self):
-    try:
-      self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-      self.proc.stdin.close()
-    except (BrokenPipeError, OSError):
-      pass
-    self.proc.wait(timeout=60)
+  peer_lib.serve(
+      {"measure": lambda workers, batches, seed: measure_open_clip(
+          args.pattern, workers, args.batch, batches, seed, args.scale),
+       "stages": lambda n: stages_open_clip(args.pattern, n, args.scale)},
+      hello={"torch": torch.__version__,
+             "torchvision": torchvision.__version__,
+             "open_clip": open_clip.__version__,
+             "webdataset": getattr(webdataset, "__version__", "?"),
+             "torch_threads": torch.get_num_threads()})
 
 
 # --------------------------------------------------------------------------
@@ -513,7 +473,10 @@ def driver(args):
   peer, peer_note = None, None
   if "open_clip" in sides:
     if args.peer_python and os.path.exists(args.peer_python):
-      peer = Peer(args.peer_python, pattern, args.batch, args.scale)
+      peer = peer_lib.Peer(
+          args.peer_python, os.path.abspath(__file__),
+          ["--side=open_clip", f"--pattern={pattern}", f"--batch={args.batch}",
+           f"--scale={args.scale[0]},{args.scale[1]}"])
       versions += [f"{k} {v}" for k, v in peer.versions.items()
                    if k != "torch_threads"]
       print(f"open_clip peer: {peer.versions}", file=sys.stderr, flush=True)
@@ -562,22 +525,15 @@ def driver(args):
   finally:
     if peer is not None:
       peer.close()
-  command = ".venv/bin/python bench/data_throughput.py" + "".join(
-      f" {a}" for a in sys.argv[1:])
-  text = markdown(args, command, results, ", ".join(versions), stages,
-                  peer_note, time.perf_counter() - t_start)
-  print(text)
-  if not args.no_write:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import results_md  # pylint: disable=g-import-not-at-top
-    results_md.write_section(HEADING, text)
+  command = results_md.command(__file__, sys.argv[1:])
+  results_md.publish(HEADING, markdown(
+      args, command, results, ", ".join(versions), stages, peer_note,
+      time.perf_counter() - t_start), write=not args.no_write)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--side", default="driver",
-                      choices=("driver", "open_clip"),
-                      help="internal: open_clip runs the peer server")
+  peer_lib.add_side_flag(parser)
   parser.add_argument("--num_images", type=int, default=5000)
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--batches", type=int, default=6,

@@ -26,3 +26,16 @@ def write_section(heading, section, path=RESULTS):
     tail = "".join(lines[end:])
     text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
   path.write_text(text)
+
+
+def command(script_path, argv):
+  """The command line that ran a bench script, for its results section."""
+  name = pathlib.Path(script_path).name
+  return f".venv/bin/python bench/{name}" + "".join(f" {a}" for a in argv)
+
+
+def publish(heading, section, write=True):
+  """Prints a results section and (unless `write` is False) stores it."""
+  print(section)
+  if write:
+    write_section(heading, section)

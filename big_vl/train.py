@@ -454,6 +454,44 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
   done_this_call = 0
   bar = metrics_lib.progress_bar(total, initial=start, is_main=is_main)
   t_log, examples_since_log = time.time(), 0
+  evals_every = [every for _, every, _ in evaluators if every]
+
+  def finish(pending):
+    """Reads one dispatched step's metrics: loss, NaN check, progress, log."""
+    nonlocal t_log, examples_since_log
+    done, step_metrics, skipped_then, skipped_by_then = pending
+    step_metrics = jax.device_get(step_metrics)
+    loss = float(step_metrics["train/loss"])
+    step_losses[done] = loss
+    if not bool(step_metrics.pop("finite")):
+      last = checkpointer.latest_step()
+      raise NonFiniteLossError(
+          f"Non-finite training at step {done}: loss={loss}, grad_norm="
+          f"{float(step_metrics['train/grad_norm'])}, param_norm="
+          f"{float(step_metrics['train/param_norm'])}. The run stopped "
+          f"without saving; the last good checkpoint is step {last} in "
+          f"{checkpointer.directory}. Lower config.lr, add warm-up or "
+          "gradient clipping (config.grad_clip_norm), or check the data.")
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    if done % log_every == 0 or done == total:
+      dt = time.time() - t_log
+      step_metrics["train/examples_per_sec"] = examples_since_log / max(
+          dt, 1e-9)
+      step_metrics["data/skipped"] = skipped_then
+      for r, n in skipped_by_then.items():
+        step_metrics[f"data/skipped/{r}"] = n
+      if num_examples:
+        step_metrics["train/epoch"] = done * global_batch / num_examples
+      writer.write(done, step_metrics, console=False)
+      t_log, examples_since_log = time.time(), 0
+
+  # Each step's metrics are read after the next step is dispatched, so the
+  # host never waits for the device between steps: reading the next batch
+  # and dispatching its step overlap the running step. Before a checkpoint,
+  # an evaluation or a stop, the pending metrics are read first (a
+  # non-finite step is never saved or evaluated).
+  pending = None
   try:
     while step < total:
       batch = next(it)
@@ -465,38 +503,21 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       step += 1
       done_this_call += 1
       examples_since_log += global_batch
-      step_metrics = jax.device_get(step_metrics)
-      loss = float(step_metrics["train/loss"])
-      step_losses[step] = loss
-      if not bool(step_metrics.pop("finite")):
-        last = checkpointer.latest_step()
-        raise NonFiniteLossError(
-            f"Non-finite training at step {step}: loss={loss}, grad_norm="
-            f"{float(step_metrics['train/grad_norm'])}, param_norm="
-            f"{float(step_metrics['train/param_norm'])}. The run stopped "
-            f"without saving; the last good checkpoint is step {last} in "
-            f"{checkpointer.directory}. Lower config.lr, add warm-up or "
-            "gradient clipping (config.grad_clip_norm), or check the data.")
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-      if step % log_every == 0 or step == total:
-        dt = time.time() - t_log
-        step_metrics["train/examples_per_sec"] = examples_since_log / max(
-            dt, 1e-9)
-        step_metrics["data/skipped"] = skipped
-        for r, n in skipped_by.items():
-          step_metrics[f"data/skipped/{r}"] = n
-        if num_examples:
-          step_metrics["train/epoch"] = step * global_batch / num_examples
-        writer.write(step, step_metrics, console=False)
-        t_log, examples_since_log = time.time(), 0
+      if pending is not None:
+        finish(pending)
+      pending = (step, step_metrics, skipped, dict(skipped_by))
       final = step == total
+      stopping = (stop_after_steps is not None
+                  and done_this_call >= stop_after_steps)
+      if (final or stopping or step % ckpt_every == 0
+          or any(step % every == 0 for every in evals_every)):
+        finish(pending)
+        pending = None
       if step % ckpt_every == 0 or final:
         save(step)
       if not final:
         _run_evals(evaluators, state["params"], step, writer)
-      if stop_after_steps is not None and done_this_call >= stop_after_steps \
-          and not final:
+      if stopping and not final:
         if checkpointer.latest_step() != step:
           save(step)
         _log(f"Stopping at step {step} (stop_after_steps); rerun to resume.")

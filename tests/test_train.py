@@ -1,5 +1,6 @@
 """The trainer end to end on the demo data (runlocal sizes, 8 CPU devices)."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -195,17 +196,34 @@ def test_corrupt_records_are_skipped_and_counted(demo_data, tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ckpt_steps", [1, 100])
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(
-    demo_data, tmp_path):
+    demo_data, tmp_path, ckpt_steps):
+  # ckpt_steps=1 reads every step's metrics before its checkpoint; with 100
+  # the non-finite step is found one step later (metrics are read after the
+  # next step is dispatched) and must still be named and never saved.
   config = _config(total_steps=6, ckpt_steps=100)
   train_lib.train(config, str(tmp_path), stop_after_steps=2)
-  bad = _config(total_steps=6, ckpt_steps=1, lr=float("nan"))
+  bad = _config(total_steps=6, ckpt_steps=ckpt_steps, lr=float("nan"))
   with pytest.raises(train_lib.NonFiniteLossError,
                      match=r"at step 3:.*last good checkpoint is step 2"):
     train_lib.train(bad, str(tmp_path))
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
   assert ckpt.latest_step() == 2
   ckpt.close()
+
+
+@pytest.mark.slow
+def test_five_steps_compile_the_train_step_once(demo_data, tmp_path, caplog):
+  # A recompilation (e.g. a weakly typed or differently sharded state coming
+  # back from step 1) would show as a second "Compiling jit(train_step)".
+  config = _config(total_steps=5, ckpt_steps=100)
+  with caplog.at_level(logging.DEBUG, logger="jax"), jax.log_compiles():
+    result = train_lib.train(config, str(tmp_path))
+  assert sorted(result["losses"]) == [1, 2, 3, 4, 5]
+  compiles = [m for m in caplog.messages
+              if m.startswith("Compiling jit(train_step)")]
+  assert len(compiles) == 1, compiles
 
 
 @pytest.mark.slow

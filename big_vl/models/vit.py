@@ -72,6 +72,41 @@ def resample_posemb(posemb, new_grid, old_grid=None):
       posemb.dtype)
 
 
+class PatchEmbedding(nn.Module):
+  """Non-overlapping patches to tokens: a stride-`patch` convolution.
+
+  Params are those of `nn.Conv(width, patch, strides=patch)` (kernel
+  [ph, pw, C, width], lecun-normal; bias [width], zeros: the same names,
+  shapes and initial values), but the convolution runs as one matmul of the
+  flattened patches [B * N, ph * pw * C] with the kernel [ph * pw * C, width],
+  which XLA's CPU backend runs about 2x faster than the convolution (forward
+  and backward).
+
+  Attributes:
+    width: output channels.
+    patch: (ph, pw).
+    dtype: compute dtype.
+  """
+  width: int
+  patch: tuple
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, image):
+    """[B, H, W, C] images -> [B, H / ph, W / pw, width] patch embeddings."""
+    ph, pw = self.patch
+    n, h, w, c = image.shape
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (ph, pw, c, self.width), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.width,),
+                      jnp.float32)
+    gh, gw = h // ph, w // pw
+    x = image.astype(self.dtype).reshape(n, gh, ph, gw, pw, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, gh, gw, ph * pw * c)
+    x = x @ kernel.astype(self.dtype).reshape(ph * pw * c, self.width)
+    return x + bias.astype(self.dtype)
+
+
 class ViT(nn.Module):
   """Vision Transformer image encoder.
 
@@ -171,8 +206,7 @@ class ViT(nn.Module):
           f"ViT: image size {h_img}x{w_img} is not divisible by the patch "
           f"size {patch[0]}x{patch[1]}.")
 
-    x = nn.Conv(width, patch, strides=patch, padding="VALID", dtype=dtype,
-                name="embedding")(image.astype(dtype))
+    x = PatchEmbedding(width, patch, dtype=dtype, name="embedding")(image)
     _, h, w, _ = x.shape
     x = jnp.reshape(x, (n, h * w, width))
 

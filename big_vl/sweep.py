@@ -1,0 +1,281 @@
+r"""Config sweeps: every variant a config file defines, one workdir each.
+
+A config file opts in with `get_sweep(arg=None)`, returning a list of
+override dicts with dotted keys, applied to `get_config(arg)`:
+
+    def get_sweep(arg=None):
+      return [{"lr": lr, "loss.name": loss, "model.bias_init": bias}
+              for lr in (1e-3, 3e-3)
+              for loss, bias in (("softmax", None), ("sigmoid", -10.0))]
+
+Run it (sequentially, here; each variant is a normal training run):
+
+    python -m big_vl.sweep --config=configs/demo.py:runlocal \
+        --workdir=workdirs/sweep
+
+Variant i trains in `ROOT/<name>`, its name built from its overrides (e.g.
+`lr=0.001,loss.name=sigmoid,model.bias_init=-10.0`). A variant whose workdir
+holds a finished sweep run (`sweep_final.json`) is skipped; an interrupted
+one resumes from its last checkpoint, as `big_vl.train` does. At the end the
+sweep writes, in ROOT:
+
+  sweep.csv, sweep.md  one row per variant: name, status, final step, final
+                       train loss and every final evaluation metric;
+  sweep.png            train-loss curves of all variants, and the variants'
+                       final `metric` (default: the first zero-shot top-1).
+"""
+
+import csv
+import io
+import json
+import os
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from big_vl import config as config_lib  # pylint: disable=wrong-import-position
+from big_vl import metrics as metrics_lib  # pylint: disable=wrong-import-position
+
+FINAL_FILE = "sweep_final.json"
+
+
+def parse_config_arg(spec):
+  """"configs/x.py:arg" -> ("configs/x.py", "arg" or None)."""
+  path, _, arg = spec.partition(":")
+  return path, (arg or None)
+
+
+def variant_name(overrides):
+  """A folder name for one variant: `k=v` pairs joined by commas.
+
+  Example:
+    >>> variant_name({"lr": 0.001, "loss.name": "sigmoid"})
+    'lr=0.001,loss.name=sigmoid'
+  """
+  if not overrides:
+    return "base"
+  parts = [f"{k}={v}" for k, v in overrides.items()]
+  return re.sub(r"[^\w.,=+\-]", "_", ",".join(parts))
+
+
+def apply_overrides(config, overrides):
+  """Sets dotted keys of a ConfigDict (a missing key is an error).
+
+  Args:
+    config: an `ml_collections.ConfigDict`.
+    overrides: {"a.b": value}.
+
+  Returns:
+    `config` (changed in place).
+
+  Raises:
+    KeyError: naming an override key the config does not have.
+  """
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      if part not in node:
+        raise KeyError(f"Sweep override {key!r}: the config has no {part!r}.")
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(f"Sweep override {key!r}: the config has no {leaf!r}; "
+                     f"keys there: {sorted(node.keys())}.")
+    with node.unlocked() if hasattr(node, "unlocked") else _nothing():
+      node[leaf] = value
+  return config
+
+
+class _nothing:  # pylint: disable=invalid-name
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def variants(config_spec):
+  """[(name, overrides, config)] of a config file's sweep.
+
+  Args:
+    config_spec: "path/to/config.py[:arg]".
+
+  Returns:
+    One entry per dict of `get_sweep(arg)`.
+
+  Raises:
+    ValueError: if the file has no `get_sweep`, it returns nothing, or two
+      variants get the same name.
+  """
+  path, arg = parse_config_arg(config_spec)
+  module = config_lib.load_config_module(path)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{path} defines no get_sweep(arg); add one returning a "
+                     "list of override dicts, e.g. [{'lr': 1e-3}, "
+                     "{'lr': 3e-3}].")
+  sweep = list(module.get_sweep(arg))
+  if not sweep:
+    raise ValueError(f"{path}: get_sweep({arg!r}) returned no variants.")
+  out = []
+  for overrides in sweep:
+    overrides = dict(overrides)
+    out.append((variant_name(overrides), overrides,
+                apply_overrides(module.get_config(arg), overrides)))
+  names = [n for n, _, _ in out]
+  if len(set(names)) != len(names):
+    raise ValueError(f"{path}: sweep variants with the same overrides: "
+                     f"{names}.")
+  return out
+
+
+def _final_row(workdir):
+  with open(os.path.join(workdir, FINAL_FILE)) as f:
+    return json.load(f)
+
+
+def run(config_spec, root, *, train_fn=None, log=print):
+  """Runs (or resumes, or skips) every variant, then writes the tables.
+
+  Args:
+    config_spec: "path/to/config.py[:arg]".
+    root: folder of the variants' workdirs and the sweep tables.
+    train_fn: `(config, workdir) -> train result` (default:
+      `big_vl.train.train`).
+    log: progress printer.
+
+  Returns:
+    A list of rows (dicts): "name", "status" ("trained" or "skipped"),
+    "step", "train/loss", and the final evaluation metrics.
+  """
+  if train_fn is None:
+    from big_vl import train as train_lib  # pylint: disable=g-import-not-at-top
+    train_fn = train_lib.train
+  os.makedirs(root, exist_ok=True)
+  todo = variants(config_spec)
+  rows = []
+  for i, (name, overrides, config) in enumerate(todo):
+    workdir = os.path.join(root, name)
+    if os.path.exists(os.path.join(workdir, FINAL_FILE)):
+      log(f"[sweep {i + 1}/{len(todo)}] {name}: finished earlier, skipped.")
+      row = _final_row(workdir)
+      row["status"] = "skipped"
+      rows.append(row)
+      continue
+    log(f"[sweep {i + 1}/{len(todo)}] {name}: training in {workdir}")
+    result = train_fn(config, workdir)
+    if result.get("final") is None:
+      raise RuntimeError(f"Sweep variant {name} stopped before its last "
+                         "step; rerun the sweep to resume it.")
+    losses = result["losses"]
+    row = {"name": name, "overrides": overrides, "step": result["step"],
+           "train/loss": losses[max(losses)] if losses else None,
+           **{k: v for k, v in result["final"].items()
+              if not k.startswith("eval_time/")}}
+    with open(os.path.join(workdir, FINAL_FILE), "w") as f:
+      json.dump(row, f, indent=2, default=float)
+    row["status"] = "trained"
+    rows.append(row)
+  write_tables(rows, root)
+  plot(rows, root, os.path.join(root, "sweep.png"))
+  log(f"[sweep] {len(rows)} variants; tables in {root}/sweep.md, "
+      f"{root}/sweep.csv, plot in {root}/sweep.png")
+  return rows
+
+
+def _columns(rows):
+  metrics = sorted({k for r in rows for k in r
+                    if k not in ("name", "status", "step", "train/loss",
+                                 "overrides")})
+  return ["name", "status", "step", "train/loss"] + metrics
+
+
+def table(rows, fmt="csv"):
+  """The sweep rows as CSV or markdown text."""
+  cols = _columns(rows)
+  if fmt == "csv":
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+      w.writerow([r.get(c, "") for c in cols])
+    return out.getvalue()
+  cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+  lines = ["| " + " | ".join(cols) + " |",
+           "|" + "|".join("---" for _ in cols) + "|"]
+  lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |"
+            for r in rows]
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(rows, root):
+  """Writes ROOT/sweep.csv and ROOT/sweep.md."""
+  for fmt, ext in (("csv", "csv"), ("markdown", "md")):
+    with open(os.path.join(root, f"sweep.{ext}"), "w") as f:
+      f.write(table(rows, fmt))
+
+
+def default_metric(rows):
+  """The metric the plot compares: a zero-shot top-1 if any, else loss."""
+  keys = [k for k in _columns(rows)[4:] if k.endswith("top1")]
+  return keys[0] if keys else "train/loss"
+
+
+def plot(rows, root, path, metric=None):
+  """Train-loss curves of every variant and a bar chart of `metric`."""
+  metric = metric or default_metric(rows)
+  fig, (ax_loss, ax_bar) = plt.subplots(
+      1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+  for r in rows:
+    jsonl = os.path.join(root, r["name"], "metrics.jsonl")
+    if os.path.exists(jsonl):
+      pts = [(m["step"], m["train/loss"])
+             for m in metrics_lib.read_jsonl(jsonl) if "train/loss" in m]
+      if pts:
+        ax_loss.plot(*zip(*pts), label=r["name"])
+  ax_loss.set_title("train/loss")
+  ax_loss.set_xlabel("step")
+  ax_loss.grid(alpha=0.3)
+  ax_loss.legend(fontsize=7)
+  values = [float(r.get(metric, float("nan"))) for r in rows]
+  ax_bar.barh(range(len(rows)), values)
+  ax_bar.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=7)
+  ax_bar.invert_yaxis()
+  ax_bar.set_title(f"final {metric}")
+  for i, v in enumerate(values):
+    ax_bar.text(v, i, f" {v:.3f}", va="center", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None):
+  """`python -m big_vl.sweep --config=PATH[:ARG] --workdir=ROOT`."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog="python -m big_vl.sweep",
+      description="Runs every variant of a config's get_sweep() and tables "
+      "their final metrics.")
+  parser.add_argument("--config", required=True,
+                      help="config file with get_sweep, e.g. "
+                      "configs/demo.py:runlocal")
+  parser.add_argument("--workdir", required=True,
+                      help="root folder: one workdir per variant + tables")
+  parser.add_argument("--metric", default=None,
+                      help="final metric the plot compares (default: the "
+                      "first zero-shot top-1)")
+  args = parser.parse_args(argv)
+  flags.FLAGS.mark_as_parsed()  # grain workers and absl logging need it.
+  config_lib.setup_cli_runtime(logging.WARNING)
+  rows = run(args.config, args.workdir)
+  if args.metric:
+    plot(rows, args.workdir, os.path.join(args.workdir, "sweep.png"),
+         metric=args.metric)
+  print(table(rows, "markdown"))
+
+
+if __name__ == "__main__":
+  main()
