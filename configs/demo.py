@@ -9,11 +9,11 @@ steps of 128 pairs at ~2 steps/s, plus two evaluations of ~10 s):
 
     python -m big_vl.train --config=configs/demo.py --workdir=workdirs/demo
 
-Expected result (measured 2026-11-29, 2 CPU cores, seed 0, 8m10s for the whole
+Expected result (measured 2026-11-29, 2 CPU cores, seed 0, 7m49s for the whole
 README command in a fresh clone, data build included): on the test split, zero-shot
 top-1 over the 35 colour+shape classes 45.9% (chance 1/35 = 2.9%, so 16x
 chance; 36% at step 400), top-5 99.5%; retrieval image->text R@1/5/10
-18.3/42.1/57.4%, text->image 6.5/20.6/31.6% (2,000 images, 10,000 captions;
+18.2/42.1/57.4%, text->image 6.5/20.6/31.6% (2,000 images, 10,000 captions;
 ties count against the hit, and many captions fit several images). Re-check
 a trained run with `python -m big_vl.evaluate --config=configs/eval/demo.py
 --checkpoint=workdirs/demo --output=workdirs/demo/eval`.
