@@ -126,10 +126,8 @@ def main(argv=None):
   command = "python bench/big_batch_step.py" + "".join(
       f" --{k}={v}" for k, v in (("batch", args.batch), ("accum", args.accum))
       if v != parser.get_default(k))
-  text = markdown(rows, command)
-  print(text)
-  if not args.no_write:
-    results_md.write_section(HEADING, text)
+  results_md.publish(HEADING, markdown(rows, command),
+                     write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -101,10 +101,8 @@ def main(argv=None):
       rows.append(row)
   command = "python bench/compile_time.py" + (
       f" --depths={args.depths}" if args.depths != "6,12,24" else "")
-  text = markdown(rows, command)
-  print(text)
-  if not args.no_write:
-    results_md.write_section(HEADING, text)
+  results_md.publish(HEADING, markdown(rows, command),
+                     write=not args.no_write)
 
 
 if __name__ == "__main__":
