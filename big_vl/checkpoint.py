@@ -3,6 +3,7 @@
 Layout: `workdir/checkpoints/STEP/{state, data, meta}`:
   state  the train state {"params", "opt", "step", "rng"} (global jax.Arrays)
   data   the grain iterator position, one JSON file per process
+         (`process_{i}-of-{n}.json`)
   meta   JSON: the config, counters (e.g. skipped records), anything small
 
 Saving is asynchronous (the train loop goes on while arrays are written) and
@@ -17,6 +18,7 @@ keeps the last `max_to_keep` checkpoints. A checkpoint restores onto any mesh:
 
 import json
 import os
+import re
 
 import grain
 import jax
@@ -26,6 +28,8 @@ import orbax.checkpoint as ocp
 
 from big_vl import sharding
 
+# grain's file name for one process's data position.
+_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 class _IteratorStateSnapshot:
   """The iterator position at save time (saving itself may run later)."""
@@ -77,7 +81,33 @@ class Checkpointer:
           _IteratorStateSnapshot(data_iter))
     self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, step, abstract_state, *, data_iter=None):
+  def data_states(self, step):
+    """The saved data positions of checkpoint `step`, in process order.
+
+    Returns:
+      A list with one decoded JSON state per saving process ([] if the
+      checkpoint holds no data position).
+    """
+    directory = os.path.join(self.directory, str(int(step)), "data")
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    found = {}
+    for name in names:
+      m = _DATA_FILE.fullmatch(name)
+      if m:
+        found[int(m.group(1))] = (int(m.group(2)), name)
+    counts = {count for count, _ in found.values()}
+    if found and (len(counts) != 1
+                  or sorted(found) != list(range(min(counts)))):
+      raise ValueError(f"{directory} holds an inconsistent set of data "
+                       f"positions: {sorted(names)}.")
+    states = []
+    for index in sorted(found):
+      with open(os.path.join(directory, found[index][1])) as f:
+        states.append(json.load(f))
+    return states
+
+  def restore(self, step, abstract_state, *, data_iter=None,
+              remap_data=None):
     """Restores the state onto the shardings of `abstract_state`.
 
     Args:
@@ -85,16 +115,39 @@ class Checkpointer:
       abstract_state: pytree of jax.ShapeDtypeStruct with `.sharding` set for
         the mesh to restore onto (it may differ from the saving mesh).
       data_iter: grain iterator to move to the saved position, or None.
+      remap_data: for a checkpoint saved by a different number of processes:
+        `fn(saved_states, meta) -> state` giving this process's data position
+        from all the saved ones (`data_states`) and the checkpoint's meta.
 
     Returns:
       (state, meta).
+
+    Raises:
+      ValueError: if the data position was saved by a different number of
+        processes and `remap_data` is None.
     """
     items = {"state": ocp.args.StandardRestore(abstract_state),
              "meta": ocp.args.JsonRestore()}
+    remap_states = None
     if data_iter is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      own = os.path.join(
+          self.directory, str(int(step)), "data",
+          f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+      saved = self.data_states(step) if not os.path.exists(own) else None
+      if not saved:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      elif remap_data is None:
+        raise ValueError(
+            f"Checkpoint {step} in {self.directory} was saved by "
+            f"{len(saved)} processes and this run has "
+            f"{jax.process_count()}; its data position cannot be restored "
+            "as is (pass remap_data).")
+      else:
+        remap_states = saved
     restored = self._manager.restore(int(step),
                                      args=ocp.args.Composite(**items))
+    if remap_states is not None:
+      data_iter.set_state(remap_data(remap_states, restored["meta"]))
     return restored["state"], restored["meta"]
 
   def wait(self):

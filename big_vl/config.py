@@ -13,6 +13,7 @@ parsed by `parse_arg` against typed defaults:
 import ast
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def _convert(name, text, default):
@@ -172,7 +173,8 @@ def demo_evals(res, max_len, every=None, batch_size=256, split="test"):
   Args:
     res: image resolution the model takes.
     max_len: text length in tokens.
-    every: evaluate every this many steps (None: only at the end).
+    every: evaluate every this many steps (None: only at the end; a typed
+      placeholder, so `--config.evals.zeroshot.every=100` works).
     batch_size: global eval batch size.
     split: which split of the demo data.
 
@@ -180,11 +182,14 @@ def demo_evals(res, max_len, every=None, batch_size=256, split="test"):
     A ConfigDict for `config.evals`.
   """
   pp = demo_pp(res, max_len)
+  # One placeholder each: a shared FieldReference would link the two.
+  every_ = lambda: config_dict.placeholder(int) if every is None else every
   return ml_collections.ConfigDict(dict(
-      zeroshot=dict(type="zeroshot", every=every, data=DEMO_DATA, split=split,
+      zeroshot=dict(type="zeroshot", every=every_(), data=DEMO_DATA,
+                    split=split,
                     pp_img=pp.zeroshot_img, pp_txt=pp.text,
                     templates="demo_shapes", batch_size=batch_size),
-      retrieval=dict(type="retrieval", every=every, data=DEMO_DATA,
+      retrieval=dict(type="retrieval", every=every_(), data=DEMO_DATA,
                      split=split, pp=pp.retrieval, batch_size=batch_size),
   ))
 

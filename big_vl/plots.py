@@ -7,11 +7,19 @@
 import math
 import textwrap
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.figure import Figure
 import numpy as np
+
+
+def new_figure(nrows, ncols, **subplots_kw):
+  """(Figure, axes) drawn off-screen, without pyplot.
+
+  Figures made this way never switch matplotlib's backend or touch pyplot's
+  global figure list, so importing big_vl leaves inline plots in notebooks
+  alone; `fig.savefig(path)` writes the PNG.
+  """
+  fig = Figure(figsize=subplots_kw.pop("figsize", None))
+  return fig, fig.subplots(nrows, ncols, **subplots_kw)
 
 
 def plot_curves(rows, path, train_keys=("train/loss",)):
@@ -31,8 +39,8 @@ def plot_curves(rows, path, train_keys=("train/loss",)):
   panels += sorted(groups.items())
   cols = min(len(panels), 3)
   nrows = math.ceil(len(panels) / cols)
-  fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows),
-                           squeeze=False)
+  fig, axes = new_figure(nrows, cols, figsize=(5 * cols, 3.6 * nrows),
+                         squeeze=False)
   for ax, (title, keys) in zip(axes.flat, panels):
     for k in keys:
       pts = [(r["step"], r[k]) for r in rows if k in r]
@@ -49,7 +57,6 @@ def plot_curves(rows, path, train_keys=("train/loss",)):
     ax.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def plot_retrieval(queries, images, scores, path, correct=None):
@@ -70,9 +77,9 @@ def plot_retrieval(queries, images, scores, path, correct=None):
     lo = -1.0 if images.min() < 0 else 0.0
     images = np.clip((images - lo) / (1.0 - lo), 0, 1)
   q, k = images.shape[:2]
-  fig, axes = plt.subplots(q, k + 1, figsize=(1.6 * (k + 1) + 2.4, 1.7 * q),
-                           squeeze=False,
-                           gridspec_kw={"width_ratios": [3] + [1] * k})
+  fig, axes = new_figure(q, k + 1, figsize=(1.6 * (k + 1) + 2.4, 1.7 * q),
+                         squeeze=False,
+                         gridspec_kw={"width_ratios": [3] + [1] * k})
   for i in range(q):
     axes[i, 0].text(0.98, 0.5, textwrap.fill(queries[i], 34), ha="right",
                     va="center", fontsize=9)
@@ -89,4 +96,3 @@ def plot_retrieval(queries, images, scores, path, correct=None):
           spine.set_linewidth(4)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)

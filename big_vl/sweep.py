@@ -31,13 +31,9 @@ import json
 import os
 import re
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from big_vl import config as config_lib  # pylint: disable=wrong-import-position
-from big_vl import metrics as metrics_lib  # pylint: disable=wrong-import-position
+from big_vl import config as config_lib
+from big_vl import metrics as metrics_lib
+from big_vl import plots
 
 FINAL_FILE = "sweep_final.json"
 
@@ -217,7 +213,7 @@ def default_metric(rows):
 def plot(rows, root, path, metric=None):
   """Train-loss curves of every variant and a bar chart of `metric`."""
   metric = metric or default_metric(rows)
-  fig, (ax_loss, ax_bar) = plt.subplots(
+  fig, (ax_loss, ax_bar) = plots.new_figure(
       1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
   for r in rows:
     jsonl = os.path.join(root, r["name"], "metrics.jsonl")
@@ -239,7 +235,6 @@ def plot(rows, root, path, metric=None):
     ax_bar.text(v, i, f" {v:.3f}", va="center", fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def main(argv=None):

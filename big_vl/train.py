@@ -5,7 +5,16 @@ One trainer serves every method; methods differ by config only.
     python -m big_vl.train --config=configs/demo.py:runlocal \
         --workdir=/tmp/demo [--config.lr=1e-3 ...]
 
-A workdir that already holds a checkpoint is resumed from it. Outputs:
+A workdir that already holds a checkpoint is resumed from it, on any mesh
+and any number of processes. Multi-process (multi-host) runs start one
+process per host with the same command; see `big_vl/distributed.py`:
+
+    python -m big_vl.train --config=... --workdir=... \
+        --coordinator=10.0.0.2:12345 --num_processes=4 --process_id=$I
+
+(on TPU VMs and under SLURM `jax.distributed` is joined automatically).
+Only process 0 writes logs, metrics, plots and results; all processes write
+the checkpoint together. Outputs:
   workdir/config.json      the resolved config
   workdir/metrics.jsonl    one JSON row per logged step / evaluation
   workdir/tb/              TensorBoard event files
@@ -33,6 +42,7 @@ import optax
 from big_vl import accumulate
 from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
+from big_vl import distributed
 from big_vl import losses
 from big_vl import metrics as metrics_lib
 from big_vl import models
@@ -371,6 +381,12 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     and "final" (metrics of the final evaluation, if the run finished).
   """
   check_config(config)
+  if "://" in str(workdir):
+    raise ValueError(
+        f"--workdir={workdir}: URL workdirs are not supported yet (the "
+        "trainer writes through local file APIs). Use a directory every "
+        "process can write, e.g. a gcsfuse mount of the bucket or an NFS "
+        "share.")
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -415,10 +431,18 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
   skipped_by = {r: 0 for r in pipeline.SKIP_REASONS}
   if start is not None:
     _log(f"Resuming from step {start} in {workdir}")
+    def remap_data(states, meta):
+      _log(f"The checkpoint was saved by {len(states)} processes and this "
+           f"run has {jax.process_count()}: the data stream continues at "
+           "the next global batch.")
+      return pipeline.remap_position(
+          states, int(meta.get("data_block", global_batch // len(states))),
+          local_batch)
+
     state, meta = checkpointer.restore(
         start, ckpt_lib.abstract_with_shardings(abstract_state,
                                                 state_shardings),
-        data_iter=it)
+        data_iter=it, remap_data=remap_data)
     skipped = int(meta.get("skipped", 0))
     skipped_by.update({r: int(n) for r, n in meta.get(
         "skipped_by_reason", {}).items()})
@@ -586,6 +610,19 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_steps", None, "Stop (checkpointing) after this many steps.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", distributed.MODES,
+    "Join a multi-process jax.distributed job: auto (when a coordinator is "
+    "given, under multi-task SLURM, on a Cloud TPU VM), yes, no.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "HOST:PORT of process 0 (explicit multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the job (with --coordinator).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (with --coordinator).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 10, "Seconds without a heartbeat after which a "
+    "process counts as dead and the whole job stops (non-zero exit).")
 
 
 def main(argv):
@@ -593,7 +630,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
+  request = distributed.plan(_DISTRIBUTED.value, _COORDINATOR.value,
+                             _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.initialize(request, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
   config_lib.setup_cli_runtime(logging.WARNING)
+  if request.join:
+    _log(f"jax.distributed ({request.reason}): process "
+         f"{jax.process_index()} of {jax.process_count()}, "
+         f"{jax.local_device_count()} of {jax.device_count()} devices here.")
   train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value)
 
 

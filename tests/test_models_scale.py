@@ -181,7 +181,8 @@ def test_scan_matches_unscanned(reference, policy):
       "Dense_1"]["kernel"].shape == (DEPTH, 128, 64)
   _assert_close(loss, reference["loss"], 1e-5)
   _assert_close(outputs, reference["outputs"], 1e-5)
-  _assert_close(common.unstack_block_params(grads), reference["grads"], 1e-5)
+  _assert_close(common.unstack_block_params(jax.device_get(grads)),
+                reference["grads"], 1e-5)
 
 
 # --- tensor parallelism ---------------------------------------------------
@@ -242,7 +243,11 @@ def test_tensor_parallel_rules_specs():
     (True, (("fsdp", 2), ("model", 4)), "fsdp"),
 ])
 def test_tensor_parallel_matches_single_device(reference, scan, mesh_config,
-                                               fsdp_axis):
+                                               fsdp_axis, run_in_child):
+  # Scanned + sharded programs can hit XLA:CPU's collective deadlock
+  # (conftest.run_in_child): they run in a child process.
+  if scan and run_in_child():
+    return
   mesh = sharding.make_mesh(mesh_config)
   model = _model(scan=scan)
   params = reference["params"]
@@ -278,7 +283,7 @@ def test_tensor_parallel_matches_single_device(reference, scan, mesh_config,
   # Gradients come back with their parameter's sharding, as in the trainer.
   assert mlp_kernel(grads).sharding.spec == kernel.sharding.spec
   if scan:
-    grads = common.unstack_block_params(grads)
+    grads = common.unstack_block_params(jax.device_get(grads))
   _assert_close(loss, reference["loss"], 1e-5)
   _assert_close(outputs, reference["outputs"], 1e-5)
   _assert_close(grads, reference["grads"], 1e-5)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from big_vl.data import pipeline
 from big_vl.data import pp as pp_lib
+from big_vl.data import sources as sources_lib
 
 PP = ("decode|resize(8)|value_range(-1,1)|choice(key='captions', out='text')|"
       "tokenize(max_len=8)|keep('image','text','id')")
@@ -84,6 +85,57 @@ def test_process_shards_are_disjoint():
                                       process_count=2)
     seen.append(set(next(it)["id"].tolist()))
   assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(16))
+
+
+def _global_batches(source, procs, global_batch, steps, pp):
+  """The first `steps` global batches of a run with `procs` processes."""
+  its = [pipeline.make_train_iterator(
+      source, pp=pp, batch_size=global_batch // procs, seed=5,
+      process_index=p, process_count=procs) for p in range(procs)]
+  return [{k: np.concatenate([part[k] for part in parts])
+           for k in parts[0] if not k.startswith("_")}
+          for parts in ([next(it) for it in its] for _ in range(steps))]
+
+
+@pytest.mark.parametrize("mixture", [False, True])
+def test_global_batches_do_not_depend_on_the_process_count(mixture):
+  # Random pp (flip) draws from the record's global position, so the
+  # images match too; 7 steps of 8 cross the 20-record epochs.
+  src = _source(20)
+  if mixture:
+    src = sources_lib.Mixture([src, _source(13)], [0.7, 0.3], ["a", "b"])
+  pp = "decode|resize(4)|flip_lr|value_range(0,1)|keep('image','id')"
+  one = _global_batches(src, 1, 8, 7, pp)
+  for procs in (2, 4):
+    many = _global_batches(src, procs, 8, 7, pp)
+    for a, b in zip(one, many):
+      np.testing.assert_array_equal(a["id"], b["id"])
+      np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_remap_position_continues_at_the_next_global_batch():
+  src = _source(40)
+  pp = "keep('id')"
+  reference = _global_batches(src, 1, 8, 6, pp)
+  # 2 processes read 3 global batches, then 4 processes resume.
+  old = [pipeline.make_train_iterator(src, pp=pp, batch_size=4, seed=5,
+                                      process_index=p, process_count=2)
+         for p in range(2)]
+  for it in old:
+    for _ in range(3):
+      next(it)
+  states = [it.get_state() for it in old]
+  new = []
+  for p in range(4):
+    it = pipeline.make_train_iterator(src, pp=pp, batch_size=2, seed=5,
+                                      process_index=p, process_count=4)
+    it.set_state(pipeline.remap_position(states, 4, 2))
+    new.append(it)
+  for ref in reference[3:]:
+    got = np.concatenate([next(it)["id"] for it in new])
+    np.testing.assert_array_equal(got, ref["id"])
+  with pytest.raises(ValueError, match="workers=0"):
+    pipeline.remap_position([{"workers_state": {}}], 4, 2)
 
 
 @pytest.mark.parametrize("n,batch,procs", [(10, 4, 1), (10, 4, 2), (3, 4, 2),

@@ -1,13 +1,20 @@
 """grain input pipelines: training stream and exact evaluation batches.
 
-Training: this process's shard of a source, shuffled with a seed (reshuffled
-every epoch), preprocessed by a pp string, records that fail (e.g.
-undecodable images, missing files) skipped and counted by reason, batched to
-the per-process batch, prefetched. The iterator's position is saved and
-restored through grain checkpointing, so a resumed run sees exactly the
-batches it would have seen. Sources may be random-access (`len`, `[i]`:
-tfds, jsonl, csv), streaming (`grain.IterDataset`: wds) or a
-`sources.Mixture` of either.
+Training: a source shuffled with a seed (reshuffled every epoch),
+preprocessed by a pp string, records that fail (e.g. undecodable images,
+missing files) skipped and counted by reason, batched to the per-process
+batch, prefetched. The iterator's position is saved and restored through
+grain checkpointing, so a resumed run sees exactly the batches it would have
+seen. Sources may be random-access (`len`, `[i]`: tfds, jsonl, csv),
+streaming (`grain.IterDataset`: wds) or a `sources.Mixture` of either.
+
+Processes: a random-access source is shuffled, mixed and preprocessed as one
+global stream (random pp ops draw from the record's global position), and
+process p of P reads the p-th block of `batch_size` records out of every
+`P * batch_size`. The global batch is therefore the same on any number of
+processes: 2 processes x 4 devices train on the same batches as 1 x 8
+(`ProcessBlocks`; exact while no record is skipped). Streaming sources are
+split by shard files instead (`wds.py`).
 
     it = make_train_iterator(source, pp="decode|value_range(-1,1)|...",
                              batch_size=64, seed=0)
@@ -166,20 +173,96 @@ def first_example(source, pp_fn, tries=16):
                    "preprocessed; check the data and config.input.pp.")
 
 
-def _process_shard(ds, process_index, process_count):
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return ds
+def _process_index_count(process_index, process_count):
+  """(index, count), each defaulting to JAX's."""
+  return (jax.process_index() if process_index is None else process_index,
+          jax.process_count() if process_count is None else process_count)
 
 
-def _map_component(source, seed, shuffle, num_epochs, process_index,
-                   process_count):
+class ProcessBlocks(grain.MapDataset):
+  """Process p's share of a global stream: block p of every P blocks.
+
+  Element j of process p is element `(j // B) * B * P + p * B + j % B` of
+  the parent, B being the block (the per-process batch). Consecutive
+  per-process batches of all processes, stacked in process order, are
+  consecutive global batches of the parent.
+
+  Example (B = 2, P = 2): the parent 0 1 2 3 4 5 6 7 ... gives process 0
+  the elements 0 1 4 5 ... and process 1 the elements 2 3 6 7 ...
+
+  Args:
+    parent: the global MapDataset.
+    block: records per block (the per-process batch size).
+    process_index: p.
+    process_count: P.
+  """
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent, block, process_index, process_count):
+    super().__init__(parent)
+    self._block = int(block)
+    self._index = int(process_index)
+    self._count = int(process_count)
+
+  def __len__(self):
+    return len(self._parent) // (self._block * self._count) * self._block
+
+  def parent_index(self, j):
+    """The parent position of this process's element j."""
+    blocks, offset = divmod(j, self._block)
+    return (blocks * self._count + self._index) * self._block + offset
+
+  def __getitem__(self, j):
+    if isinstance(j, slice):
+      return self.slice(j)
+    return self._parent[self.parent_index(j)]
+
+  def _getitems(self, indices):
+    return self._parent._getitems(  # pylint: disable=protected-access
+        [self.parent_index(j) for j in indices])
+
+  def __str__(self):
+    return (f"ProcessBlocks(block={self._block}, process={self._index} of "
+            f"{self._count})")
+
+
+def remap_position(states, old_block, new_block):
+  """This process's data position from one saved by another process count.
+
+  With `ProcessBlocks`, every process of a run stands at the same global
+  batch (without skipped records, exactly): saved local position k of block
+  size B_old means ceil(k / B_old) global batches were read. The new process
+  starts at the first global batch none of the old ones had started, so no
+  record is read twice (and none is missed unless records were skipped).
+
+  Args:
+    states: the saved iterator states, one per old process, each
+      `{"next_index": k}` (a random-access source read by threads).
+    old_block: the per-process batch size of the run that saved them.
+    new_block: this run's per-process batch size.
+
+  Returns:
+    The state to `set_state` on this process's new iterator.
+
+  Raises:
+    ValueError: for states of another form (streaming sources, or grain
+      worker processes), which cannot be carried to another process count.
+  """
+  if not states or any(set(s) != {"next_index"} for s in states):
+    raise ValueError(
+        "The checkpoint's data position was saved by a different number of "
+        "processes and cannot be carried over: only runs reading a "
+        "random-access source with config.input.workers=0 can change their "
+        "process count (saved state keys: "
+        f"{sorted(set().union(*map(set, states)))}). Resume with the "
+        "original number of processes.")
+  batches = max(-(-int(s["next_index"]) // old_block) for s in states)
+  return {"next_index": batches * new_block}
+
+
+def _map_component(source, seed, shuffle, num_epochs):
   ds = grain.MapDataset.source(_SafeSource(source))
-  ds = _process_shard(ds, process_index, process_count)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   return ds.repeat(num_epochs)
@@ -187,7 +270,8 @@ def _map_component(source, seed, shuffle, num_epochs, process_index,
 
 def _iter_component(source, seed, shuffle, num_epochs, process_index,
                     process_count, shuffle_buffer, read_options):
-  """A source as an IterDataset (streaming ones configured for this run)."""
+  """A source as an IterDataset (streaming ones configured for this run;
+  a random-access one in a streaming mixture: this process's `[p::P]`)."""
   if isinstance(source, grain.IterDataset):
     if hasattr(source, "configure"):
       kwargs = dict(seed=seed, num_epochs=num_epochs, shuffle_shards=shuffle,
@@ -198,15 +282,19 @@ def _iter_component(source, seed, shuffle, num_epochs, process_index,
         kwargs["shuffle_buffer"] = shuffle_buffer
       source = source.configure(**kwargs)
     return source
-  return _map_component(source, seed, shuffle, num_epochs, process_index,
-                        process_count).to_iter_dataset(read_options)
+  ds = grain.MapDataset.source(_SafeSource(source))
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  return ds.repeat(num_epochs).to_iter_dataset(read_options)
 
 
 def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
                         shuffle=True, workers=0, read_threads=4,
                         prefetch_buffer=4, process_index=None,
                         process_count=None, shuffle_buffer=None):
-  """Builds the training iterator over this process's shard of `source`.
+  """Builds the training iterator over this process's share of `source`.
 
   Args:
     source: random-access source (`len`, `[i]`) of example dicts, a streaming
@@ -235,16 +323,20 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
                                    prefetch_buffer_size=prefetch_buffer)
   components = source.sources if isinstance(
       source, sources_lib.Mixture) else [source]
-  common = dict(shuffle=shuffle, num_epochs=num_epochs,
-                process_index=process_index, process_count=process_count)
+  process_index, process_count = _process_index_count(process_index,
+                                                      process_count)
   if not is_streaming(source):
-    parts = [_map_component(s, seed + i, **common)
+    parts = [_map_component(s, seed + i, shuffle, num_epochs)
              for i, s in enumerate(components)]
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(
         parts, source.weights)
     ds = ds.random_map(pp_fn, seed=seed)
+    if process_count > 1:
+      ds = ProcessBlocks(ds, batch_size, process_index, process_count)
     ds = ds.to_iter_dataset(read_options, allow_nones=True)
   else:
+    common = dict(shuffle=shuffle, num_epochs=num_epochs,
+                  process_index=process_index, process_count=process_count)
     parts = [_iter_component(s, seed + i, shuffle_buffer=shuffle_buffer,
                              read_options=read_options, **common)
              for i, s in enumerate(components)]
@@ -289,10 +381,8 @@ def eval_batches(source, *, pp, batch_size, process_index=None,
     padding rows and for records that failed preprocessing). Every process
     yields the same number of batches.
   """
-  process_index = jax.process_index() if process_index is None else \
-      process_index
-  process_count = jax.process_count() if process_count is None else \
-      process_count
+  process_index, process_count = _process_index_count(process_index,
+                                                      process_count)
   n_batches = num_eval_batches(len(source), batch_size, process_count)
   pp_fn = _safe(pp_lib.build(pp))
   ds = grain.MapDataset.source(_SafeSource(source))

@@ -50,8 +50,8 @@ def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
 
   Returns:
     dict of numpy arrays: the outputs of `fn` for every valid example (padding
-    and failed records removed), concatenated over batches and processes, in
-    source order within each process.
+    and failed records removed), gathered from all processes, in source
+    order (the same on any number of processes).
   """
   del desc
   local = local_batch_size(batch_size, mesh)
@@ -73,9 +73,12 @@ def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   mask = result.pop(pipeline.MASK_KEY)
   index = result.pop("_index")
-  result = {k: v[mask] for k, v in result.items()}
+  # Valid rows, put back in source order (several processes interleave).
+  rows = np.flatnonzero(mask)
+  rows = rows[np.argsort(index[rows], kind="stable")]
+  result = {k: v[rows] for k, v in result.items()}
   if with_index:
-    result["index"] = index[mask]
+    result["index"] = index[rows]
   return result
 
 

@@ -68,6 +68,12 @@ class Model(nn.Module):
     bias_init: initial logit bias (SigLIP: -10.0) stored as param `b`; None
       means no `b` param.
     dtype: compute dtype for both towers, unless a tower dict sets its own.
+    token_features: also project every image patch token and text token to
+      out_dim (Dense `img_token_head` / `txt_token_head`) and L2-normalise
+      them: aux "img/ztokens" [B, N', out_dim], "txt/ztokens" [B, L,
+      out_dim] (FILIP's late interaction, `big_vl.late_interaction`).
+    token_keep: fraction of image tokens kept in "img/ztokens" (those with
+      the largest projected norm, FILIP's token reduction); 1.0 keeps all.
   """
   image: Any = None
   text: Any = None
@@ -75,6 +81,8 @@ class Model(nn.Module):
   temperature_init: float = 10.0
   bias_init: float | None = None
   dtype: Any = "float32"
+  token_features: bool = False
+  token_keep: float = 1.0
 
   def _tower_kwargs(self, cfg, name):
     kw = _as_dict(cfg)
@@ -123,6 +131,8 @@ class Model(nn.Module):
       zimg = l2_normalize(out)
       for k, v in img_aux.items():
         aux[f"img/{k}"] = v
+      if self.token_features:
+        aux["img/ztokens"] = self._image_token_features(img_aux["tokens"])
     if text is not None:
       txt = text_transformer.TextTransformer(
           **self._tower_kwargs(self.text, "text"), name="txt")
@@ -131,7 +141,23 @@ class Model(nn.Module):
       ztxt = l2_normalize(out)
       for k, v in txt_aux.items():
         aux[f"txt/{k}"] = v
+      if self.token_features:
+        aux["txt/ztokens"] = l2_normalize(nn.Dense(
+            self.out_dim, name="txt_token_head")(txt_aux["tokens"]))
     return zimg, ztxt, aux
+
+  def _image_token_features(self, tokens):
+    """Projected, normalised patch tokens; the top `token_keep` by norm."""
+    if not 0 < self.token_keep <= 1:
+      raise ValueError(f"two_towers: token_keep={self.token_keep} must be "
+                       "in (0, 1].")
+    proj = nn.Dense(self.out_dim, name="img_token_head")(tokens)
+    keep = max(1, int(np.ceil(self.token_keep * proj.shape[1])))
+    if keep < proj.shape[1]:
+      norms = jnp.linalg.norm(proj.astype(jnp.float32), axis=-1)
+      _, index = jax.lax.top_k(norms, keep)
+      proj = jnp.take_along_axis(proj, index[..., None], axis=1)
+    return l2_normalize(proj)
 
 
 def init_params(model, rng, image_shape=None, text_shape=None):

@@ -1,0 +1,190 @@
+"""FILIP: fine-grained (token-wise) late-interaction contrastive loss.
+
+FILIP (Yao et al., 2021) compares an image and a text through their tokens
+instead of one pooled vector each. With x_k the image's (projected,
+L2-normalised) patch tokens and y_l the text's valid tokens:
+
+    s_i2t(image, text) = mean_k max_l <x_k, y_l>   (each patch finds a word)
+    s_t2i(image, text) = mean_l max_k <x_k, y_l>   (each word finds a patch)
+
+The loss is the softmax contrastive loss with image -> text logits
+`t * s_i2t` (a row per image) and text -> image logits `t * s_t2i` (a
+column per text); padding tokens never count. Select it with
+
+    config.model.token_features = True     # two_towers: aux["img/ztokens"],
+                                           #  aux["txt/ztokens"], txt/mask
+    config.model.token_keep = 0.5          # optional: top half of the patch
+                                           #  tokens by projected norm
+    config.loss = dict(name="filip", impl="ring", global_weight=0.0)
+
+Memory: the token similarities of a pair of blocks are
+`[B_img, B_txt, N, L]`. `impl="dense"` builds them for the whole global
+batch (tests and small batches only). `impl="ring"` keeps images where they
+are and passes text blocks around the ring of batch devices
+(`jax.lax.ppermute`): each step builds one `[B_local, B_local, N, L]` block
+(recomputed in the backward pass, `jax.checkpoint`), so no device ever holds
+more than that, plus `[B_local, B_global]` similarity rows. Both give the
+same loss and gradients (tests/test_late_interaction.py).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from big_vl import losses
+from big_vl import registry
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def late_similarities(ximg, ytxt, mask):
+  """FILIP's two similarity matrices of image and text token sets.
+
+  Args:
+    ximg: f32[Bi, N, D] normalised image tokens.
+    ytxt: f32[Bt, L, D] normalised text tokens.
+    mask: bool[Bt, L], True for the text's real (non-padding) tokens.
+
+  Returns:
+    (s_i2t, s_t2i), each f32[Bi, Bt]: mean over image tokens of the best
+    text token, and mean over valid text tokens of the best image token.
+
+  Example:
+    >>> x = jnp.eye(2)[None]                   # one image, tokens e0, e1
+    >>> y = jnp.eye(2)[None, :1]               # one text, token e0
+    >>> late_similarities(x, y, jnp.ones((1, 1), bool))
+    (Array([[0.5]]), Array([[1.]]))
+  """
+  sim = jnp.einsum("ind,jld->ijnl", ximg, ytxt, precision=_HIGHEST)
+  valid = mask[None, :, None, :]
+  best_word = jnp.max(jnp.where(valid, sim, -jnp.inf), axis=3)
+  s_i2t = jnp.mean(best_word, axis=2)
+  best_patch = jnp.max(sim, axis=2)
+  m = mask.astype(sim.dtype)[None]
+  s_t2i = jnp.sum(best_patch * m, axis=2) / jnp.maximum(m.sum(axis=2), 1.0)
+  return s_i2t, s_t2i
+
+
+def _token_inputs(aux):
+  try:
+    return aux["img/ztokens"], aux["txt/ztokens"], aux["txt/mask"]
+  except KeyError as e:
+    raise ValueError(
+        "The filip loss needs token features: set config.model."
+        "token_features = True (two_towers then returns aux['img/ztokens'], "
+        f"aux['txt/ztokens'] and aux['txt/mask']); missing {e}.") from None
+
+
+@registry.register("loss", "filip")
+def filip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
+               global_weight=0.0):
+  """FILIP's token-wise contrastive loss (see the module docstring).
+
+  Args:
+    zimg, ztxt: the pooled embeddings (used only with `global_weight`).
+    aux: the model's aux with "t", "img/ztokens" [B, N, D], "txt/ztokens"
+      [B, L, D] and "txt/mask" [B, L].
+    mesh: the Mesh; "ring" runs over its batch axes.
+    impl: "dense" or "ring".
+    global_weight: adds this times the pooled softmax loss (0: FILIP alone;
+      > 0 also trains the pooled embeddings that the zero-shot and
+      retrieval evaluators use).
+
+  Returns:
+    (loss, metrics): metrics "img2txt_acc", "txt2img_acc" of the late
+    similarities (and "global_loss" with global_weight).
+  """
+  losses._check_impl(impl, "filip")  # pylint: disable=protected-access
+  ximg, ytxt, mask = _token_inputs(aux)
+  t = aux["t"]
+  if impl == "ring":
+    loss, metrics = _ring_filip(ximg, ytxt, mask, t, mesh)
+  else:
+    s_i2t, s_t2i = late_similarities(ximg, ytxt, mask)
+    loss, metrics = _contrastive(t * s_i2t, t * s_t2i)
+  if global_weight:
+    global_loss, _ = losses.softmax_loss(zimg, ztxt, aux, mesh=mesh)
+    loss = loss + global_weight * global_loss
+    metrics["global_loss"] = global_loss
+  return loss, metrics
+
+
+def _contrastive(logits_i2t, logits_t2i):
+  """Mean of the row CE of i2t and the column CE of t2i (diagonal pairs)."""
+  labels = jnp.arange(logits_i2t.shape[0])
+  loss_i2t = jnp.mean(jax.nn.logsumexp(logits_i2t, axis=1)
+                      - jnp.diagonal(logits_i2t))
+  loss_t2i = jnp.mean(jax.nn.logsumexp(logits_t2i, axis=0)
+                      - jnp.diagonal(logits_t2i))
+  metrics = {
+      "img2txt_acc": jnp.mean(jnp.argmax(logits_i2t, axis=1) == labels),
+      "txt2img_acc": jnp.mean(jnp.argmax(logits_t2i, axis=0) == labels),
+  }
+  return (loss_i2t + loss_t2i) / 2, metrics
+
+
+def _ring_filip(ximg, ytxt, mask, t, mesh):
+  """FILIP loss with text blocks passed around the ring of batch devices.
+
+  Each device keeps its B_local images and, after n steps, has their
+  similarity rows against all B_global texts (both directions, `[B_local,
+  B_global]`); each step's `[B_local, B_local, N, L]` token block is
+  rematerialised for the backward pass. Image -> text cross-entropies are
+  rows of the local i2t matrix; text -> image ones need each text's
+  logsumexp over all images, a column logsumexp combined across devices.
+  """
+  axes, n = losses._ring_layout(ximg, mesh)  # pylint: disable=protected-access
+  if not axes:
+    s_i2t, s_t2i = late_similarities(ximg, ytxt, mask)
+    return _contrastive(t * s_i2t, t * s_t2i)
+  spec = P(axes)
+  block = jax.checkpoint(late_similarities)
+
+  def local(ximg, ytxt, mask, t):
+    b = ximg.shape[0]
+    me = losses._ring_index(axes)  # pylint: disable=protected-access
+    def step(carry, k):
+      held, rows_i2t, rows_t2i = carry
+      s_i2t, s_t2i = block(ximg, *held)
+      # The block held at step k started on device (me - k) mod n.
+      col = ((me - k) % n) * b
+      rows_i2t = jax.lax.dynamic_update_slice(rows_i2t, s_i2t, (0, col))
+      rows_t2i = jax.lax.dynamic_update_slice(rows_t2i, s_t2i, (0, col))
+      return (losses._shift(held, axes, n), rows_i2t, rows_t2i), None  # pylint: disable=protected-access
+
+    zeros = jnp.zeros((b, n * b), jnp.float32)
+    # A scan, not a Python loop: one token block is alive at a time.
+    (_, rows_i2t, rows_t2i), _ = jax.lax.scan(
+        step, ((ytxt, mask), zeros, zeros), jnp.arange(n))
+    own = me * b + jnp.arange(b)
+    li2t, lt2i = t * rows_i2t, t * rows_t2i
+    pos_i2t = jnp.take_along_axis(li2t, own[:, None], axis=1)[:, 0]
+    pos_t2i = jnp.take_along_axis(lt2i, own[:, None], axis=1)[:, 0]
+    loss_i2t = jnp.sum(jax.nn.logsumexp(li2t, axis=1) - pos_i2t)
+    # Column logsumexp over all images: shift by a global max, sum exps.
+    col_max = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(lt2i, axis=0)),
+                           axes)
+    col_sum = jax.lax.psum(jnp.sum(jnp.exp(lt2i - col_max), axis=0), axes)
+    col_lse = jnp.log(col_sum) + col_max
+    # This device's texts are columns `own`; their positives are local.
+    loss_t2i = jnp.sum(jnp.take(col_lse, own) - pos_t2i)
+    total = n * b
+    loss = jax.lax.psum(loss_i2t + loss_t2i, axes) / (2 * total)
+    acc_i2t = jax.lax.psum(jnp.sum(jnp.argmax(li2t, axis=1) == own),
+                           axes) / total
+    # A text's best image: compare the column max across devices, ties to
+    # the lowest image index as dense's argmax does.
+    lt2i_const = jax.lax.stop_gradient(lt2i)
+    local_best = jnp.max(lt2i_const, axis=0)
+    is_best = lt2i_const >= col_max[None, :]
+    first = jnp.min(jnp.where(is_best, (me * b + jnp.arange(b))[:, None],
+                              total), axis=0)
+    winner = jax.lax.pmin(jnp.where(local_best >= col_max, first, total),
+                          axes)
+    acc_t2i = jnp.sum(jnp.take(winner, own) == own)
+    acc_t2i = jax.lax.psum(acc_t2i, axes) / total
+    return loss, {"img2txt_acc": acc_i2t, "txt2img_acc": acc_t2i}
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()),
+                     out_specs=(P(), P()), check_vma=False)
+  return fn(ximg, ytxt, mask, t)

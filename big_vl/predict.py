@@ -1,0 +1,188 @@
+"""Use a trained or converted model on your own images and texts.
+
+    predictor = Predictor.load("workdirs/demo")          # or a converted dir
+    probs = predictor.classify(["cat.jpg", pil_image],
+                               ["cat", "dog"], templates=["a photo of a {}."])
+    # f32[2, 2], rows sum to 1 (softmax of the model's scaled similarities)
+    zimg = predictor.embed_images(images)                # f32[N, D], unit rows
+    ztxt = predictor.embed_texts(["a red circle"])       # f32[1, D]
+
+Images may be file paths, encoded bytes, PIL images or uint8 arrays
+[H, W, 3]; they go through the model's evaluation pp (a converted model's
+`preprocessing`, or a training run's zero-shot evaluator pp), in fixed-size
+batches so that any number of images compiles once.
+"""
+
+import io
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from big_vl import checkpoint as ckpt_lib
+from big_vl import models
+from big_vl import pretrained
+from big_vl.data import pp as pp_lib
+from big_vl.evaluators import common
+from big_vl.evaluators import zeroshot
+
+_KEEP = re.compile(r"\|\s*(keep|drop)\([^|]*\)\s*$")
+
+
+def _strip_keep(pp):
+  """A pp string without trailing keep(...)/drop(...) ops."""
+  while _KEEP.search(pp):
+    pp = _KEEP.sub("", pp)
+  return pp
+
+
+def default_pp(config):
+  """(pp_img, pp_txt) a checkpoint's config says its model expects.
+
+  Args:
+    config: the run config stored with the checkpoint (converted:
+      "preprocessing"; trained: the first evaluator with "pp_img" and
+      "pp_txt", e.g. zero-shot).
+
+  Returns:
+    (pp_img, pp_txt) strings, either None if the config names none.
+  """
+  prep = config.get("preprocessing", None) or {}
+  if prep.get("pp_img") or prep.get("pp_txt"):
+    return prep.get("pp_img"), prep.get("pp_txt")
+  for block in (config.get("evals", None) or {}).values():
+    if block.get("pp_img") and block.get("pp_txt"):
+      return _strip_keep(block["pp_img"]), _strip_keep(block["pp_txt"])
+  return None, None
+
+
+def _encoded(image):
+  """Image bytes for the pp's `decode` from a path, bytes, PIL or array."""
+  if isinstance(image, bytes):
+    return image
+  if isinstance(image, (str, os.PathLike)):
+    with open(image, "rb") as f:
+      return f.read()
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(np.asarray(image, np.uint8))
+  if isinstance(image, Image.Image):
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+  raise TypeError(f"Unsupported image type {type(image).__name__}: give a "
+                  "path, bytes, a PIL image or a uint8 array.")
+
+
+class Predictor:
+  """A two-tower model with its preprocessing, for embedding and zero-shot.
+
+  Args:
+    model: the linen model.
+    params: its params (numpy or jax arrays).
+    pp_img: pp string from {"image": encoded bytes} to {"image": f32[H,W,3]}.
+    pp_txt: pp string from {"text": str} to {"text": i32[L]}.
+    batch_size: images / texts per compiled call.
+  """
+
+  def __init__(self, model, params, *, pp_img, pp_txt, batch_size=64):
+    self.model, self.params = model, params
+    self.pp_img, self.pp_txt = pp_img, pp_txt
+    self.batch_size = batch_size
+    self._img_fn = pp_lib.build(pp_img)
+    self._txt_fn = pp_lib.build(pp_txt)
+    apply = lambda p, image=None, text=None: model.apply(
+        {"params": p}, image, text, train=False)
+    self._embed_img = jax.jit(lambda p, x: apply(p, image=x)[0])
+    self._embed_txt = jax.jit(lambda p, x: apply(p, text=x)[1])
+    self._aux = jax.jit(lambda p, x: apply(p, text=x)[2])
+
+  @classmethod
+  def load(cls, path, *, step=None, pp_img=None, pp_txt=None, batch_size=64):
+    """A Predictor from a training workdir or a converted checkpoint.
+
+    Args:
+      path: workdir, converted folder, or either's `checkpoints/`.
+      step: checkpoint step (None: the latest).
+      pp_img, pp_txt: override the preprocessing the checkpoint names.
+      batch_size: images / texts per compiled call.
+
+    Returns:
+      A Predictor.
+
+    Raises:
+      ValueError: if neither the arguments nor the checkpoint give a pp.
+    """
+    model_config, params = pretrained.load(path, step)
+    ckpt_dir = ckpt_lib.checkpoint_dir(path)
+    latest, _ = ckpt_lib.latest_step(ckpt_dir)
+    config = ckpt_lib.run_config(ckpt_dir, ckpt_lib.read_meta(
+        ckpt_dir, latest if step is None else step))
+    default_img, default_txt = default_pp(config)
+    pp_img, pp_txt = pp_img or default_img, pp_txt or default_txt
+    if not pp_img or not pp_txt:
+      raise ValueError(f"The checkpoint in {path} names no evaluation "
+                       "preprocessing; pass pp_img= and pp_txt=.")
+    return cls(models.get(model_config), params, pp_img=pp_img,
+               pp_txt=pp_txt, batch_size=batch_size)
+
+  def _batched(self, fn, rows):
+    """fn over rows in fixed-size batches (the last one padded)."""
+    out = []
+    for start in range(0, len(rows), self.batch_size):
+      chunk = np.stack(rows[start:start + self.batch_size])
+      n = len(chunk)
+      pad = np.zeros((self.batch_size - n, *chunk.shape[1:]), chunk.dtype)
+      out.append(np.asarray(fn(self.params, np.concatenate([chunk, pad])))
+                 [:n])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  def preprocess_images(self, images):
+    """f32[N, H, W, 3] model inputs of `images` (paths, bytes, PIL, arrays)."""
+    return np.stack([self._img_fn({"image": _encoded(x)})["image"]
+                     for x in images])
+
+  def embed_images(self, images):
+    """f32[N, D] unit-norm image embeddings."""
+    return self._batched(self._embed_img, list(self.preprocess_images(images)))
+
+  def tokenize(self, texts):
+    """i32[N, L] token ids of `texts` with the model's text pp."""
+    return np.stack([np.asarray(self._txt_fn({"text": t})["text"], np.int32)
+                     for t in texts])
+
+  def embed_tokens(self, tokens):
+    """f32[N, D] unit-norm text embeddings of token ids i32[N, L]."""
+    return self._batched(self._embed_txt, list(np.asarray(tokens, np.int32)))
+
+  def embed_texts(self, texts):
+    """f32[N, D] unit-norm text embeddings."""
+    return self.embed_tokens(self.tokenize(texts))
+
+  def temperature(self):
+    """The model's learned logit scale (exp of its log temperature)."""
+    tokens = jnp.zeros((1, *self.tokenize([""]).shape[1:]), jnp.int32)
+    return float(self._aux(self.params, tokens)["t"])
+
+  def classify(self, images, classnames, templates=("a photo of a {}.",)):
+    """Zero-shot class probabilities of `images` over `classnames`.
+
+    Args:
+      images: paths, bytes, PIL images or uint8 arrays.
+      classnames: C class names.
+      templates: prompt templates, each with one "{}" (their embeddings are
+        averaged per class).
+
+    Returns:
+      f32[N, C]: softmax over classes of the model's temperature times the
+      cosine similarity to each class's prompt-ensemble embedding.
+    """
+    weights = zeroshot.classifier(self.embed_tokens, self.tokenize,
+                                  classnames, templates)
+    logits = self.temperature() * common.l2_normalize(
+        self.embed_images(images)) @ weights
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True)
