@@ -95,12 +95,18 @@ def _logits(zimg, ztxt, aux):
 
 @registry.register("loss", "softmax")
 def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
-                 block_size=DEFAULT_BLOCK_SIZE):
+                 block_size=DEFAULT_BLOCK_SIZE, label_smoothing=0.0):
   """CLIP/ALIGN symmetric cross-entropy over the global batch.
 
   loss = (CE(image -> texts) + CE(text -> images)) / 2, where the logits are
   `t * zimg @ ztxt.T` (plus `b` if the model has a bias) and the positives sit
   on the diagonal.
+
+  Label smoothing ALIGN-style (target 1 - e on the positive plus e / B on
+  every pair) adds, in both directions, e * (mean positive logit - mean
+  logit over all B x B pairs): the mean logit is `t * mean(zimg) .
+  mean(ztxt) (+ b)`, so "ring" keeps its memory and no B x B matrix is
+  built for it.
 
   Memory per device: "dense" holds the XLA-partitioned `[B, B]` logits,
   O(B_global * B_local) or more; "ring" holds one tile of at most
@@ -120,14 +126,28 @@ def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
       last tile of a row / column overlaps the one before when block_size
       does not divide B_local; the overlap is masked). None: the whole
       block at once. Does not change the result beyond float rounding.
+    label_smoothing: e in [0, 1) (ALIGN: 0.1).
 
   Returns:
     (loss, metrics) with metrics "img2txt_acc" and "txt2img_acc" (in-batch
     top-1 accuracy of the positive).
   """
   _check_impl(impl, "softmax")
-  if impl == "ring":
-    return _ring_softmax(zimg, ztxt, aux, mesh, block_size)
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1) "
+                     "(config.loss.label_smoothing).")
+  loss, metrics = (_ring_softmax(zimg, ztxt, aux, mesh, block_size)
+                   if impl == "ring" else _dense_softmax(zimg, ztxt, aux))
+  if label_smoothing:
+    t = aux["t"]
+    mean_pos = t * jnp.mean(jnp.sum(zimg * ztxt, axis=-1))
+    mean_all = t * jnp.dot(jnp.mean(zimg, axis=0), jnp.mean(ztxt, axis=0),
+                           precision=_HIGHEST)
+    loss = loss + label_smoothing * (mean_pos - mean_all)
+  return loss, metrics
+
+
+def _dense_softmax(zimg, ztxt, aux):
   logits = _logits(zimg, ztxt, aux)
   # Positives straight from the pairs (not jnp.diagonal, whose partitioned
   # lowering holds collectives inside a conditional that XLA:CPU can

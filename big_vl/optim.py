@@ -5,7 +5,10 @@ Config keys read (all under `config`):
     schedule          dict(name="cosine"|"linear"|"rsqrt"|"constant",
                            end_frac=0.0, timescale=10_000)
     warmup_steps      (or warmup_epochs / warmup_examples) linear warm-up
-    optim             dict(name="adamw", b1=0.9, b2=0.999, eps=1e-8)
+    optim             dict(name="adamw", b1=0.9, b2=0.999, eps=1e-8);
+                      name="lamb": the same Adam moments and weight decay,
+                      then each parameter's update scaled by its trust
+                      ratio ||p|| / ||update|| (LAMB, ALIGN's optimiser)
     wd                weight decay
     wd_mode           "coupled": update -= lr_t * wd * p (PyTorch/optax AdamW,
                       CLIP's 0.2); "decoupled": update -= (lr_t/lr) * wd * p
@@ -113,8 +116,9 @@ def make(config, params, total_steps, warmup_steps):
   schedule = make_schedule(config, total_steps, warmup_steps)
   opt = dict(config.get("optim", None) or {"name": "adamw"})
   name = opt.pop("name", "adamw")
-  if name not in ("adamw", "adam"):
-    raise ValueError(f"Unknown optimiser {name!r} in config.optim; use adamw.")
+  if name not in ("adamw", "adam", "lamb"):
+    raise ValueError(f"Unknown optimiser {name!r} in config.optim; use "
+                     "adamw or lamb.")
   parts = []
   clip = config.get("grad_clip_norm", None)
   if clip:
@@ -134,6 +138,9 @@ def make(config, params, total_steps, warmup_steps):
     wd_rules = config.get("wd_rules", None)
     wd_rules = DEFAULT_WD_RULES if wd_rules is None else wd_rules
     parts.append(_add_decayed_weights_by_rules(rate, wd_rules))
+  if name == "lamb":
+    # LAMB: each parameter's update rescaled to ||param|| / ||update||.
+    parts.append(optax.scale_by_trust_ratio())
   lr_rules = config.get("lr_rules", None) or ()
   if lr_rules:
     parts.append(_scale_by_rules(lr_rules))

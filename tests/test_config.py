@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
 
 from big_vl import config as config_lib
@@ -41,11 +42,18 @@ def test_durations_steps_epochs_examples():
     config_lib.get_steps("total", c, num_examples=1, batch_size=1)
 
 
-@pytest.mark.parametrize("name", ["demo", "clip", "siglip"])
+@pytest.mark.parametrize("name", ["demo", "clip", "siglip", "filip",
+                                  "align"])
 @pytest.mark.parametrize("runlocal", [False, True])
-def test_configs_load_and_check(name, runlocal):
+def test_configs_load_and_check(name, runlocal, tmp_path):
   module = config_lib.load_config_module(f"configs/{name}.py")
-  config = module.get_config("runlocal" if runlocal else None)
+  arg = "runlocal" if runlocal else None
+  if name == "align" and not runlocal:
+    with pytest.raises(ValueError, match="vocab.txt"):
+      module.get_config()
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[CLS]\n")
+    arg = f"vocab={tmp_path}"
+  config = module.get_config(arg)
   train.check_config(config)
   assert config.input.batch_size > 0
   if runlocal:
@@ -79,3 +87,15 @@ def test_cli_rejects_unknown_override(tmp_path):
       capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "lr" in result.stderr and "fast" in result.stderr
+
+
+def test_align_runlocal_trains_with_lamb_and_label_smoothing(tmp_path,
+                                                             demo_data):
+  del demo_data
+  config = config_lib.load_config_module("configs/align.py").get_config(
+      "runlocal")
+  assert config.optim.name == "lamb" and config.loss.label_smoothing == 0.1
+  config.total_steps, config.log_steps, config.evals = 10, 1, {}
+  result = train.train(config, str(tmp_path))
+  losses = [result["losses"][s] for s in range(1, 11)]
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]

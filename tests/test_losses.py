@@ -91,3 +91,41 @@ def test_registry_names():
   assert registry.get("loss", "sigmoid") is losses.sigmoid_loss
   with pytest.raises(KeyError, match="Unknown loss 'sigmoidd'"):
     registry.get("loss", "sigmoidd")
+
+
+def test_label_smoothing_matches_smoothed_cross_entropy():
+  import optax  # pylint: disable=g-import-not-at-top
+  from big_vl import sharding  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  n, eps, t = 16, 0.1, 7.0
+  zimg = rng.normal(size=(n, 8))
+  ztxt = zimg + rng.normal(size=(n, 8))
+  zimg /= np.linalg.norm(zimg, axis=1, keepdims=True)
+  ztxt /= np.linalg.norm(ztxt, axis=1, keepdims=True)
+  zimg, ztxt = zimg.astype(np.float32), ztxt.astype(np.float32)
+  logits = t * zimg @ ztxt.T
+  targets = (1 - eps) * np.eye(n) + eps / n
+  want = (optax.softmax_cross_entropy(logits, targets).mean()
+          + optax.softmax_cross_entropy(logits.T, targets).mean()) / 2
+  aux = {"t": jnp.float32(t)}
+  got, _ = losses.softmax_loss(zimg, ztxt, aux, label_smoothing=eps)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  plain, _ = losses.softmax_loss(zimg, ztxt, aux)
+  assert float(got) > float(plain)
+  # The ring gives the same value and gradients.
+  mesh = sharding.make_mesh([("data", 8)])
+  rows = sharding.batch_sharding(mesh)
+
+  def f(impl, zi, zt):
+    return losses.softmax_loss(zi, zt, aux, mesh=mesh, impl=impl,
+                               label_smoothing=eps)[0]
+
+  dense = jax.value_and_grad(lambda a, b: f("dense", a, b), (0, 1))(
+      zimg, ztxt)
+  ring = jax.jit(jax.value_and_grad(lambda a, b: f("ring", a, b), (0, 1)))(
+      jax.device_put(zimg, rows), jax.device_put(ztxt, rows))
+  np.testing.assert_allclose(ring[0], dense[0], rtol=1e-5)
+  for g_ring, g_dense in zip(ring[1], dense[1]):
+    np.testing.assert_allclose(g_ring, g_dense, atol=1e-6)
+  with pytest.raises(ValueError, match="label_smoothing"):
+    losses.softmax_loss(zimg, ztxt, aux, label_smoothing=1.0)

@@ -78,3 +78,26 @@ def test_grad_clipping_ignores_frozen_params():
   norm = optim.trainable_global_norm(grads, frozen)
   np.testing.assert_allclose(norm, 3.0 * np.sqrt(12 + 1), rtol=1e-6)
   assert optax.tree.norm(grads) > norm
+
+
+def test_lamb_equals_optax_lamb():
+  # Weight decay on every parameter (as optax.lamb without a mask), three
+  # steps of random gradients: the same updates as optax's own LAMB.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), _params())
+  config = _config(optim=dict(name="lamb", b1=0.9, b2=0.99, eps=1e-6),
+                   wd=0.01, wd_rules=((".*", 1.0),))
+  ours, _ = optim.make(config, params, 100, 0)
+  ref = optax.lamb(0.1, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.01)
+  s_ours, s_ref = ours.init(params), ref.init(params)
+  for _ in range(3):
+    grads = jax.tree.map(
+        lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    u_ours, s_ours = ours.update(grads, s_ours, params)
+    u_ref, s_ref = ref.update(grads, s_ref, params)
+    for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    params = optax.apply_updates(params, u_ref)
+  with pytest.raises(ValueError, match="adamw or lamb"):
+    optim.make(_config(optim=dict(name="sgd")), params, 10, 0)
