@@ -65,6 +65,7 @@ import numpy as np
 from safetensors import numpy as st_numpy
 
 from big_vl import models
+from big_vl.convert import torch_params
 from big_vl.models import common
 from big_vl.models import text_transformer
 from big_vl.models import vit
@@ -645,45 +646,15 @@ def _adopt_known_heads(config):
 # State dict -> params.
 
 
-class _Reader:
-  """Takes arrays out of a state dict by name, remembering what was used."""
-
-  def __init__(self, state_dict):
-    self._sd = state_dict
-    self.used = set()
-
-  def __call__(self, key):
-    if key not in self._sd:
-      raise ValueError(f"open_clip state dict has no {key!r}.")
-    self.used.add(key)
-    return np.asarray(self._sd[key], np.float32)
-
-  def unused(self):
-    return sorted(set(self._sd) - self.used)
-
-
-def _norm(read, prefix):
-  return {"scale": read(f"{prefix}.weight"), "bias": read(f"{prefix}.bias")}
-
-
-def _dense(read, prefix):
-  return {"kernel": read(f"{prefix}.weight").T,
-          "bias": read(f"{prefix}.bias")}
+_norm = torch_params.norm
+_dense = torch_params.dense
 
 
 def _attention(read, prefix, heads):
   """nn.MultiheadAttention -> flax MultiHeadDotProductAttention params."""
-  w, b = read(f"{prefix}.in_proj_weight"), read(f"{prefix}.in_proj_bias")
-  width = w.shape[1]
-  head_dim = width // heads
-  out = {}
-  for i, name in enumerate(("query", "key", "value")):
-    rows = slice(i * width, (i + 1) * width)
-    out[name] = {"kernel": w[rows].T.reshape(width, heads, head_dim),
-                 "bias": b[rows].reshape(heads, head_dim)}
-  out["out"] = {"kernel": read(f"{prefix}.out_proj.weight").T.reshape(
-      heads, head_dim, width), "bias": read(f"{prefix}.out_proj.bias")}
-  return out
+  return torch_params.attention(read, f"{prefix}.in_proj_weight",
+                                f"{prefix}.in_proj_bias",
+                                f"{prefix}.out_proj", heads)
 
 
 def _encoder(read, prefix, depth, heads):
@@ -732,7 +703,7 @@ def _text_params(read, text):
 
 def _params(state_dict, model_config):
   """big_vl params of an open_clip state dict (all keys must be used)."""
-  read = _Reader(state_dict)
+  read = torch_params.StateDictReader(state_dict, "open_clip")
   params = {
       "img": _image_params(read, model_config["image"]),
       "txt": _text_params(read, model_config["text"]),

@@ -221,6 +221,35 @@ class MlpBlock(nn.Module):
     return nn.Dense(d, **inits)(x)
 
 
+class GeGluMlpBlock(nn.Module):
+  """Gated feed-forward block (ViTamin): LN -> act(W0 x) * (W1 x) -> W2.
+
+  Attributes:
+    mlp_dim: hidden width (of each of the two input projections).
+    dropout: dropout rate after the gate.
+    dtype: compute dtype.
+    act: activation name of the gate, see `get_activation`.
+    norm_eps: epsilon of the block's own LayerNorm.
+  """
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  act: str = "gelu_exact"
+  norm_eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.zeros, dtype=self.dtype)
+    d = x.shape[-1]
+    x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)(x)
+    gate = get_activation(self.act)(nn.Dense(self.mlp_dim, **inits)(x))
+    x = gate * nn.Dense(self.mlp_dim, **inits)(x)
+    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    return nn.Dense(d, **inits)(x)
+
+
+MLP_TYPES = ("mlp", "geglu")
 NORM_POSITIONS = ("pre", "post")
 
 
@@ -241,6 +270,7 @@ class EncoderBlock(nn.Module):
     norm_eps: LayerNorm epsilon (flax / big_vision 1e-6, PyTorch and
       open_clip 1e-5, BERT 1e-12).
     norm_position: "pre" or "post".
+    mlp_type: "mlp" (`MlpBlock_0`) or "geglu" (`GeGluMlpBlock_0`, ViTamin).
   """
   mlp_dim: int
   num_heads: int
@@ -249,6 +279,7 @@ class EncoderBlock(nn.Module):
   act: str = "gelu"
   norm_eps: float = 1e-6
   norm_position: str = "pre"
+  mlp_type: str = "mlp"
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
@@ -280,8 +311,16 @@ class EncoderBlock(nn.Module):
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + y if pre else norm_attn(x + y)
     y = norm_mlp(x) if pre else x
-    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
-                 act=self.act)(y, deterministic)
+    if self.mlp_type == "geglu":
+      y = GeGluMlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
+                        dtype=self.dtype, act=self.act,
+                        norm_eps=self.norm_eps)(y, deterministic)
+    elif self.mlp_type == "mlp":
+      y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
+                   dtype=self.dtype, act=self.act)(y, deterministic)
+    else:
+      raise ValueError(f"Unknown mlp_type {self.mlp_type!r}; known: "
+                       f"{MLP_TYPES}.")
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     return x + y if pre else norm_mlp(x + y)
 
@@ -355,6 +394,9 @@ class Encoder(nn.Module):
     norm_eps: LayerNorm epsilon.
     norm_position: "pre" (blocks then `encoder_norm`) or "post" (BERT-style
       blocks, no final norm).
+    mlp_type: "mlp" or "geglu" (see `EncoderBlock`).
+    final_norm: whether a pre-LN stack ends with `encoder_norm` (False:
+      the caller normalises, e.g. after pooling as ViTamin does).
   """
   depth: int
   mlp_dim: int
@@ -366,6 +408,8 @@ class Encoder(nn.Module):
   act: str = "gelu"
   norm_eps: float = 1e-6
   norm_position: str = "pre"
+  mlp_type: str = "mlp"
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
@@ -381,7 +425,8 @@ class Encoder(nn.Module):
                            prevent_cse=not self.scan)
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                     dropout=self.dropout, dtype=self.dtype, act=self.act,
-                    norm_eps=self.norm_eps, norm_position=self.norm_position)
+                    norm_eps=self.norm_eps, norm_position=self.norm_position,
+                    mlp_type=self.mlp_type)
     if self.scan:
       def body(block, carry, mask):
         return block(carry, mask, deterministic), None
@@ -397,7 +442,7 @@ class Encoder(nn.Module):
       for i in range(self.depth):
         x = block_cls(**block_kw, name=f"encoderblock_{i}")(
             x, mask, deterministic)
-    if self.norm_position == "post":
+    if self.norm_position == "post" or not self.final_norm:
       return x
     return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
                         name="encoder_norm")(x)

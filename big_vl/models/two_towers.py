@@ -28,6 +28,10 @@ import numpy as np
 from big_vl import registry
 from big_vl.models import text_transformer
 from big_vl.models import vit
+from big_vl.models import vitamin
+
+# config.model.image["arch"] -> image tower module (default "vit").
+IMAGE_ARCHS = {"vit": vit.ViT, "vitamin": vitamin.ViTamin}
 
 
 def _as_dict(cfg):
@@ -57,8 +61,10 @@ class Model(nn.Module):
 
   Attributes:
     image: kwargs for `vit.ViT` (e.g. {"variant": "B/16", "pool_type":
-      "map"}); `num_classes` is set to `out_dim` (give 0 for a tower
-      without a projection head whose width already is `out_dim`).
+      "map"}), or with "arch": "vitamin" for `vitamin.ViTamin` (e.g.
+      {"arch": "vitamin", "variant": "S"}); `num_classes` is set to
+      `out_dim` (give 0 for a tower without a projection head whose width
+      already is `out_dim`).
     text: kwargs for `text_transformer.TextTransformer` (e.g. {"variant":
       "B", "causal": True, "pool_type": "eot"}); `num_classes` as for
       `image` (0: e.g. a pretrained sentence encoder used as it is).
@@ -125,7 +131,12 @@ class Model(nn.Module):
 
     zimg = ztxt = None
     if image is not None:
-      img = vit.ViT(**self._tower_kwargs(self.image, "image"), name="img")
+      kw = self._tower_kwargs(self.image, "image")
+      arch = kw.pop("arch", "vit")
+      if arch not in IMAGE_ARCHS:
+        raise ValueError(f"two_towers: image.arch={arch!r}; known: "
+                         f"{sorted(IMAGE_ARCHS)}.")
+      img = IMAGE_ARCHS[arch](**kw, name="img")
       out, img_aux = img(image, train=train)
       self._check_width(out, "image")
       zimg = l2_normalize(out)
