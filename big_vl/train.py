@@ -43,6 +43,7 @@ from big_vl import accumulate
 from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import distributed
+from big_vl import growth
 from big_vl import losses
 from big_vl import metrics as metrics_lib
 from big_vl import models
@@ -62,7 +63,7 @@ KNOWN_KEYS = {
     "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
     "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
     "grad_accum_steps", "param_compute_dtype", "results_dir", "model_init",
-    "model_load",
+    "model_load", "growth", "growth_ema",
     *(f"{p}_{u}" for p in ("total", "warmup", "log", "ckpt")
       for u in ("steps", "epochs", "examples")),
 }
@@ -128,14 +129,19 @@ def init_from_pretrained(state, config, state_shardings):
        + (f", {len(report['unused'])} checkpoint params not in the model"
           if report["unused"] else "") + ")")
 
+  return {**state, "params": place_on(params, state_shardings["params"])}
+
+
+def place_on(tree, shardings):
+  """Host arrays of `tree` as global jax.Arrays with `shardings` (every
+  process holds the same full values); jax.Arrays are kept as they are."""
   def place(value, sharding_):
     if isinstance(value, jax.Array):
       return value
+    value = np.asarray(value)
     return jax.make_array_from_callback(value.shape, sharding_,
                                         lambda index: value[index])
-
-  return {**state, "params": jax.tree.map(place, params,
-                                          state_shardings["params"])}
+  return jax.tree.map(place, tree, shardings)
 
 
 def make_loss(config):
@@ -204,7 +210,7 @@ def cast_floating(tree, dtype):
 
 
 def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
-                    grad_accum_steps=1, compute_dtype=None):
+                    grad_accum_steps=1, compute_dtype=None, ema_momentum=None):
   """The pure train step `(state, batch) -> (state, metrics)`.
 
   Args:
@@ -219,6 +225,8 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
     compute_dtype: if set (e.g. bfloat16), the forward and backward passes
       use a copy of the params with floating leaves cast to it; gradients are
       cast back and applied to the (float32) master params.
+    ema_momentum: if set, the state's "ema" params follow the params as
+      `ema = m * ema + (1 - m) * params` (growth's parameter inheritance).
 
   Returns:
     The train step function (to be jitted).
@@ -262,6 +270,10 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
     metrics.update({f"train/{k}": v for k, v in loss_metrics.items()})
     new_state = {"params": params, "opt": opt, "step": state["step"] + 1,
                  "rng": state["rng"]}
+    if ema_momentum is not None:
+      new_state["ema"] = jax.tree.map(
+          lambda e, p: ema_momentum * e + (1.0 - ema_momentum) * p,
+          state["ema"], params)
     return new_state, metrics
 
   return train_step
@@ -316,10 +328,15 @@ def build(config, mesh, example, total_steps, warmup_steps):
                             warmup_steps)
   frozen = optim.frozen_mask(config, abstract_params)
 
+  ema_momentum = config.get("growth_ema", None)
+
   def init_state(rng):
     params = init_params(rng)
-    return {"params": params, "opt": tx.init(params),
-            "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+    state = {"params": params, "opt": tx.init(params),
+             "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+    if ema_momentum is not None:
+      state["ema"] = params
+    return state
 
   abstract_state = jax.eval_shape(init_state, init_rng)
   rules = config.get("sharding_rules", None) or ()
@@ -327,17 +344,68 @@ def build(config, mesh, example, total_steps, warmup_steps):
   train_step = jax.jit(
       make_train_step(model, loss_fn, tx, schedule, mesh, frozen,
                       grad_accum_steps=grad_accum_steps(config),
-                      compute_dtype=param_compute_dtype(config)),
+                      compute_dtype=param_compute_dtype(config),
+                      ema_momentum=ema_momentum),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
   return Run(
       model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
       state_shardings=state_shardings,
-      init_state=lambda: init_from_pretrained(
+      init_state=lambda: _with_ema(init_from_pretrained(
           jax.jit(init_state, out_shardings=state_shardings)(init_rng),
-          config, state_shardings),
+          config, state_shardings)),
       train_step=train_step)
+
+
+def _with_ema(state):
+  """The EMA copy starts at the (possibly pretrained) params."""
+  if "ema" in state:
+    state = {**state, "ema": jax.tree.map(jnp.copy, state["params"])}
+  return state
+
+
+def grow(config, stage, run, state, step, mesh, example, total, warmup,
+         batch):
+  """Applies the growth event at `step`: the bigger model and its state.
+
+  Args:
+    config: the run's ConfigDict (with `growth`).
+    stage: the current (pre-growth) staged config.
+    run: the current `Run`.
+    state: the current train state.
+    step: training steps done (the event's step).
+    mesh, example, total, warmup: as for `build`.
+    batch: a global batch, to check that the function is unchanged.
+
+  Returns:
+    (new stage, new Run, new state, {"growth/loss_before",
+    "growth/loss_after"}: the loss of the inherited old model and of the
+    grown model on `batch`).
+  """
+  new_stage = growth.stage_config(config, step + 1)
+  new_run = build(new_stage, mesh, example, total, warmup)
+  inherited = state["ema"] if "ema" in state else state["params"]
+  fresh = jax.device_get(new_run.init_state())
+  params = growth.grow_params(jax.device_get(inherited), fresh["params"],
+                              growth.tower_depths(stage))
+  new_state = {"params": params,
+               "opt": growth.carry_over(jax.device_get(state["opt"]),
+                                        fresh["opt"]),
+               "step": state["step"], "rng": state["rng"]}
+  if "ema" in fresh:
+    new_state["ema"] = params
+  new_state = place_on(new_state, new_run.state_shardings)
+  losses_ = {}
+  for key, (r, s, p) in (("growth/loss_before", (run, stage, inherited)),
+                         ("growth/loss_after", (new_run, new_stage,
+                                                new_state["params"]))):
+    loss_fn = make_loss(s)
+    eval_loss = jax.jit(lambda p_, b_, r=r, loss_fn=loss_fn: loss_fn(
+        *r.model.apply({"params": p_}, b_["image"], b_["text"]),
+        mesh=mesh)[0])
+    losses_[key] = float(eval_loss(p, batch))
+  return new_stage, new_run, new_state, losses_
 
 
 def _per_process_batch(global_batch, mesh):
@@ -419,14 +487,17 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       read_threads=inp.get("read_threads", 4))
   example = pipeline.first_example(train_source, pp_lib.build(inp.pp))
 
-  # Model, loss, optimiser, state and step.
-  run = build(config, mesh, example, total, warmup)
-  model, abstract_state = run.model, run.abstract_state
-  state_shardings = run.state_shardings
+  # Model, loss, optimiser, state and step. With growth, the model is the
+  # one the run has after the checkpoint's steps (`growth.stage_config`).
   checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=config.get("keep_ckpts", 2))
   start = checkpointer.latest_step()
+  growth_at = dict(growth.events(config))
+  stage = growth.stage_config(config, start or 0)
+  run = build(stage, mesh, example, total, warmup)
+  model, abstract_state = run.model, run.abstract_state
+  state_shardings = run.state_shardings
   skipped = 0
   skipped_by = {r: 0 for r in pipeline.SKIP_REASONS}
   if start is not None:
@@ -459,19 +530,27 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
        + f"); workdir {workdir}")
 
   train_step = run.train_step
-  evaluators = make_evaluators(config, model, mesh)
   name = config.get("retrieval_png", "retrieval")
-  for ev_name, _, ev in evaluators:
-    if ev_name == name and hasattr(ev, "keep_images"):
-      ev.keep_images = True
+
+  def evaluators_for(model):
+    evs = make_evaluators(config, model, mesh)
+    for ev_name, _, ev in evs:
+      if ev_name == name and hasattr(ev, "keep_images"):
+        ev.keep_images = True
+    return evs
+
+  evaluators = evaluators_for(model)
   writer = metrics_lib.MetricWriter(workdir, is_main=is_main)
 
   def save(step):
     checkpointer.save(step, state, data_iter=it,
                       meta={"skipped": skipped,
                             "skipped_by_reason": dict(skipped_by),
+                            "process_count": jax.process_count(),
+                            "data_block": local_batch,
+                            # The model as it is at this step (growth).
                             "config": json.loads(
-                          config.to_json_best_effort())})
+                                stage.to_json_best_effort())})
 
   step_losses = {}
   step = start
@@ -523,7 +602,24 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
       for r, n in pipeline.skipped_by_reason(
           batch.pop(pipeline.SKIPPED_BY_REASON_KEY)).items():
         skipped_by[r] += n
-      state, step_metrics = train_step(state, sharding.to_global(batch, mesh))
+      batch = sharding.to_global(batch, mesh)
+      if step in growth_at:
+        if pending is not None:
+          finish(pending)
+          pending = None
+        old_params = n_params
+        stage, run, state, grown = grow(config, stage, run, state, step,
+                                        mesh, example, total, warmup, batch)
+        train_step, model = run.train_step, run.model
+        evaluators = evaluators_for(model)
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+            run.abstract_state["params"]))
+        writer.write(step, {**grown, "growth/params": n_params})
+        _log(f"Grew the model at step {step}: {growth_at[step]}; "
+             f"{old_params / 1e6:.2f}M -> {n_params / 1e6:.2f}M params; "
+             f"loss on the next batch {grown['growth/loss_before']:.5f} "
+             f"before, {grown['growth/loss_after']:.5f} after.")
+      state, step_metrics = train_step(state, batch)
       step += 1
       done_this_call += 1
       examples_since_log += global_batch

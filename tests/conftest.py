@@ -40,15 +40,17 @@ def demo_data():
 # in about one full run of three for the scanned tensor-parallel model test;
 # real TPUs/GPUs do not share a thread pool this way.
 _CHILD_ENV = "BIG_VL_TEST_CHILD"
-_DEADLOCK_SIGNS = ("may be stuck", "Termination timeout")
+_DEADLOCK_SIGNS = ("may be stuck", "Termination timeout",
+                   "Fatal Python error: Aborted")
 
 
 @pytest.fixture
 def run_in_child(request):
   """`run_in_child()` is True in the parent: the test then ran in a child.
 
-  The parent reruns this one test in a child pytest process (retried once
-  if XLA:CPU's collective deadlock killed it, failing otherwise) and returns
+  The parent reruns this one test in a child pytest process (retried up to
+  twice if XLA:CPU's collective deadlock aborted it; any other failure
+  fails the test) and returns
   True, so the test body returns; in the child it returns False and the
   body runs, asserting as usual. A crash then fails one test instead of
   aborting the session.
@@ -61,10 +63,11 @@ def run_in_child(request):
       return False
     env = {**os.environ, _CHILD_ENV: "1",
            "JAX_COMPILATION_CACHE_DIR": _CACHE}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p",
+    # -s: XLA's own messages reach the captured stderr, not pytest's capture.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p",
            "no:cacheprovider", request.node.nodeid]
     root = str(request.config.rootpath)
-    for attempt in range(2):
+    for attempt in range(3):
       out = subprocess.run(cmd, cwd=root, env=env, capture_output=True,
                            text=True, timeout=600)
       text = out.stdout + out.stderr

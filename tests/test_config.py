@@ -43,7 +43,8 @@ def test_durations_steps_epochs_examples():
 
 
 @pytest.mark.parametrize("name", ["demo", "clip", "siglip", "filip",
-                                  "align", "vitamin"])
+                                  "align", "vitamin", "dreamlip",
+                                  "growclip"])
 @pytest.mark.parametrize("runlocal", [False, True])
 def test_configs_load_and_check(name, runlocal, tmp_path):
   module = config_lib.load_config_module(f"configs/{name}.py")

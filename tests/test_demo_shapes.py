@@ -171,7 +171,7 @@ def test_builder_is_registered_by_name(tmp_path):
   assert builder.builder_config.name == "full"  # The default config.
   assert builder.builder_config.split_sizes == {
       "train": 30_000, "validation": 1_000, "test": 2_000}
-  assert str(builder.version) == "1.0.0"
+  assert str(builder.version) == "1.1.0"
   features = builder.info.features
   assert features["image"].shape == (64, 64, 3)
   assert features["label"].names == demo_shapes.CLASS_NAMES
@@ -184,7 +184,8 @@ def test_data_source_skip_decoding(built):
     assert len(src) == size
     for index in (0, 1, size - 1):
       ex = src[index]
-      assert set(ex) == {"image", "captions", "label", "objects"}
+      assert set(ex) == {"image", "captions", "long_caption", "label",
+                         "objects"}
       assert isinstance(ex["image"], bytes)
       assert ex["image"].startswith(b"\x89PNG\r\n\x1a\n")
       assert _decode_png(ex["image"]).shape == (64, 64, 3)

@@ -161,6 +161,8 @@ def test_two_processes_match_one_and_resume_on_one(reference, tmp_path):
   data = os.path.join(workdir, "checkpoints", "10", "data")
   assert sorted(n for n in os.listdir(data) if n.endswith(".json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
+  meta = ckpt_lib.read_meta(os.path.join(workdir, "checkpoints"), 10)
+  assert (meta["process_count"], meta["data_block"]) == (2, 16)
 
   # The 2-process checkpoint resumes in 1 process (8 devices) on the exact
   # next global batch: steps 11-20 equal the uninterrupted run's.

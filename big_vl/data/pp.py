@@ -27,7 +27,8 @@ Ops (image ops take `key="image"`, text ops `key="text"`):
     value_range(vmin, vmax)                  uint8 [0, 255] -> f32 [vmin, vmax]
     normalize(mean, std)                     f32 [0, 1] -> (x - mean) / std
     clip_preprocess(size=224)                OpenAI CLIP's eval transform
-    choice(key, out), tokenize(max_len, tokenizer='clip_bpe', **kw), lower(),
+    choice(key, out), sample_sentences(k, key, out),
+    tokenize(max_len, tokenizer='clip_bpe', **kw), lower(),
     keep(*keys), drop(*keys),
     rename(old=new)
 
@@ -39,6 +40,7 @@ theirs exactly.
 import ast
 import io
 import math
+import re
 
 import numpy as np
 from PIL import Image
@@ -685,6 +687,39 @@ def get_choice(key="captions", out="text", index=0):
       raise CorruptRecordError(f"{key!r} is empty", reason="missing_text")
     i = index if rng is None else int(rng.integers(len(values)))
     example[out] = values[i]
+    return example
+
+  return op
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@registry.register("pp", "sample_sentences")
+def get_sample_sentences(k, key="long_caption", out="texts"):
+  """K sentences of a long caption, as K sub-captions (DreamLIP).
+
+  The caption is split after ".", "!" or "?"; with an rng K sentences are
+  drawn without replacement (with replacement when it has fewer than K),
+  without one (evaluation) the first K are taken (cycling if fewer).
+
+  Args:
+    k: sub-captions per example.
+    key: field holding the long caption (str or bytes).
+    out: field to write: a list of K strings.
+  """
+
+  def op(example, rng):
+    sentences = [x.strip() for x in _SENTENCE_END.split(
+        _to_str(example[key]).strip()) if x.strip()]
+    if not sentences:
+      raise CorruptRecordError(f"{key!r} is empty", reason="missing_text")
+    n = len(sentences)
+    if rng is None:
+      picks = [i % n for i in range(k)]
+    else:
+      picks = rng.choice(n, size=k, replace=n < k).tolist()
+    example[out] = [sentences[i] for i in picks]
     return example
 
   return op

@@ -114,15 +114,17 @@ class Model(nn.Module):
 
     Args:
       image: float [B, H, W, 3] or None.
-      text: int [B, L] token ids or None.
+      text: int [B, L] token ids, [B, K, L] for K texts per example, or
+        None.
       train: enables dropout (needs a "dropout" rng if any rate > 0).
 
     Returns:
-      (zimg, ztxt, aux): zimg / ztxt are float32 [B, out_dim] with unit-norm
-      rows, or None where the input was None. aux holds "t" (exp of the log
-      temperature, f32 []), "t_log", "b" (with bias_init), and for each tower
-      run "img/tokens", "img/pre_logits" or "txt/tokens", "txt/pre_logits",
-      "txt/mask".
+      (zimg, ztxt, aux): zimg / ztxt are float32 [B, out_dim] (ztxt [B, K,
+      out_dim] for [B, K, L] texts) with unit-norm rows, or None where the
+      input was None. aux holds "t" (exp of the log temperature, f32 []),
+      "t_log", "b" (with bias_init), and for each tower run "img/tokens",
+      "img/pre_logits" or "txt/tokens", "txt/pre_logits", "txt/mask" (text
+      entries cover the B * K texts).
     """
     t = self.param("t", _scalar_init(np.log(self.temperature_init)))
     aux = {"t": jnp.exp(t), "t_log": t}
@@ -147,9 +149,12 @@ class Model(nn.Module):
     if text is not None:
       txt = text_transformer.TextTransformer(
           **self._tower_kwargs(self.text, "text"), name="txt")
-      out, txt_aux = txt(text, train=train)
+      # Several texts per example ([B, K, L], e.g. DreamLIP's sub-captions)
+      # are encoded as B * K texts; ztxt comes back as [B, K, out_dim].
+      lead = text.shape[:-1]
+      out, txt_aux = txt(text.reshape(-1, text.shape[-1]), train=train)
       self._check_width(out, "text")
-      ztxt = l2_normalize(out)
+      ztxt = l2_normalize(out).reshape(*lead, -1)
       for k, v in txt_aux.items():
         aux[f"txt/{k}"] = v
       if self.token_features:

@@ -75,6 +75,7 @@ Reading (after `prepare()`), without TensorFlow::
   src[0]
   # {"image": b"\\x89PNG...",                    # PNG bytes
   #  "captions": [b"an orange square on a dark background", ...],  # 5 bytes
+  #  "long_caption": b"There is an orange square in the middle. ...",
   #  "label": 6,                                  # int, "orange square"
   #  "objects": {"label": [np.int64(6), np.int64(29), np.int64(11)],
   #              "bbox": [np.array([ymin, xmin, ymax, xmax], np.float32),
@@ -461,6 +462,30 @@ def make_captions(objects, background_phrase, rng):
   return [pool[i] for i in order]
 
 
+def make_long_caption(objects, background_phrase):
+  """A few sentences describing the whole image: one per object, then one
+  for the background (for long-caption methods such as DreamLIP).
+
+  Deterministic (no rng), so adding it left every other field unchanged.
+
+  Args:
+    objects: object dicts (the first one is the main object).
+    background_phrase: e.g. "a dark background".
+
+  Returns:
+    A string of `len(objects) + 1` sentences, each ending with ". ", e.g.
+    "There is a large red circle in the top left. A small blue square is to
+    the right of the red circle. The background is a dark background."
+  """
+  main = objects[0]
+  sentences = [f"there is {_a(_name(main, with_size=True))} {_position(main)}"]
+  for obj in objects[1:]:
+    sentences.append(f"{_a(_name(obj, with_size=True))} is "
+                     f"{_relation(obj, main)} the {_name(main)}")
+  sentences.append(f"the picture has {background_phrase}")
+  return " ".join(f"{x[0].upper()}{x[1:]}." for x in sentences)
+
+
 # ----------------------------------------------------------------------------
 # Examples.
 
@@ -481,7 +506,8 @@ def generate_example(split: str, index: int) -> dict[str, Any]:
 
   Returns:
     A dict with "image" (PNG bytes of a 64x64x3 uint8 image), "captions"
-    (list of `NUM_CAPTIONS` str), "label" (int, main object's class) and
+    (list of `NUM_CAPTIONS` str), "long_caption" (one sentence per object
+    and one for the background), "label" (int, main object's class) and
     "objects" ({"label": int array, "bbox": float32 array (n, 4) of relative
     ymin, xmin, ymax, xmax}; main object first).
   """
@@ -496,6 +522,7 @@ def generate_example(split: str, index: int) -> dict[str, Any]:
   return {
       "image": _png(image),
       "captions": captions,
+      "long_caption": make_long_caption(objects, bg_phrase),
       "label": objects[0]["label"],
       "objects": {
           "label": np.array([o["label"] for o in objects], np.int64),
@@ -516,8 +543,10 @@ class DemoShapes(tfds.core.GeneratorBasedBuilder):
   """Coloured shapes with captions; see the module docstring."""
 
   name = NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "long_caption: one sentence per object and one "
+                            "for the background (other fields unchanged)."}
   BUILDER_CONFIGS = [
       DemoShapesConfig(name="full", split_sizes=SPLIT_SIZES["full"],
                        description="The dataset (default)."),
@@ -533,6 +562,7 @@ class DemoShapes(tfds.core.GeneratorBasedBuilder):
             "image": tfds.features.Image(
                 shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="png"),
             "captions": tfds.features.Sequence(tfds.features.Text()),
+            "long_caption": tfds.features.Text(),
             "label": tfds.features.ClassLabel(names=CLASS_NAMES),
             "objects": tfds.features.Sequence({
                 "label": tfds.features.ClassLabel(names=CLASS_NAMES),

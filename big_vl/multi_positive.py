@@ -1,0 +1,127 @@
+"""DreamLIP: several sub-captions per image as positives, plus grouping.
+
+DreamLIP (Zheng et al., 2024) trains on long, multi-sentence captions. Each
+step samples K sentences (sub-captions) of an image's long caption
+(`pp: sample_sentences(K)|tokenize(..., key='texts', out='text')`, so the
+batch's text is [B, K, L] and the model's ztxt [B, K, D]) and uses two
+losses:
+
+- multi-positive contrastive: image -> text is a softmax over all B * K
+  sub-captions with the image's K sub-captions as positives (the mean of
+  their K cross-entropies); text -> image is the usual softmax over the B
+  images for each of the B * K sub-captions.
+- grouping: each sub-caption embedding attends over its image's patch
+  tokens (`two_towers(token_features=True)` gives aux["img/ztokens"]),
+  `softmax_n(t * <ztxt_ik, patch_in>)`; the attention-pooled, normalised
+  patch feature is matched with the sub-caption in a softmax contrastive
+  loss over the B * K (pooled feature, sub-caption) pairs. It ties sentences
+  to the image regions they describe.
+
+    config.loss = dict(name="dreamlip", grouping_weight=1.0)
+
+With K = 1 and grouping_weight = 0 this is CLIP's softmax loss. Only
+`impl="dense"` exists: under `jax.jit` with sharded inputs XLA partitions
+the [B, B * K] logits over the devices like the dense softmax loss.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from big_vl import losses
+from big_vl import registry
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _l2_normalize(x, eps=1e-12):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def multi_positive_logits(zimg, ztxt, t):
+  """Image-vs-sub-caption logits and the positives.
+
+  Args:
+    zimg: f32[B, D] normalised image embeddings.
+    ztxt: f32[B, K, D] normalised sub-caption embeddings (K per image).
+    t: the temperature (logit scale).
+
+  Returns:
+    (logits f32[B, B * K] with column j * K + k = sub-caption k of image j,
+     positives f32[B, K] = t * <zimg_i, ztxt_ik>).
+  """
+  b, k, d = ztxt.shape
+  logits = t * jnp.einsum("id,jd->ij", zimg, ztxt.reshape(b * k, d),
+                          precision=_HIGHEST)
+  positives = t * jnp.einsum("id,ikd->ik", zimg, ztxt, precision=_HIGHEST)
+  return logits, positives
+
+
+def grouped_patches(ztxt, patches, t):
+  """Each sub-caption's attention-pooled patch feature of its own image.
+
+  Args:
+    ztxt: f32[B, K, D] normalised sub-caption embeddings.
+    patches: f32[B, N, D] normalised patch tokens.
+    t: the attention's logit scale.
+
+  Returns:
+    f32[B, K, D]: normalised `sum_n softmax_n(t <ztxt_ik, p_in>) p_in`.
+  """
+  weights = jax.nn.softmax(
+      t * jnp.einsum("ikd,ind->ikn", ztxt, patches, precision=_HIGHEST),
+      axis=-1)
+  return _l2_normalize(jnp.einsum("ikn,ind->ikd", weights, patches,
+                                  precision=_HIGHEST))
+
+
+@registry.register("loss", "dreamlip")
+def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
+                  grouping_weight=1.0):
+  """DreamLIP's multi-positive contrastive + grouping loss.
+
+  Args:
+    zimg: f32[B, D] image embeddings.
+    ztxt: f32[B, K, D] sub-caption embeddings ([B, D]: K = 1).
+    aux: the model's aux with "t" and, for the grouping loss,
+      "img/ztokens" [B, N, D].
+    mesh: unused (XLA partitions the dense logits).
+    impl: "dense" only.
+    grouping_weight: weight of the grouping loss (0: off).
+
+  Returns:
+    (loss, metrics): "contrastive_loss", "grouping_loss" (with a weight),
+    "img2txt_acc" (the best sub-caption is one of the image's) and
+    "txt2img_acc".
+  """
+  del mesh
+  if impl != "dense":
+    raise ValueError(f"The dreamlip loss has impl='dense' only, got "
+                     f"{impl!r} (config.loss.impl).")
+  if ztxt.ndim == 2:
+    ztxt = ztxt[:, None]
+  b, k, _ = ztxt.shape
+  t = aux["t"]
+  logits, pos = multi_positive_logits(zimg, ztxt, t)
+  loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1)[:, None] - pos)
+  loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - pos.reshape(-1))
+  contrastive = (loss_i2t + loss_t2i) / 2
+  owner = jnp.arange(b * k) // k
+  metrics = {
+      "contrastive_loss": contrastive,
+      "img2txt_acc": jnp.mean(owner[jnp.argmax(logits, axis=1)]
+                              == jnp.arange(b)),
+      "txt2img_acc": jnp.mean(jnp.argmax(logits, axis=0) == owner),
+  }
+  loss = contrastive
+  if grouping_weight:
+    if "img/ztokens" not in aux:
+      raise ValueError("The dreamlip grouping loss needs patch tokens: set "
+                       "config.model.token_features = True (or "
+                       "config.loss.grouping_weight = 0).")
+    grouped = grouped_patches(ztxt, aux["img/ztokens"], t)
+    d = grouped.shape[-1]
+    grouping, _ = losses.softmax_loss(grouped.reshape(b * k, d),
+                                      ztxt.reshape(b * k, d), {"t": t})
+    metrics["grouping_loss"] = grouping
+    loss = loss + grouping_weight * grouping
+  return loss, metrics
