@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from big_vl import losses
 from big_vl import registry
+from big_vl import ring_rows
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -138,51 +139,24 @@ def _ring_filip(ximg, ytxt, mask, t, mesh):
     s_i2t, s_t2i = late_similarities(ximg, ytxt, mask)
     return _contrastive(t * s_i2t, t * s_t2i)
   spec = P(axes)
-  block = jax.checkpoint(late_similarities)
 
   def local(ximg, ytxt, mask, t):
     b = ximg.shape[0]
+    total = n * b
     me = losses._ring_index(axes)  # pylint: disable=protected-access
-    def step(carry, k):
-      held, rows_i2t, rows_t2i = carry
-      s_i2t, s_t2i = block(ximg, *held)
-      # The block held at step k started on device (me - k) mod n.
-      col = ((me - k) % n) * b
-      rows_i2t = jax.lax.dynamic_update_slice(rows_i2t, s_i2t, (0, col))
-      rows_t2i = jax.lax.dynamic_update_slice(rows_t2i, s_t2i, (0, col))
-      return (losses._shift(held, axes, n), rows_i2t, rows_t2i), None  # pylint: disable=protected-access
-
-    zeros = jnp.zeros((b, n * b), jnp.float32)
-    # A scan, not a Python loop: one token block is alive at a time.
-    (_, rows_i2t, rows_t2i), _ = jax.lax.scan(
-        step, ((ytxt, mask), zeros, zeros), jnp.arange(n))
+    rows_i2t, rows_t2i = ring_rows.gather_rows(
+        lambda x, held: late_similarities(x, *held), ximg, (ytxt, mask),
+        axes, n)
     own = me * b + jnp.arange(b)
     li2t, lt2i = t * rows_i2t, t * rows_t2i
-    pos_i2t = jnp.take_along_axis(li2t, own[:, None], axis=1)[:, 0]
-    pos_t2i = jnp.take_along_axis(lt2i, own[:, None], axis=1)[:, 0]
-    loss_i2t = jnp.sum(jax.nn.logsumexp(li2t, axis=1) - pos_i2t)
-    # Column logsumexp over all images: shift by a global max, sum exps.
-    col_max = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(lt2i, axis=0)),
-                           axes)
-    col_sum = jax.lax.psum(jnp.sum(jnp.exp(lt2i - col_max), axis=0), axes)
-    col_lse = jnp.log(col_sum) + col_max
-    # This device's texts are columns `own`; their positives are local.
-    loss_t2i = jnp.sum(jnp.take(col_lse, own) - pos_t2i)
-    total = n * b
-    loss = jax.lax.psum(loss_i2t + loss_t2i, axes) / (2 * total)
+    i2t, t2i, col_max = ring_rows.cross_entropies(li2t, lt2i, own[:, None],
+                                                  axes)
+    loss = jax.lax.psum(i2t + t2i, axes) / (2 * total)
     acc_i2t = jax.lax.psum(jnp.sum(jnp.argmax(li2t, axis=1) == own),
                            axes) / total
-    # A text's best image: compare the column max across devices, ties to
-    # the lowest image index as dense's argmax does.
-    lt2i_const = jax.lax.stop_gradient(lt2i)
-    local_best = jnp.max(lt2i_const, axis=0)
-    is_best = lt2i_const >= col_max[None, :]
-    first = jnp.min(jnp.where(is_best, (me * b + jnp.arange(b))[:, None],
-                              total), axis=0)
-    winner = jax.lax.pmin(jnp.where(local_best >= col_max, first, total),
-                          axes)
-    acc_t2i = jnp.sum(jnp.take(winner, own) == own)
-    acc_t2i = jax.lax.psum(acc_t2i, axes) / total
+    winner = ring_rows.column_argmax(lt2i, col_max, me * b, axes)
+    acc_t2i = jax.lax.psum(jnp.sum(jnp.take(winner, own) == own),
+                           axes) / total
     return loss, {"img2txt_acc": acc_i2t, "txt2img_acc": acc_t2i}
 
   fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()),

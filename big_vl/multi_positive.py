@@ -19,16 +19,22 @@ losses:
 
     config.loss = dict(name="dreamlip", grouping_weight=1.0)
 
-With K = 1 and grouping_weight = 0 this is CLIP's softmax loss. Only
-`impl="dense"` exists: under `jax.jit` with sharded inputs XLA partitions
-the [B, B * K] logits over the devices like the dense softmax loss.
+With K = 1 and grouping_weight = 0 this is CLIP's softmax loss.
+`impl="dense"` builds the [B, B * K] logits (partitioned by XLA under a
+sharded jit); `impl="ring"` keeps images and their patch tokens in place and
+passes sub-caption blocks around the ring of batch devices
+(`big_vl.ring_rows`), holding `[B_local, B_global * K]` rows per device.
+Both give the same loss and gradients (tests/test_multi_positive.py).
 """
 
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import PartitionSpec as P
+
 from big_vl import losses
 from big_vl import registry
+from big_vl import ring_rows
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -84,8 +90,8 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     ztxt: f32[B, K, D] sub-caption embeddings ([B, D]: K = 1).
     aux: the model's aux with "t" and, for the grouping loss,
       "img/ztokens" [B, N, D].
-    mesh: unused (XLA partitions the dense logits).
-    impl: "dense" only.
+    mesh: the Mesh; "ring" runs over its batch axes.
+    impl: "dense" or "ring".
     grouping_weight: weight of the grouping loss (0: off).
 
   Returns:
@@ -93,14 +99,18 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     "img2txt_acc" (the best sub-caption is one of the image's) and
     "txt2img_acc".
   """
-  del mesh
-  if impl != "dense":
-    raise ValueError(f"The dreamlip loss has impl='dense' only, got "
-                     f"{impl!r} (config.loss.impl).")
+  losses._check_impl(impl, "dreamlip")  # pylint: disable=protected-access
   if ztxt.ndim == 2:
     ztxt = ztxt[:, None]
   b, k, _ = ztxt.shape
   t = aux["t"]
+  if grouping_weight and "img/ztokens" not in aux:
+    raise ValueError("The dreamlip grouping loss needs patch tokens: set "
+                     "config.model.token_features = True (or "
+                     "config.loss.grouping_weight = 0).")
+  if impl == "ring":
+    return _ring_dreamlip(zimg, ztxt, aux.get("img/ztokens"), t, mesh,
+                          grouping_weight)
   logits, pos = multi_positive_logits(zimg, ztxt, t)
   loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1)[:, None] - pos)
   loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - pos.reshape(-1))
@@ -114,10 +124,6 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
   }
   loss = contrastive
   if grouping_weight:
-    if "img/ztokens" not in aux:
-      raise ValueError("The dreamlip grouping loss needs patch tokens: set "
-                       "config.model.token_features = True (or "
-                       "config.loss.grouping_weight = 0).")
     grouped = grouped_patches(ztxt, aux["img/ztokens"], t)
     d = grouped.shape[-1]
     grouping, _ = losses.softmax_loss(grouped.reshape(b * k, d),
@@ -125,3 +131,56 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     metrics["grouping_loss"] = grouping
     loss = loss + grouping_weight * grouping
   return loss, metrics
+
+
+def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
+  """`dreamlip_loss` with sub-caption blocks travelling around the ring."""
+  axes, n = losses._ring_layout(zimg, mesh)  # pylint: disable=protected-access
+  with_grouping = bool(grouping_weight)
+  if not axes:
+    aux = {"t": t, **({"img/ztokens": patches} if with_grouping else {})}
+    return dreamlip_loss(zimg, ztxt, aux, grouping_weight=grouping_weight)
+  rows = P(axes)
+
+  def local(zimg, ztxt, t, *maybe_patches):
+    b, k, d = ztxt.shape
+    total = n * b * k
+    me = losses._ring_index(axes)  # pylint: disable=protected-access
+    grouped = (grouped_patches(ztxt, maybe_patches[0], t).reshape(b * k, d)
+               if with_grouping else jnp.zeros((0, d), ztxt.dtype))
+
+    def block(mine, held):
+      zi, gr = mine
+      texts = held.reshape(-1, d)
+      return (t * jnp.einsum("id,jd->ij", zi, texts, precision=_HIGHEST),
+              t * jnp.einsum("id,jd->ij", gr, texts, precision=_HIGHEST))
+
+    img_rows, grp_rows = ring_rows.gather_rows(block, (zimg, grouped), ztxt,
+                                               axes, n)
+    own = ((me * b + jnp.arange(b))[:, None] * k + jnp.arange(k)[None, :])
+    i2t, t2i, col_max = ring_rows.cross_entropies(img_rows, img_rows, own,
+                                                  axes)
+    contrastive = jax.lax.psum(i2t + t2i, axes) / (2 * total)
+    owner = jnp.arange(n * b * k) // k
+    acc_i2t = jax.lax.psum(jnp.sum(
+        owner[jnp.argmax(img_rows, axis=1)] == me * b + jnp.arange(b)),
+                           axes) / (n * b)
+    winner = ring_rows.column_argmax(img_rows, col_max, me * b, axes)
+    acc_t2i = jax.lax.psum(jnp.sum(
+        jnp.take(winner, own.reshape(-1)) == own.reshape(-1) // k),
+                           axes) / total
+    metrics = {"contrastive_loss": contrastive, "img2txt_acc": acc_i2t,
+               "txt2img_acc": acc_t2i}
+    loss = contrastive
+    if with_grouping:
+      g_i2t, g_t2i, _ = ring_rows.cross_entropies(
+          grp_rows, grp_rows, own.reshape(-1, 1), axes)
+      grouping = jax.lax.psum(g_i2t + g_t2i, axes) / (2 * total)
+      metrics["grouping_loss"] = grouping
+      loss = loss + grouping_weight * grouping
+    return loss, metrics
+
+  in_specs = (rows, rows, P()) + ((rows,) if with_grouping else ())
+  fn = jax.shard_map(local, mesh=mesh, in_specs=in_specs,
+                     out_specs=(P(), P()), check_vma=False)
+  return fn(zimg, ztxt, t, *((patches,) if with_grouping else ()))

@@ -58,6 +58,6 @@ def get_config(arg=None):
       f"tokenize(max_len={max_len}, key='texts', out='text')|"
       "keep('image','text')")
   config.model.token_features = True
-  config.loss = dict(name="dreamlip", impl="dense",
+  config.loss = dict(name="dreamlip", impl="ring",
                      grouping_weight=arg.grouping_weight)
   return config

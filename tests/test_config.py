@@ -100,3 +100,15 @@ def test_align_runlocal_trains_with_lamb_and_label_smoothing(tmp_path,
   result = train.train(config, str(tmp_path))
   losses = [result["losses"][s] for s in range(1, 11)]
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["vitamin", "growclip"])
+def test_runlocal_trains(name, tmp_path, demo_data):
+  del demo_data
+  config = config_lib.load_config_module(f"configs/{name}.py").get_config(
+      "runlocal")
+  config.log_steps, config.evals = 1, {}
+  result = train.train(config, str(tmp_path))
+  losses = np.array([result["losses"][s] for s in range(1, 21)])
+  assert np.all(np.isfinite(losses))
+  assert losses[-5:].mean() < losses[:5].mean()

@@ -141,21 +141,25 @@ def test_missing_token_features_is_a_clear_error():
     losses.get("filip")(None, None, {"t": 1.0})
 
 
-def test_filip_config_trains_the_same_with_ring_and_dense(tmp_path,
+def test_filip_config_trains_the_same_ring_dense_and_accumulated(tmp_path,
                                                           demo_data):
   del demo_data
   from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top
   from big_vl import train  # pylint: disable=g-import-not-at-top
   losses_by_impl = {}
-  for impl in ("ring", "dense"):
+  for impl in ("ring", "dense", "ring_accum2"):
     config = config_lib.load_config_module(os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         "configs", "filip.py")).get_config("runlocal,token_keep=0.5")
     config.total_steps, config.log_steps = 8, 1
     config.evals = {}
-    config.loss.impl = impl
+    config.loss.impl = impl.split("_")[0]
+    if impl.endswith("accum2"):   # GradCache: 2 micro-batches per step
+      config.grad_accum_steps = 2
     result = train.train(config, str(tmp_path / impl))
     losses_by_impl[impl] = [result["losses"][s] for s in range(1, 9)]
   np.testing.assert_allclose(losses_by_impl["ring"], losses_by_impl["dense"],
                              rtol=1e-4)
+  np.testing.assert_allclose(losses_by_impl["ring_accum2"],
+                             losses_by_impl["ring"], rtol=1e-4)
   assert losses_by_impl["ring"][-1] < losses_by_impl["ring"][0]

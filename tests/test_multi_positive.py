@@ -71,8 +71,9 @@ def test_one_sub_caption_without_grouping_is_the_softmax_loss():
   np.testing.assert_allclose(got, want, rtol=1e-6)
   with pytest.raises(ValueError, match="token_features"):
     multi_positive.dreamlip_loss(zimg, ztxt, aux)
-  with pytest.raises(ValueError, match="dense"):
-    multi_positive.dreamlip_loss(zimg, ztxt, aux, impl="ring")
+  with pytest.raises(ValueError, match="impl"):
+    multi_positive.dreamlip_loss(zimg, ztxt, aux, impl="blocked",
+                                 grouping_weight=0)
 
 
 def test_grouping_attends_to_the_patch_a_sentence_describes():
@@ -118,6 +119,35 @@ def test_dreamlip_config_trains_the_same_with_accumulation(tmp_path,
     runs[accum] = [result["losses"][s] for s in range(1, 7)]
   np.testing.assert_allclose(runs[2], runs[1], rtol=1e-4)
   assert runs[1][-1] < runs[1][0]
+
+
+@pytest.mark.parametrize("grouping_weight", [0.0, 1.0])
+@pytest.mark.parametrize("mesh_config", [[("data", 8)],
+                                         [("data", 2), ("fsdp", 4)]])
+def test_ring_equals_dense(mesh_config, grouping_weight):
+  from big_vl import sharding  # pylint: disable=g-import-not-at-top
+  zimg, ztxt, patches = _data(b=16, k=3, n=5)
+
+  def grad(impl, mesh):
+    def f(zi, zt, p, t_):
+      loss, metrics = multi_positive.dreamlip_loss(
+          zi, zt, {"t": t_, "img/ztokens": p}, mesh=mesh, impl=impl,
+          grouping_weight=grouping_weight)
+      return loss, metrics
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3),
+                                      has_aux=True))
+
+  t = jnp.float32(T)
+  (want, want_m), want_g = grad("dense", None)(zimg, ztxt, patches, t)
+  mesh = sharding.make_mesh(mesh_config)
+  rows = sharding.batch_sharding(mesh)
+  (got, got_m), got_g = grad("ring", mesh)(
+      *jax.device_put((zimg, ztxt, patches), rows), t)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for k in want_m:
+    np.testing.assert_allclose(got_m[k], want_m[k], rtol=1e-5, err_msg=k)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
 
 
 def test_sharded_over_8_devices_equals_one_device():
