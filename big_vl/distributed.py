@@ -19,10 +19,11 @@ Explicit processes (e.g. two on one machine):
     python -m big_vl.train --config=... --workdir=... \
         --coordinator=127.0.0.1:12345 --num_processes=2 --process_id=0
 
-Failure: the coordination service exchanges heartbeats; when a process dies
-(or hangs) for longer than `heartbeat_timeout_s`, every other process stops
-with a non-zero status instead of waiting forever in a collective. Restarting
-the job resumes from the last checkpoint.
+Failure: a process that is in a collective with one that dies fails at once
+(gloo reports a transport error); otherwise the coordination service's
+heartbeats notice within `heartbeat_timeout_s` ("another task died"). Either
+way every other process stops with a non-zero status instead of waiting
+forever. Restarting the job resumes from the last checkpoint.
 """
 
 import os

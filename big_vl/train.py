@@ -733,7 +733,10 @@ def main(argv):
   if request.join:
     _log(f"jax.distributed ({request.reason}): process "
          f"{jax.process_index()} of {jax.process_count()}, "
-         f"{jax.local_device_count()} of {jax.device_count()} devices here.")
+         f"{jax.local_device_count()} of {jax.device_count()} devices here. "
+         "If a process dies, the others stop (a failed collective, or no "
+         f"heartbeat for {_HEARTBEAT_TIMEOUT.value} s); relaunch the same "
+         "command on every host to resume from the last checkpoint.")
   train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value)
 
 

@@ -157,7 +157,7 @@ def test_two_processes_match_one_and_resume_on_one(reference, tmp_path):
   # Multi-process evaluation (gathered over processes) equals the plain one.
   _assert_evals_close(_evals(rows, 10), _evals(reference, 10))
   with open(os.path.join(workdir, "run_process_0.log")) as f:
-    assert "process 0 of 2, 4 of 8 devices here" in f.read()
+    assert "process 0 of 2, 4 of 8 devices here." in f.read()
   data = os.path.join(workdir, "checkpoints", "10", "data")
   assert sorted(n for n in os.listdir(data) if n.endswith(".json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
@@ -203,8 +203,13 @@ def test_a_dead_process_stops_the_job_which_then_resumes(tmp_path, demo_data):
   victim.wait()
   assert code != 0
   assert time.time() - killed_at < 30
-  log = _tail(procs[0][1], 200)
-  assert "another task died" in log, log
+  # Either JAX's heartbeat check ("another task died") or the collective
+  # the survivor was in (gloo's transport error) stops it; the log's first
+  # lines say what happened and how to resume.
+  with open(procs[0][1]) as f:
+    log = f.read()
+  assert "If a process dies, the others stop" in log
+  assert "another task died" in log or "gloo" in log, log[-3000:]
 
   # Restarting the job resumes from the last complete checkpoint.
   last = ckpt_lib.latest_step(ckpts)[0]
