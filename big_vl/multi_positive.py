@@ -23,7 +23,9 @@ With K = 1 and grouping_weight = 0 this is CLIP's softmax loss.
 `impl="dense"` builds the [B, B * K] logits (partitioned by XLA under a
 sharded jit); `impl="ring"` keeps images and their patch tokens in place and
 passes sub-caption blocks around the ring of batch devices
-(`big_vl.ring_rows`), holding `[B_local, B_global * K]` rows per device.
+(`big_vl.ring_rows`), holding `[B_local, B_global * K]` rows per device:
+about what XLA's partitioned dense logits take, so it brings no memory
+gain (bench/token_loss_memory.py), only the ring's data flow.
 Both give the same loss and gradients (tests/test_multi_positive.py).
 """
 
