@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from big_vl import sharding
+from big_vl import storage
 
 # grain's file name for one process's data position.
 _DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
@@ -51,8 +52,8 @@ class Checkpointer:
   """
 
   def __init__(self, directory, *, max_to_keep=2, async_save=True):
-    # Orbax (TensorStore OCDBT) needs absolute paths.
-    self.directory = os.path.abspath(directory)
+    # Orbax (TensorStore OCDBT) needs absolute paths; URLs stay as they are.
+    self.directory = storage.absolute(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
@@ -88,8 +89,9 @@ class Checkpointer:
       A list with one decoded JSON state per saving process ([] if the
       checkpoint holds no data position).
     """
-    directory = os.path.join(self.directory, str(int(step)), "data")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
+    directory = storage.path(self.directory) / str(int(step)) / "data"
+    names = ([p.name for p in directory.iterdir()] if directory.is_dir()
+             else [])
     found = {}
     for name in names:
       m = _DATA_FILE.fullmatch(name)
@@ -102,8 +104,7 @@ class Checkpointer:
                        f"positions: {sorted(names)}.")
     states = []
     for index in sorted(found):
-      with open(os.path.join(directory, found[index][1])) as f:
-        states.append(json.load(f))
+      states.append(json.loads((directory / found[index][1]).read_text()))
     return states
 
   def restore(self, step, abstract_state, *, data_iter=None,
@@ -130,10 +131,9 @@ class Checkpointer:
              "meta": ocp.args.JsonRestore()}
     remap_states = None
     if data_iter is not None:
-      own = os.path.join(
-          self.directory, str(int(step)), "data",
-          f"process_{jax.process_index()}-of-{jax.process_count()}.json")
-      saved = self.data_states(step) if not os.path.exists(own) else None
+      own = (storage.path(self.directory) / str(int(step)) / "data" /
+             f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+      saved = self.data_states(step) if not own.exists() else None
       if not saved:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       elif remap_data is None:
@@ -176,16 +176,17 @@ def checkpoint_dir(path):
     path: a training workdir (holding `checkpoints/`) or its checkpoints dir.
 
   Returns:
-    The absolute path of the checkpoints folder.
+    The absolute path (or URL) of the checkpoints folder.
 
   Raises:
     FileNotFoundError: if `path` holds no checkpoint folder.
   """
-  path = os.path.abspath(path)
-  sub = os.path.join(path, "checkpoints")
-  if os.path.isdir(sub):
-    return sub
-  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
+  path = storage.absolute(path)
+  sub = storage.path(path) / "checkpoints"
+  if sub.is_dir():
+    return os.fspath(sub)
+  if storage.path(path).is_dir() and any(
+      p.name.isdigit() for p in storage.path(path).iterdir()):
     return path
   raise FileNotFoundError(
       f"No checkpoints in {path}: give a training workdir (with a "
@@ -203,8 +204,8 @@ def latest_step(ckpt_dir):
 
 def read_meta(ckpt_dir, step):
   """The JSON `meta` item of checkpoint `step` ({} if it has none)."""
-  path = os.path.join(ckpt_dir, str(step), "meta")
-  if not os.path.isdir(path):
+  path = storage.path(ckpt_dir) / str(step) / "meta"
+  if not path.is_dir():
     return {}
   return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path) or {}
 
@@ -224,13 +225,12 @@ def run_config(ckpt_dir, meta):
   """
   config = meta.get("config")
   if config is None:
-    path = os.path.join(os.path.dirname(ckpt_dir), "config.json")
-    if not os.path.exists(path):
+    path = storage.path(ckpt_dir).parent / "config.json"
+    if not path.exists():
       raise FileNotFoundError(
           f"The checkpoint in {ckpt_dir} has no config in its meta and there "
           f"is no {path}; give the model in the eval config (config.model).")
-    with open(path) as f:
-      config = json.load(f)
+    config = json.loads(path.read_text())
   return ml_collections.ConfigDict(config)
 
 
@@ -250,7 +250,7 @@ def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),)):
   Returns:
     The params pytree of global jax.Arrays (numpy arrays without a mesh).
   """
-  path = os.path.join(ckpt_dir, str(step), "state")
+  path = storage.path(ckpt_dir) / str(step) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   tree = getattr(metadata, "item_metadata", metadata)

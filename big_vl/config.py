@@ -233,6 +233,18 @@ def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   return config
 
 
+def parse_config_arg(spec):
+  """"configs/x.py:arg" -> ("configs/x.py", "arg" or None)."""
+  path, _, arg = spec.partition(":")
+  return path, (arg or None)
+
+
+def load_config(spec):
+  """The ConfigDict of "configs/x.py[:arg]" (its `get_config(arg)`)."""
+  path, arg = parse_config_arg(spec)
+  return load_config_module(path).get_config(arg)
+
+
 def load_config_module(path):
   """Imports a config file by path (as `--config=PATH` does)."""
   import importlib.util  # pylint: disable=g-import-not-at-top

@@ -44,6 +44,7 @@ from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import results as results_lib
 from big_vl import sharding
+from big_vl import storage
 from big_vl import train as train_lib
 
 KNOWN_KEYS = {"mesh", "sharding_rules", "evals", "model_name", "model",
@@ -128,23 +129,26 @@ def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
 
   files = []
   if output and is_main:
-    output = os.path.abspath(output)
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "metrics.json"), "w") as f:
+    staged = storage.StagedDir(output, exclude=())
+    with open(os.path.join(staged.local, "metrics.json"), "w") as f:
       json.dump({"step": step, "checkpoint": ckpt_dir, **metrics}, f,
                 indent=1)
     files = results_lib.write(
-        metrics, os.path.join(output, "results"),
+        metrics, os.path.join(staged.local, "results"),
         model=config.get("model_label", None) or mconfig.model_name,
         pretrained=config.get("pretrained", None) or default_pretrained(
             ckpt_dir, step),
         language=config.get("language", None) or results_lib.LANGUAGE)
+    if staged.staged:
+      files = [f"{staged.target}/{os.path.relpath(f, staged.local)}"
+               for f in files]
+    staged.sync()
   return {"step": step, "metrics": metrics, "files": files}
 
 
 def default_pretrained(ckpt_dir, step):
   """"<workdir name>-step<N>": the results' default "pretrained" name."""
-  ckpt_dir = os.path.abspath(ckpt_dir)
+  ckpt_dir = storage.absolute(ckpt_dir)
   workdir = os.path.dirname(ckpt_dir) if os.path.basename(
       ckpt_dir) == "checkpoints" else ckpt_dir
   return f"{os.path.basename(workdir)}-step{step}"

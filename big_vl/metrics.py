@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import tqdm
 
+from big_vl import storage
+
 
 def _to_python(value):
   value = np.asarray(value)
@@ -82,15 +84,16 @@ class MetricWriter:
 
 
 def read_jsonl(path):
-  """Reads metrics.jsonl into a list of dicts (one per written row)."""
+  """Reads metrics.jsonl (a local path or URL) into a list of dicts, one per
+  written row ([] if the file does not exist)."""
   rows = []
-  if not os.path.exists(path):
+  path = storage.path(path)
+  if not path.exists():
     return rows
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        rows.append(json.loads(line))
+  for line in path.read_text().splitlines():
+    line = line.strip()
+    if line:
+      rows.append(json.loads(line))
   return rows
 
 

@@ -4,11 +4,14 @@
     plot_retrieval(queries, images, scores, "workdir/retrieval.png")
 """
 
+import io
 import math
 import textwrap
 
 from matplotlib.figure import Figure
 import numpy as np
+
+from big_vl import storage
 
 
 def new_figure(nrows, ncols, **subplots_kw):
@@ -56,7 +59,7 @@ def plot_curves(rows, path, train_keys=("train/loss",)):
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save(fig, path)
 
 
 def plot_retrieval(queries, images, scores, path, correct=None):
@@ -95,4 +98,11 @@ def plot_retrieval(queries, images, scores, path, correct=None):
           spine.set_edgecolor("tab:green")
           spine.set_linewidth(4)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  save(fig, path)
+
+
+def save(fig, path, dpi=100):
+  """Writes `fig` as a PNG to `path` (a local path or a URL)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  storage.write(path, buffer.getvalue())

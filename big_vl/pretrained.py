@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from big_vl import checkpoint as ckpt_lib
+from big_vl import storage
 from big_vl.models import common
 from big_vl.models import vit
 
@@ -82,10 +83,10 @@ def save(directory, model_config, params, *, preprocessing=None,
     source: JSON-serialisable description of the source weights.
 
   Returns:
-    The absolute path of `directory`.
+    The absolute path (or URL) of `directory`.
   """
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  staged = storage.StagedDir(directory)
+  directory = staged.target
   config = run_config(model_config, preprocessing, source)
   json.dumps(config)  # Fail before writing anything if not serialisable.
   state = {"params": jax.tree.map(
@@ -97,8 +98,9 @@ def save(directory, model_config, params, *, preprocessing=None,
     ckpt.save(CONVERTED_STEP, state, meta={"config": config})
   finally:
     ckpt.close()
-  with open(os.path.join(directory, "config.json"), "w") as f:
+  with open(os.path.join(staged.local, "config.json"), "w") as f:
     json.dump(config, f, indent=1)
+  staged.sync()
   return directory
 
 
@@ -132,7 +134,7 @@ def load(path, step=None):
   return model_config, params
 
 
-def _match_layout(fresh, loaded):
+def match_layout(fresh, loaded):
   """`loaded` with each encoder in `fresh`'s layout (scanned or not)."""
   if not isinstance(fresh, dict) or not isinstance(loaded, dict):
     return loaded
@@ -140,7 +142,7 @@ def _match_layout(fresh, loaded):
     loaded = common.stack_block_params(loaded)
   elif "encoderblock_0" in fresh and "encoderblock" in loaded:
     loaded = common.unstack_block_params(loaded)
-  return {k: _match_layout(fresh[k], v) if k in fresh else v
+  return {k: match_layout(fresh[k], v) if k in fresh else v
           for k, v in loaded.items()}
 
 
@@ -181,7 +183,7 @@ def merge(fresh, loaded, dont_load=()):
       `dont_load`, and loaded params whose shape does not fit.
   """
   patterns = [re.compile(p) for p in dont_load]
-  loaded = traverse_util.flatten_dict(_match_layout(fresh, loaded), sep="/")
+  loaded = traverse_util.flatten_dict(match_layout(fresh, loaded), sep="/")
   flat = traverse_util.flatten_dict(fresh, sep="/")
   out, report = {}, {"loaded": [], "kept": [], "adapted": {}, "unused": []}
   missing, mismatched = [], []

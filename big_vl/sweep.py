@@ -34,14 +34,9 @@ import re
 from big_vl import config as config_lib
 from big_vl import metrics as metrics_lib
 from big_vl import plots
+from big_vl import storage
 
 FINAL_FILE = "sweep_final.json"
-
-
-def parse_config_arg(spec):
-  """"configs/x.py:arg" -> ("configs/x.py", "arg" or None)."""
-  path, _, arg = spec.partition(":")
-  return path, (arg or None)
 
 
 def variant_name(overrides):
@@ -97,7 +92,7 @@ def variants(config_spec):
     ValueError: if the file has no `get_sweep`, it returns nothing, or two
       variants get the same name.
   """
-  path, arg = parse_config_arg(config_spec)
+  path, arg = config_lib.parse_config_arg(config_spec)
   module = config_lib.load_config_module(path)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"{path} defines no get_sweep(arg); add one returning a "
@@ -119,8 +114,7 @@ def variants(config_spec):
 
 
 def _final_row(workdir):
-  with open(os.path.join(workdir, FINAL_FILE)) as f:
-    return json.load(f)
+  return json.loads((storage.path(workdir) / FINAL_FILE).read_text())
 
 
 def run(config_spec, root, *, train_fn=None, log=print):
@@ -128,7 +122,7 @@ def run(config_spec, root, *, train_fn=None, log=print):
 
   Args:
     config_spec: "path/to/config.py[:arg]".
-    root: folder of the variants' workdirs and the sweep tables.
+    root: folder (or URL) of the variants' workdirs and the sweep tables.
     train_fn: `(config, workdir) -> train result` (default:
       `big_vl.train.train`).
     log: progress printer.
@@ -140,12 +134,12 @@ def run(config_spec, root, *, train_fn=None, log=print):
   if train_fn is None:
     from big_vl import train as train_lib  # pylint: disable=g-import-not-at-top
     train_fn = train_lib.train
-  os.makedirs(root, exist_ok=True)
+  root = storage.absolute(root)
   todo = variants(config_spec)
   rows = []
   for i, (name, overrides, config) in enumerate(todo):
     workdir = os.path.join(root, name)
-    if os.path.exists(os.path.join(workdir, FINAL_FILE)):
+    if (storage.path(workdir) / FINAL_FILE).exists():
       log(f"[sweep {i + 1}/{len(todo)}] {name}: finished earlier, skipped.")
       row = _final_row(workdir)
       row["status"] = "skipped"
@@ -161,8 +155,8 @@ def run(config_spec, root, *, train_fn=None, log=print):
            "train/loss": losses[max(losses)] if losses else None,
            **{k: v for k, v in result["final"].items()
               if not k.startswith("eval_time/")}}
-    with open(os.path.join(workdir, FINAL_FILE), "w") as f:
-      json.dump(row, f, indent=2, default=float)
+    storage.write(os.path.join(workdir, FINAL_FILE),
+                  json.dumps(row, indent=2, default=float))
     row["status"] = "trained"
     rows.append(row)
   write_tables(rows, root)
@@ -200,8 +194,7 @@ def table(rows, fmt="csv"):
 def write_tables(rows, root):
   """Writes ROOT/sweep.csv and ROOT/sweep.md."""
   for fmt, ext in (("csv", "csv"), ("markdown", "md")):
-    with open(os.path.join(root, f"sweep.{ext}"), "w") as f:
-      f.write(table(rows, fmt))
+    storage.write(os.path.join(root, f"sweep.{ext}"), table(rows, fmt))
 
 
 def default_metric(rows):
@@ -217,11 +210,10 @@ def plot(rows, root, path, metric=None):
       1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
   for r in rows:
     jsonl = os.path.join(root, r["name"], "metrics.jsonl")
-    if os.path.exists(jsonl):
-      pts = [(m["step"], m["train/loss"])
-             for m in metrics_lib.read_jsonl(jsonl) if "train/loss" in m]
-      if pts:
-        ax_loss.plot(*zip(*pts), label=r["name"])
+    pts = [(m["step"], m["train/loss"])
+           for m in metrics_lib.read_jsonl(jsonl) if "train/loss" in m]
+    if pts:
+      ax_loss.plot(*zip(*pts), label=r["name"])
   ax_loss.set_title("train/loss")
   ax_loss.set_xlabel("step")
   ax_loss.grid(alpha=0.3)
@@ -234,7 +226,7 @@ def plot(rows, root, path, metric=None):
   for i, v in enumerate(values):
     ax_bar.text(v, i, f" {v:.3f}", va="center", fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  plots.save(fig, path)
 
 
 def main(argv=None):

@@ -23,6 +23,12 @@ the checkpoint together. Outputs:
   workdir/retrieval.png    text queries and their top retrieved images
   workdir/results/         final metrics, CLIP_benchmark JSON files per
                            dataset and task (config.results_dir; "": none)
+
+The workdir may be a URL (`--workdir=gs://bucket/runs/clip`): Orbax writes
+the checkpoints there directly, and process 0 writes its other files into a
+local staging copy that is uploaded after each checkpoint, evaluation and at
+most every `config.sync_every_s` seconds (default 60) while training
+(`big_vl/storage.py`). `gs://` needs gcsfs, which requirements.txt installs.
 """
 
 import json
@@ -53,6 +59,7 @@ from big_vl import pretrained
 from big_vl import registry
 from big_vl import results as results_lib
 from big_vl import sharding
+from big_vl import storage
 from big_vl.data import pipeline
 from big_vl.data import pp as pp_lib
 from big_vl.data import sources
@@ -63,7 +70,8 @@ KNOWN_KEYS = {
     "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
     "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
     "grad_accum_steps", "param_compute_dtype", "results_dir", "model_init",
-    "model_load", "growth", "growth_ema",
+    "model_load", "growth", "growth_ema", "sync_every_s",
+    "layer_decay",
     *(f"{p}_{u}" for p in ("total", "warmup", "log", "ckpt")
       for u in ("steps", "epochs", "examples")),
 }
@@ -449,18 +457,17 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     and "final" (metrics of the final evaluation, if the run finished).
   """
   check_config(config)
-  if "://" in str(workdir):
-    raise ValueError(
-        f"--workdir={workdir}: URL workdirs are not supported yet (the "
-        "trainer writes through local file APIs). Use a directory every "
-        "process can write, e.g. a gcsfuse mount of the bucket or an NFS "
-        "share.")
-  workdir = os.path.abspath(workdir)
+  workdir = storage.absolute(workdir)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  # Checkpoints go to `workdir` itself; process 0's other files are written
+  # to `files` (the workdir, or a local mirror of a URL workdir, uploaded by
+  # `staged.sync()`).
+  staged = storage.StagedDir(workdir, active=is_main)
+  files = staged.local
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with open(os.path.join(files, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    staged.sync()
   mesh = sharding.make_mesh(config.mesh, devices)
   seed = config.get("seed", 0)
 
@@ -540,7 +547,17 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     return evs
 
   evaluators = evaluators_for(model)
-  writer = metrics_lib.MetricWriter(workdir, is_main=is_main)
+  writer = metrics_lib.MetricWriter(files, is_main=is_main)
+  sync_every_s = config.get("sync_every_s", 60)
+  t_sync = time.time()
+
+  def sync(force=False):
+    """Uploads process 0's new files of a URL workdir (at most every
+    `config.sync_every_s` seconds unless forced)."""
+    nonlocal t_sync
+    if staged.staged and (force or time.time() - t_sync >= sync_every_s):
+      staged.sync()
+      t_sync = time.time()
 
   def save(step):
     checkpointer.save(step, state, data_iter=it,
@@ -637,6 +654,7 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
         save(step)
       if not final:
         _run_evals(evaluators, state["params"], step, writer)
+      sync()
       if stopping and not final:
         if checkpointer.latest_step() != step:
           save(step)
@@ -645,45 +663,51 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
   finally:
     bar.close()
     checkpointer.wait()
+    sync(force=True)
 
   result = {"step": step, "losses": step_losses, "final": None}
   if step == total:
     result["final"] = _run_evals(evaluators, state["params"], step, writer,
                                  final=True)
     if is_main:
-      _write_results(config, workdir, step, result["final"])
+      _write_results(config, workdir, files, step, result["final"])
       rows = metrics_lib.read_jsonl(writer.path)
-      plots.plot_curves(rows, os.path.join(workdir, "curves.png"))
+      plots.plot_curves(rows, os.path.join(files, "curves.png"))
       for ev_name, _, ev in evaluators:
         if ev_name == name and getattr(ev, "last", None) is not None:
-          ev.plot_examples(os.path.join(workdir, "retrieval.png"),
+          ev.plot_examples(os.path.join(files, "retrieval.png"),
                            registry.get("tokenizer", "clip_bpe")())
     _log_summary(result["final"], skipped)
   writer.close()
   checkpointer.close()
+  sync(force=True)
   return result
 
 
-def _write_results(config, workdir, step, final):
+def _write_results(config, workdir, files, step, final):
   """Writes the final metrics as CLIP_benchmark files (big_vl/results.py).
 
   Args:
     config: the run's ConfigDict; `config.results_dir` is the folder (absent
-      or None: workdir/results; "": write nothing).
-    workdir: the run's workdir.
+      or None: workdir/results; "": write nothing; a URL is written through
+      a staging folder).
+    workdir: the run's workdir (names the results' "pretrained").
+    files: the local folder of the workdir's files (see `train`).
     step: the step evaluated.
     final: the final evaluation's metrics.
 
   Returns:
-    The paths written.
+    The relative names written.
   """
   directory = config.get("results_dir", None)
   if directory == "":
     return []
-  directory = directory or os.path.join(workdir, "results")
-  return results_lib.write(
-      final, directory, model=config.get("model_name", "two_towers"),
+  staged = storage.StagedDir(directory or os.path.join(files, "results"))
+  paths = results_lib.write(
+      final, staged.local, model=config.get("model_name", "two_towers"),
       pretrained=f"{os.path.basename(workdir)}-step{step}")
+  staged.sync()
+  return [os.path.relpath(p, staged.local) for p in paths]
 
 
 def _log_summary(final, skipped):

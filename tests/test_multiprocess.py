@@ -22,7 +22,11 @@ from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import distributed
 from big_vl import metrics as metrics_lib
+from big_vl import storage
 from big_vl import train
+
+sys.path.insert(0, os.path.dirname(__file__))
+import gcs_emulator  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/demo.py:runlocal"
@@ -52,16 +56,17 @@ def _env(devices):
   return env
 
 
-def _start(workdir, num_processes, *flags, overrides=None, tag="run"):
+def _start(workdir, num_processes, *flags, overrides=None, tag="run",
+           log_dir=None):
   """Starts the processes of one job; returns [(Popen, log path)].
 
-  Process i logs to `workdir/{tag}_process_{i}.log`.
+  Process i logs to `{log_dir or workdir}/{tag}_process_{i}.log`.
   """
   port = _free_port()
   overrides = {**OVERRIDES, **(overrides or {})}
   procs = []
   for i in range(num_processes):
-    log = os.path.join(workdir, f"{tag}_process_{i}.log")
+    log = os.path.join(log_dir or workdir, f"{tag}_process_{i}.log")
     cmd = [sys.executable, "-m", "big_vl.train", f"--config={CONFIG}",
            f"--workdir={workdir}", f"--coordinator=127.0.0.1:{port}",
            f"--num_processes={num_processes}", f"--process_id={i}",
@@ -92,8 +97,8 @@ def _wait(procs, timeout=HARD_TIMEOUT_S):
   return codes
 
 
-def _run(workdir, num_processes, *flags, tag="run"):
-  procs = _start(workdir, num_processes, *flags, tag=tag)
+def _run(workdir, num_processes, *flags, tag="run", log_dir=None):
+  procs = _start(workdir, num_processes, *flags, tag=tag, log_dir=log_dir)
   codes = _wait(procs)
   assert codes == [0] * num_processes, "\n".join(
       f"process {i} exited {c}:\n{_tail(log)}"
@@ -245,6 +250,23 @@ def test_plan_joins_only_multi_process_jobs():
     plan("maybe", env={})
 
 
-def test_url_workdirs_are_refused_clearly():
-  with pytest.raises(ValueError, match="URL workdirs are not supported"):
-    train.train(_config(), "gs://my-bucket/run")
+def test_two_processes_write_one_gs_workdir(reference, tmp_path):
+  """As on a pod: every process writes the checkpoint to the bucket, process
+  0 its files; a 1-process run resumes from the bucket on the next batch."""
+  with gcs_emulator.running(bucket="pod") as bucket:
+    url = f"{bucket}/runs/demo"
+    _run(url, 2, "--stop_after_steps=10", log_dir=str(tmp_path))
+    rows = metrics_lib.read_jsonl(f"{url}/metrics.jsonl")
+    np.testing.assert_allclose(
+        [_losses(rows)[s] for s in range(1, 11)],
+        [_losses(reference)[s] for s in range(1, 11)], rtol=2e-5)
+    data = storage.path(f"{url}/checkpoints/10/data")
+    assert sorted(p.name for p in data.iterdir()
+                  if p.name.endswith(".json")) == [
+                      "process_0-of-2.json", "process_1-of-2.json"]
+    result = train.train(_config(), url)
+    np.testing.assert_allclose(
+        [result["losses"][s] for s in range(11, 21)],
+        [_losses(reference)[s] for s in range(11, 21)], rtol=2e-5)
+    assert ckpt_lib.latest_step(f"{url}/checkpoints")[0] == 20
+    assert "curves.png" in storage.list_files(url)

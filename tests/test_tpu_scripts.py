@@ -29,12 +29,12 @@ EXAMPLES = {
         "install -q -r ~/big_vl/requirements.txt \"jax[tpu]==0.10.2\" "
         "-e ~/big_vl'"],
     ("launch.sh", "--config=configs/clip.py:variant=B/16",
-     "--workdir=/mnt/shared/big_vl/clip_b16", "--", "--config.lr=5e-4"):
+     "--workdir=gs://my-bucket/big_vl/clip_b16", "--", "--config.lr=5e-4"):
         SYNC + [
             SSH + "'mkdir -p ~/big_vl_logs && cd ~/big_vl && nohup "
             "~/big_vl_venv/bin/python -m big_vl.train "
             "--config=configs/clip.py:variant=B/16 "
-            "--workdir=/mnt/shared/big_vl/clip_b16 --distributed=yes "
+            "--workdir=gs://my-bucket/big_vl/clip_b16 --distributed=yes "
             "--config.lr=5e-4 > ~/big_vl_logs/clip_b16.log 2>&1 &'"],
     ("tail.sh", "--run=clip_b16"): [
         "gcloud compute tpus tpu-vm ssh big-vl-v4 --zone=us-central2-b "
@@ -70,7 +70,7 @@ def test_readme_shows_the_dry_run_commands():
     readme = f.read()
   for example in [("create.sh", "--type=v4-32"), ("setup.sh",),
                   ("launch.sh", "--config=configs/clip.py:variant=B/16",
-                   "--workdir=/mnt/shared/big_vl/clip_b16", "--",
+                   "--workdir=gs://my-bucket/big_vl/clip_b16", "--",
                    "--config.lr=5e-4"), ("tail.sh", "--run=clip_b16"),
                   ("delete.sh",)]:
     for line in _dry_run(*example):

@@ -3,11 +3,11 @@
 # in the background; each worker logs to ~/big_vl_logs/RUN.log.
 #
 #   tpu_scripts/launch.sh --name=NAME --zone=ZONE \
-#       --config=configs/clip.py:variant=B/16 --workdir=/mnt/shared/runs/RUN \
+#       --config=configs/clip.py:variant=B/16 --workdir=gs://BUCKET/runs/RUN \
 #       [--run=RUN] [--project=P] [--dry-run] [-- more trainer flags]
 #
-# --workdir a directory on a filesystem every worker mounts (NFS/Filestore,
-#           a gcsfuse-mounted bucket): all workers write the checkpoints
+# --workdir a gs:// URL (or a directory every worker mounts): all workers
+#           write the checkpoints there
 # --run     log name (default: the workdir's last path component)
 # Flags after `--` go to `python -m big_vl.train` (e.g. --config.lr=1e-4).
 # jax.distributed is joined on every worker (--distributed=yes): the TPU
