@@ -18,6 +18,13 @@ Config keys read (all under `config`):
                       Default decays only Dense kernels and embeddings, never
                       biases, norms, temperature or bias scalars.
     lr_rules          [(regex, mult)]; unmatched -> 1.
+    layer_decay       {tower: rate}, e.g. {"img": 0.65, "txt": 0.75}:
+                      layer-wise learning-rate decay (BEiT, fine-tuning
+                      recipes): in a tower of D blocks, block i (0-based)
+                      gets rate^(D - i), the parameters before the blocks
+                      (embeddings, stems) rate^(D + 1), the final norm and
+                      heads 1. Scanned blocks get one multiplier per layer.
+                      Multiplies with lr_rules.
     frozen            [regex, ...] parameters that never change (LiT: "img/.*")
     grad_clip_norm    clip the global gradient norm of trainable params
 
@@ -25,8 +32,11 @@ Regexes are matched like sharding rules: against a trailing part of the
 parameter path, e.g. `img/.*` or `.*/kernel`.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from big_vl import sharding
@@ -100,6 +110,65 @@ def _add_decayed_weights_by_rules(rate, rules):
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
+_BLOCK = re.compile(r"(?:^|/)encoderblock(?:_(\d+))?/")
+_TOP = re.compile(r"(?:^|/)(encoder_norm|head|MAPHead_0|[a-z]+_token_head)"
+                  r"(?:/|$)")
+
+
+def tower_depth(params, tower):
+  """Number of transformer blocks under `params[tower]` (scanned or not)."""
+  depth = 0
+  for path, leaf in zip(jax.tree.leaves(sharding.tree_paths(params)),
+                        jax.tree.leaves(params)):
+    if not (path == tower or path.startswith(tower + "/")):
+      continue
+    m = _BLOCK.search(path)
+    if m and m.group(1) is not None:
+      depth = max(depth, int(m.group(1)) + 1)
+    elif m:
+      depth = max(depth, int(leaf.shape[0]))
+  return depth
+
+
+def layer_decay_multiplier(path, shape, rate, depth):
+  """The learning-rate multiplier of one parameter of a decayed tower.
+
+  Args:
+    path: the "/"-joined name inside the tower (e.g.
+      "Transformer/encoderblock_3/MlpBlock_0/Dense_0/kernel").
+    shape: the parameter's shape (scanned blocks: leading [depth] axis).
+    rate: the decay rate.
+    depth: the tower's number of blocks.
+
+  Returns:
+    A float, or for scanned blocks an array broadcasting against `shape`.
+  """
+  m = _BLOCK.search(path)
+  if m and m.group(1) is not None:
+    return float(rate ** (depth - int(m.group(1))))
+  if m:  # Scanned: one multiplier per stacked layer.
+    mults = rate ** (depth - np.arange(depth, dtype=np.float64))
+    return mults.astype(np.float32).reshape((depth,) + (1,) * (len(shape) - 1))
+  if _TOP.search(path):
+    return 1.0
+  return float(rate ** (depth + 1))
+
+
+def _scale_by_layer_decay(layer_decay, depths):
+  """Multiplies updates of each tower by its layer-wise decay multipliers."""
+  def update_fn(updates, state, params=None):
+    del params
+    def one(path, u):
+      for tower, rate in layer_decay.items():
+        if path.startswith(tower + "/"):
+          m = layer_decay_multiplier(path[len(tower) + 1:], u.shape, rate,
+                                     depths[tower])
+          return u * jnp.asarray(m, u.dtype)
+      return u
+    return jax.tree.map(one, sharding.tree_paths(updates), updates), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
 def make(config, params, total_steps, warmup_steps):
   """Builds the optax transformation and its learning-rate schedule.
 
@@ -144,6 +213,15 @@ def make(config, params, total_steps, warmup_steps):
   lr_rules = config.get("lr_rules", None) or ()
   if lr_rules:
     parts.append(_scale_by_rules(lr_rules))
+  layer_decay = dict(config.get("layer_decay", None) or {})
+  if layer_decay:
+    depths = {}
+    for tower in layer_decay:
+      depths[tower] = tower_depth(params, tower)
+      if not depths[tower]:
+        raise ValueError(f"config.layer_decay: no transformer blocks under "
+                         f"{tower!r} (towers: {sorted(params)}).")
+    parts.append(_scale_by_layer_decay(layer_decay, depths))
   parts.append(optax.scale_by_learning_rate(schedule))
   tx = optax.chain(*parts)
   frozen = frozen_mask(config, params)

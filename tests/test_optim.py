@@ -101,3 +101,46 @@ def test_lamb_equals_optax_lamb():
     params = optax.apply_updates(params, u_ref)
   with pytest.raises(ValueError, match="adamw or lamb"):
     optim.make(_config(optim=dict(name="sgd")), params, 10, 0)
+
+
+def _tower_params(scan):
+  """A real two-tower model's params (ViT + text, depth 3 each)."""
+  from big_vl.models import two_towers  # pylint: disable=g-import-not-at-top
+  model = two_towers.Model(
+      image={"variant": "mu/8", "depth": 3, "scan": scan},
+      text={"variant": "mu", "depth": 3, "vocab_size": 50, "max_len": 8,
+            "scan": scan}, out_dim=8)
+  return two_towers.init_params(model, jax.random.key(0), (1, 16, 16, 3),
+                                (1, 8))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_decay_scales_each_block_by_its_depth(scan):
+  params = _tower_params(scan)
+  rate = 0.5
+  config = _config(lr=1.0, layer_decay={"img": rate, "txt": 0.9})
+  assert optim.tower_depth(params, "img") == 3
+  tx, _ = optim.make(config, params, 10, 0)
+  # Adam's first step moves every parameter by lr * sign(grad) (up to eps),
+  # so the update's size is the multiplier itself.
+  grads = jax.tree.map(jnp.ones_like, params)
+  up, _ = tx.update(grads, tx.init(params), params)
+  size = lambda x: np.abs(np.asarray(x))
+  img = up["img"]
+  block = "encoderblock" if scan else None
+  for i in range(3):
+    kernel = (img["Transformer"][block]["MlpBlock_0"]["Dense_0"]["kernel"][i]
+              if scan else img["Transformer"][f"encoderblock_{i}"][
+                  "MlpBlock_0"]["Dense_0"]["kernel"])
+    np.testing.assert_allclose(size(kernel), rate ** (3 - i), rtol=1e-5)
+  np.testing.assert_allclose(size(img["embedding"]["kernel"]), rate ** 4,
+                             rtol=1e-5)
+  np.testing.assert_allclose(size(img["pos_embedding"]), rate ** 4, rtol=1e-5)
+  np.testing.assert_allclose(size(img["head"]["kernel"]), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(
+      size(img["Transformer"]["encoder_norm"]["scale"]), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(size(up["txt"]["Embed_0"]["embedding"]),
+                             0.9 ** 4, rtol=1e-5)
+  np.testing.assert_allclose(size(up["t"]), 1.0, rtol=1e-5)  # Not a tower.
+  with pytest.raises(ValueError, match="no transformer blocks under 'b'"):
+    optim.make(_config(layer_decay={"b": 0.5}), {"b": jnp.ones(())}, 10, 0)

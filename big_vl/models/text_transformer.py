@@ -111,12 +111,17 @@ class TextTransformer(nn.Module):
         mlp_dim=self.mlp_dim, num_heads=self.num_heads)
 
   @nn.compact
-  def __call__(self, text, *, train=False):
+  def __call__(self, text, *, train=False, embeddings=None):
     """Encodes token ids.
 
     Args:
       text: int [B, L] token ids, L <= max_len, padded with `pad_id`.
       train: enables dropout.
+      embeddings: optional float [B, L, width] used in place of the token
+        embedding lookup of `text` (position embeddings are still added;
+        `text` still gives the pad mask and the pooled position). CoOp's
+        learned prompt contexts enter here (`big_vl.adapt.prompt`); rows
+        of `token_embedding_table(params)[text]` reproduce the plain call.
 
     Returns:
       (out, aux): out is [B, num_classes] (or [B, width]) in the compute
@@ -143,6 +148,11 @@ class TextTransformer(nn.Module):
     x = nn.Embed(self.vocab_size, width, dtype=dtype,
                  embedding_init=nn.initializers.normal(stddev=0.02),
                  name="Embed_0")(text)
+    if embeddings is not None:
+      if embeddings.shape != x.shape:
+        raise ValueError(f"TextTransformer: embeddings {embeddings.shape} "
+                         f"do not match the tokens' {x.shape}.")
+      x = embeddings.astype(dtype)
     pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.01),
                     (1, self.max_len, width), jnp.float32)
     x = x + pe[:, :length].astype(dtype)

@@ -109,7 +109,7 @@ class Model(nn.Module):
           f"gives width {out.shape[-1]}, not out_dim={self.out_dim}.")
 
   @nn.compact
-  def __call__(self, image, text, train=False):
+  def __call__(self, image, text, train=False, text_embeddings=None):
     """Embeds images and/or texts.
 
     Args:
@@ -117,6 +117,9 @@ class Model(nn.Module):
       text: int [B, L] token ids, [B, K, L] for K texts per example, or
         None.
       train: enables dropout (needs a "dropout" rng if any rate > 0).
+      text_embeddings: optional float [*text.shape, width] token embeddings
+        used in place of the text tower's lookup of `text` (learned prompt
+        contexts, `big_vl.adapt.prompt`).
 
     Returns:
       (zimg, ztxt, aux): zimg / ztxt are float32 [B, out_dim] (ztxt [B, K,
@@ -152,7 +155,11 @@ class Model(nn.Module):
       # Several texts per example ([B, K, L], e.g. DreamLIP's sub-captions)
       # are encoded as B * K texts; ztxt comes back as [B, K, out_dim].
       lead = text.shape[:-1]
-      out, txt_aux = txt(text.reshape(-1, text.shape[-1]), train=train)
+      if text_embeddings is not None:
+        text_embeddings = text_embeddings.reshape(
+            -1, *text_embeddings.shape[-2:])
+      out, txt_aux = txt(text.reshape(-1, text.shape[-1]), train=train,
+                         embeddings=text_embeddings)
       self._check_width(out, "text")
       ztxt = l2_normalize(out).reshape(*lead, -1)
       for k, v in txt_aux.items():

