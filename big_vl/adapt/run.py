@@ -16,7 +16,8 @@ and scored on the test split. Written to the workdir:
                         the base-to-new table)
   adapt.png             accuracy against shots, one line per method
 
-A run whose JSON exists is skipped, so an interrupted command resumes.
+A run whose JSON exists is skipped, so an interrupted command resumes (use
+one workdir per model and dataset).
 Image features of the training pool and the test split are computed once
 (cached in `features.npz`).
 
@@ -64,8 +65,12 @@ TASK = "fewshot_adaptation"
 
 
 def _features(bb, config, split, cache, log):
-  """(x, y) of a split, cached in `cache` (a local .npz path)."""
-  key = split.replace("/", "_")
+  """(x, y) of a split, cached in `cache` (a local .npz path) under a key
+  naming the checkpoint, data, split and image pp."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  key = hashlib.sha1("|".join(map(str, (
+      storage.absolute(config.checkpoint), config.data, split,
+      config.pp_img))).encode()).hexdigest()[:16]
   data = dict(np.load(cache)) if os.path.exists(cache) else {}
   if f"{key}/x" not in data:
     t0 = time.time()
@@ -290,8 +295,9 @@ def table(records, b2n=(), fmt="markdown"):
         cell(stats[m][k]) if k in stats[m] else "" for k in shots) + " |")
   rows = _b2n_rows(b2n)
   if rows:
-    lines += ["", f"Base-to-new ({rows[0][1]['shots']} shots, "
-              f"{rows[0][1]['seeds']} seeds; accuracy %):", "",
+    seeds = rows[0][1]["seeds"]
+    lines += ["", f"Base-to-new ({rows[0][1]['shots']} shots, {seeds} "
+              f"seed{'s' if seeds != 1 else ''}; accuracy %):", "",
               "| method | base | new | HM |", "|---|---:|---:|---:|"]
     lines += [f"| {m} | {cell(r['base'])} | {cell(r['new'])} | "
               f"{cell(r['hm'])} |" for m, r in rows]

@@ -17,8 +17,15 @@ new, at 16 shots.
     python -m big_vl.adapt --config=configs/adapt/fashion_mnist.py \
         --workdir=workdirs/adapt_fashion_mnist
 
-Expected: the table in bench/RESULTS.md ("Few-shot adaptation"), written by
-this command to workdirs/adapt_fashion_mnist/adapt.md with adapt.png.
+Expected (measured 2026-11-29, about 30 minutes on 2 CPU cores; the full
+table is in bench/RESULTS.md, "Few-shot adaptation", and in
+workdirs/adapt_fashion_mnist/adapt.md with adapt.png): zero-shot 84.5%; at
+16 shots Tip-Adapter 84.9 ± 0.4, CoCoOp 84.5 ± 0.4, CoOp 84.4 ± 0.2, linear
+probe 84.1 ± 0.2, Tip-Adapter-F 83.4 ± 1.0, CLIP-Adapter 83.2 ± 0.7: no
+method beats zero-shot beyond the noise, because this model's image tower
+was trained on all 60,000 captioned Fashion-MNIST training images. On MNIST
+(below; a new domain for it) every method does: zero-shot 9.0%, 16 shots
+linear probe 39.9%, CLIP-Adapter 41.2%, Tip-Adapter-F 34.8%, CoOp 22.1%.
 
 A converted checkpoint (e.g. open_clip weights from `python -m
 big_vl.convert`) brings its own preprocessing, which is then used; a
