@@ -34,6 +34,7 @@ import optax
 from big_vl.adapt import fit
 from big_vl.adapt import protocol
 from big_vl.evaluators import linear_probe
+from big_vl.models.two_towers import l2_normalize
 
 
 def zeroshot_logits(task, x):
@@ -73,11 +74,6 @@ def linear_probe_method(task, wds=linear_probe.DEFAULT_WDS, steps=200):
 # -- CLIP-Adapter --
 
 
-def _l2(x):
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True),
-                                       1e-12))
-
-
 def _bottleneck(params, x):
   return jax.nn.relu(jax.nn.relu(x @ params["down"]) @ params["up"])
 
@@ -98,7 +94,7 @@ def clip_adapter_logits(params, x, weights, scale, ratio, on):
   w = weights.T
   if on in ("text", "both"):
     w = ratio * _bottleneck(params["text"], w) + (1 - ratio) * w
-  return scale * _l2(x) @ _l2(w).T
+  return scale * l2_normalize(x) @ l2_normalize(w).T
 
 
 def _adapter_init(dim, reduction, key):
