@@ -12,7 +12,8 @@ same transforms to every sample:
   big_vl:    sources.get("wds:SHARDS") + pipeline.make_train_iterator with pp
              decode|random_resized_crop(224, scale=S)|flip_lr|value_range(0,1)|
              normalize|tokenize(max_len=77)|keep('image','text'),
-             `workers` grain worker processes (0: in the main process).
+             `workers` grain worker processes (0: in the main process), each
+             preprocessing on 4 threads (`read_threads`, the default).
   open_clip: open_clip_train.data.get_wds_dataset (its training loader:
              shard shuffle, tar reading, 5000-sample shuffle buffer, decode
              "pilrgb", map_dict, batched, wds.WebLoader(num_workers=W)) with
@@ -38,6 +39,12 @@ in the background while the other is timed. Measurements alternate A/B
 median images/s over `--reps` and the ratio big_vl / open_clip per worker
 count, plus a per-stage cost breakdown in one process (`--stage_images`
 samples). They go to the "## Data throughput" section of bench/RESULTS.md.
+
+With `--variants=1` (default) two more big_vl configurations join the
+alternation: `big_vl_1thread` (read_threads=1) and `big_vl_device_pp` (the pp
+without value_range|normalize, i.e. uint8 batches, which
+`config.input.device_pp` normalises inside the jitted train step; the cost
+of that on this machine's CPU is measured and reported separately).
 """
 
 import argparse
@@ -139,16 +146,23 @@ def _first_shard(pattern):
 # big_vl side (project venv; never imports torch).
 
 
+DEVICE_PP = "value_range(0,1)|normalize"
+# big_vl configurations timed: (pp without normalisation: uint8 batches,
+# preprocessing threads per process). "big_vl" is the A/B one.
+VARIANTS = {"big_vl": (False, 4), "big_vl_1thread": (False, 1),
+            "big_vl_device_pp": (True, 4)}
+
+
 def big_vl_pp(scale, uint8=False):
-  """The pp string; uint8=True leaves out value_range|normalize (info row:
-  normalisation moved into the jitted train step)."""
-  norm = "" if uint8 else "value_range(0,1)|normalize|"
+  """The pp string; uint8=True leaves out value_range|normalize, which
+  `config.input.device_pp = DEVICE_PP` then applies in the train step."""
+  norm = "" if uint8 else f"{DEVICE_PP}|"
   return (f"decode|random_resized_crop({IMAGE_SIZE}, scale={tuple(scale)})|"
           f"flip_lr|{norm}tokenize(max_len={MAX_LEN})|keep('image','text')")
 
 
 def measure_big_vl(pattern, workers, batch, batches, seed, scale,
-                   uint8=False):
+                   uint8=False, threads=4):
   """Images/s of one fresh big_vl training iterator (after warm-up)."""
   from big_vl.data import pipeline  # pylint: disable=g-import-not-at-top
   from big_vl.data import sources  # pylint: disable=g-import-not-at-top
@@ -156,8 +170,8 @@ def measure_big_vl(pattern, workers, batch, batches, seed, scale,
   src = sources.get(f"wds:{pattern}")
   it = pipeline.make_train_iterator(src, pp=big_vl_pp(scale, uint8),
                                     batch_size=batch, seed=seed,
-                                    workers=workers, process_index=0,
-                                    process_count=1)
+                                    workers=workers, read_threads=threads,
+                                    process_index=0, process_count=1)
   try:
     for _ in range(max(1, workers)):
       _check_big_vl(next(it), batch, uint8)
@@ -179,6 +193,39 @@ def _check_big_vl(b, batch, uint8=False):
   assert image.dtype == (np.uint8 if uint8 else np.float32), image.dtype
   assert text.shape == (batch, MAX_LEN), (
       image.dtype, text.shape)
+
+
+def device_pp_ms(batch, reps=5):
+  """Median ms of the jitted DEVICE_PP on a uint8 [batch, 224, 224, 3] batch
+  on JAX's default device (this machine's CPU cores here)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from big_vl.data import device_pp  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(device_pp.build(DEVICE_PP))
+  images = jax.device_put(np.random.default_rng(0).integers(
+      0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
+  fn({"image": images})["image"].block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn({"image": images})["image"].block_until_ready()
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times)
+
+
+def _shm_stack_ms(images, reps=3):
+  """ms per image of stacking `images` into a new grain SharedMemoryArray
+  (minimum of `reps`), as grain's batch does in a worker process."""
+  from grain._src.python.ipc import shared_memory_array  # pylint: disable=g-import-not-at-top
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    out = shared_memory_array.SharedMemoryArray(
+        (len(images),) + images[0].shape, dtype=images[0].dtype)
+    np.stack(images, out=out)
+    best = min(best, time.perf_counter() - t0)
+    out.unlink_on_del()
+    del out
+  return best * 1e3 / len(images)
 
 
 def _timeit(fn, items):
@@ -230,11 +277,17 @@ def _stages_big_vl(pattern, n, scale):
   np.stack([e["text"] for e in examples])
   rows.append(("batch (np.stack)",
                (time.perf_counter() - t0) * 1e3 / per_batch))
-  # grain's per-element work around the ops: random_map's rng, dict copies.
+  # With grain workers the batch is stacked into new shared memory instead
+  # (grain's batch with shared-memory output), float32 or uint8 images.
+  images = np.stack([e["image"] for e in examples])
+  for name, dtype in (("float32", np.float32), ("uint8", np.uint8)):
+    rows.append((f"batch into shared memory ({name}; workers only)",
+                 _shm_stack_ms([im.astype(dtype) for im in images])))
+  # The pipeline's per-element work around the ops: the rng, dict copies.
   fn = pp.build(big_vl_pp(scale))
   t0 = time.perf_counter()
   for i, s in enumerate(raw):
-    fn(s, np.random.default_rng([0, i]))
+    fn(s, np.random.Generator(np.random.Philox(key=i)))
   rows.append(("whole pp.build fn (per-example rng)",
                (time.perf_counter() - t0) * 1e3 / len(raw)))
   return rows
@@ -371,15 +424,28 @@ def _median(results, side, workers):
   return statistics.median(r["images_per_s"] for r in results[side][workers])
 
 
-def markdown(args, command, results, versions, stages, peer_note, wall_s):
+def _cell(results, side, w):
+  vals = [r["images_per_s"] for r in results[side][w]]
+  return (f"{_fmt(statistics.median(vals))} "
+          f"({_fmt(min(vals))}-{_fmt(max(vals))})")
+
+
+def _paired(results, a, b, w):
+  return statistics.median(x["images_per_s"] / y["images_per_s"] for x, y in
+                           zip(results[a][w], results[b][w]))
+
+
+def markdown(args, command, results, versions, stages, peer_note, wall_s,
+             device_ms=None):
   sides = [s for s in ("big_vl", "open_clip") if results.get(s)]
+  both = len(sides) == 2
   lines = [HEADING, "",
            f"Command: `{command}`  ",
            f"Date: {datetime.date.today()}; machine: {os.cpu_count()} CPU "
            f"cores ({platform.machine()}), Python {platform.python_version()}"
            f"; {versions}. Whole run: {wall_s / 60:.1f} min; 1-min load "
-           f"average after each measurement {_load(results)} (2 cores: "
-           "above ~2.5 means other processes competed for the CPUs).", "",
+           f"average after each measurement {_load(results)} (it counts the "
+           "benchmark's own worker processes and threads too).", "",
            f"Data: {args.num_images:,} deterministic JPEGs (256-512 px per "
            "side, quality 90, smooth colour fields + noise) with 8-16 word "
            f"captions in {args._num_shards} WebDataset shards, generated by "
@@ -390,7 +456,9 @@ def markdown(args, command, results, versions, stages, peer_note, wall_s):
            "bicubic, PIL) -> random horizontal flip -> float [0, 1] -> "
            "normalise (OpenAI CLIP mean/std) ; caption -> CLIP BPE, 77 "
            f"tokens; batch {args.batch}. big_vl: `wds:` source + "
-           "`pipeline.make_train_iterator` (shuffle buffer 1,000), pp "
+           "`pipeline.make_train_iterator` (shuffle buffer 1,000; "
+           "preprocessing by 4 threads per process, `read_threads`, the "
+           "default), pp "
            f"`{big_vl_pp(args.scale)}`, grain worker processes = W. "
            "open_clip: `open_clip_train.data.get_wds_dataset` (shuffle "
            "buffer 5,000, initial 1,000) with `image_transform(224, "
@@ -400,57 +468,84 @@ def markdown(args, command, results, versions, stages, peer_note, wall_s):
            f"Method: each measurement builds a fresh loader, discards "
            f"max(1, W) warm-up batches, times {args.batches} batches "
            f"({args.batches * args.batch:,} images, every batch materialised "
-           "as float32 images + int tokens) and shuts the loader down; "
-           "big_vl and open_clip alternate (order swapped each repetition) "
+           "as numpy / torch arrays) and shuts the loader down; the "
+           "configurations alternate (order reversed each repetition) "
            f"after one untimed warm-up round; {args.reps} repetitions, "
-           "median (min-max) images/s. Ratio = median big_vl / median "
+           "median (min-max) images/s. Ratio = median / median of "
            "open_clip; paired = median of the per-repetition ratios.", ""]
   if peer_note:
     lines += [peer_note, ""]
   head = "| workers | " + " | ".join(f"{s} images/s" for s in sides)
   sep = "|---:|" + "---:|" * len(sides)
-  if len(sides) == 2:
+  if both:
     head += " | big_vl / open_clip | paired ratio"
     sep += "---:|---:|"
   lines += [head + " |", sep]
   for w in args.workers:
-    cells = []
-    meds = {}
-    for s in sides:
-      vals = [r["images_per_s"] for r in results[s][w]]
-      meds[s] = statistics.median(vals)
-      cells.append(f"{_fmt(meds[s])} ({_fmt(min(vals))}-{_fmt(max(vals))})")
-    if len(sides) == 2:
-      paired = [a["images_per_s"] / b["images_per_s"] for a, b in
-                zip(results["big_vl"][w], results["open_clip"][w])]
-      cells.append(f"{meds['big_vl'] / meds['open_clip']:.2f}x")
-      cells.append(f"{statistics.median(paired):.2f}x")
+    cells = [_cell(results, s, w) for s in sides]
+    if both:
+      cells.append(f"{_median(results, 'big_vl', w) / _median(results, 'open_clip', w):.2f}x")
+      cells.append(f"{_paired(results, 'big_vl', 'open_clip', w):.2f}x")
     lines.append(f"| {w} | " + " | ".join(cells) + " |")
-  if results.get("big_vl_uint8"):
-    lines += ["", "Info only (not the same transforms): big_vl with pp "
-              f"`{big_vl_pp(args.scale, uint8=True)}`, i.e. uint8 batches "
-              "with `value_range|normalize` left to the jitted train step "
-              "(timed in the same alternation).", "",
-              "| workers | big_vl uint8 images/s | vs big_vl float32 |"
-              + (" vs open_clip |" if "open_clip" in sides else ""),
-              "|---:|---:|---:|" + ("---:|" if "open_clip" in sides else "")]
+  variants = [v for v in VARIANTS if v != "big_vl" and results.get(v)]
+  if variants:
+    ref = "open_clip" if "open_clip" in sides else "big_vl"
+    lines += ["", "Other big_vl configurations, timed in the same "
+              "alternation (ratios against " + ref + "):", "",
+              "- `big_vl_1thread`: the same pipeline with `read_threads=1` "
+              "(preprocessing in one thread per process, as before threads "
+              "were used for streaming sources).",
+              "- `big_vl_device_pp`: pp "
+              f"`{big_vl_pp(args.scale, uint8=True)}` and "
+              f"`config.input.device_pp = \"{DEVICE_PP}\"`: the loader "
+              "hands uint8 batches over and the trainer normalises them "
+              "inside the jitted train step, on the accelerator (the model "
+              "gets the same float32 images, to float32 rounding; "
+              "tests/test_device_pp.py). The host does less work and moves a "
+              "quarter of the bytes through grain's shared memory and to the "
+              "devices." + (f" That step costs {device_ms:.0f} ms per batch "
+                            "of 256 when the device is this machine's CPU, "
+                            "not counted here, since on an accelerator host "
+                            "it runs on the accelerator."
+                            if device_ms is not None else ""), "",
+              "| workers | " + " | ".join(
+                  f"{v} images/s | vs {ref} | paired" for v in variants)
+              + " |", "|---:|" + "---:|---:|---:|" * len(variants)]
     for w in args.workers:
-      vals = [r["images_per_s"] for r in results["big_vl_uint8"][w]]
-      med = statistics.median(vals)
-      row = (f"| {w} | {_fmt(med)} ({_fmt(min(vals))}-{_fmt(max(vals))}) | "
-             f"{med / _median(results, 'big_vl', w):.2f}x |")
-      if "open_clip" in sides:
-        row += f" {med / _median(results, 'open_clip', w):.2f}x |"
-      lines.append(row)
+      cells = []
+      for v in variants:
+        cells += [_cell(results, v, w),
+                  f"{_median(results, v, w) / _median(results, ref, w):.2f}x",
+                  f"{_paired(results, v, ref, w):.2f}x"]
+      lines.append(f"| {w} | " + " | ".join(cells) + " |")
+  if variants and stages.get("big_vl") and "big_vl_device_pp" in variants:
+    ms = dict(stages["big_vl"])
+    shm = [ms.get(f"batch into shared memory ({t}; workers only)")
+           for t in ("float32", "uint8")]
+    lines += ["", "Reading the tables: without workers (W = 0) and with one "
+              "(W = 1) one core idled while open_clip's loader and a "
+              "single-threaded big_vl worked; big_vl's threads use it. With "
+              "W = 2 both loaders keep both cores busy, so the ratio is "
+              "their ratio of CPU time per image, and threads add nothing. "
+              "There big_vl's float32 images cost, beyond the uint8 ones, "
+              f"value_range + normalize ({ms['value_range(0,1)'] + ms['normalize']:.2f} "
+              "ms per image) and the copy of 602 KB per image into new "
+              f"shared-memory pages for the main process ({shm[0]:.2f} ms, "
+              f"against {shm[1]:.2f} ms for the 150 KB uint8 image): the "
+              "margin between the two W = 2 ratios. Both loaders spend "
+              "most of their time in the same PIL decode and bicubic "
+              "resize (stages below)."]
   if stages:
     lines += ["", f"Where the time goes: mean ms per sample of each stage, "
-              f"one process, no workers, {args.stage_images} samples of the "
-              "first shard, minimum of 2 passes (torch limited to 1 thread, "
-              "as in a DataLoader worker). `whole pp.build fn` is big_vl's "
-              "composed pp function with a fresh per-example rng, as grain's "
-              "`random_map` calls it (not added to the sum).", ""]
+              f"one process, one thread, no workers, {args.stage_images} "
+              "samples of the first shard, minimum of 2 passes (torch limited "
+              "to 1 thread, as in a DataLoader worker). `whole pp.build fn` "
+              "is big_vl's composed pp function with a per-example rng, as "
+              "the pipeline calls it; it and the shared-memory rows (grain "
+              "workers only) are not added to the sum.", ""]
     for side, rows in stages.items():
-      total = sum(ms for name, ms in rows if not name.startswith("whole"))
+      total = sum(ms for name, ms in rows if not name.startswith("whole")
+                  and "workers only" not in name)
       lines.append(f"- {side}: " + ", ".join(
           f"{name} {ms:.2f}" for name, ms in rows) +
                    f"; sum of stages {total:.2f} ms "
@@ -492,9 +587,10 @@ def driver(args):
     raise SystemExit("Nothing to measure.")
 
   def run(side, workers, batches, seed):
-    if side in ("big_vl", "big_vl_uint8"):
+    if side in VARIANTS:
+      uint8, threads = VARIANTS[side]
       r = measure_big_vl(pattern, workers, args.batch, batches, seed,
-                         args.scale, uint8=side == "big_vl_uint8")
+                         args.scale, uint8=uint8, threads=threads)
     else:
       r = peer.ask(op="measure", workers=workers, batches=batches, seed=seed)
     r["load1"] = os.getloadavg()[0]
@@ -503,11 +599,13 @@ def driver(args):
           file=sys.stderr, flush=True)
     return r
 
-  timed = sides + (["big_vl_uint8"] if args.uint8_row and
-                   "big_vl" in sides else [])
+  timed = sides + ([v for v in VARIANTS if v != "big_vl"]
+                   if args.variants and "big_vl" in sides else [])
   results = {s: {w: [] for w in args.workers} for s in timed}
   try:
     stages = {}
+    device_ms = device_pp_ms(args.batch) if "big_vl_device_pp" in timed \
+        else None
     if args.stage_images:
       if "big_vl" in sides:
         stages["big_vl"] = stages_big_vl(pattern, args.stage_images,
@@ -528,7 +626,7 @@ def driver(args):
   command = results_md.command(__file__, sys.argv[1:])
   results_md.publish(HEADING, markdown(
       args, command, results, ", ".join(versions), stages, peer_note,
-      time.perf_counter() - t_start), write=not args.no_write)
+      time.perf_counter() - t_start, device_ms), write=not args.no_write)
 
 
 def main(argv=None):
@@ -540,9 +638,9 @@ def main(argv=None):
                       help="timed batches per measurement")
   parser.add_argument("--workers", default="0,1,2")
   parser.add_argument("--reps", type=int, default=5)
-  parser.add_argument("--uint8_row", type=int, default=1,
-                      help="also time big_vl without value_range|normalize "
-                      "(uint8 batches; info only, not the A/B comparison)")
+  parser.add_argument("--variants", type=int, default=1,
+                      help="also time big_vl with 1 preprocessing thread "
+                      "and with normalisation in the train step (device_pp)")
   parser.add_argument("--only", choices=("big_vl", "open_clip"))
   parser.add_argument("--peer_python", default="/tmp/ocvenv/bin/python")
   parser.add_argument("--scale", default="0.9,1.0",

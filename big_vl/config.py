@@ -153,13 +153,22 @@ def check_keys(config, known, where="config"):
 DEMO_DATA = "tfds:big_vl_demo_shapes"
 
 
+DEMO_DEVICE_PP = "value_range(-1,1)"
+
+
 def demo_pp(res, max_len):
-  """pp strings (train, zero-shot image, text, retrieval) for the demo data."""
-  img = f"decode|resize({res})|value_range(-1,1)"
+  """pp strings (train, zero-shot image, text, retrieval) for the demo data.
+
+  `train_uint8` is `train` without the final value_range, for runs that set
+  `config.input.device_pp = DEMO_DEVICE_PP` (the train step does it).
+  """
+  img = f"decode|resize({res})|{DEMO_DEVICE_PP}"
   tok = f"tokenize(max_len={max_len}"
+  train_tail = (f"choice(key='captions', out='text')|{tok})|"
+                "keep('image','text')")
   return ml_collections.ConfigDict(dict(
-      train=(f"{img}|choice(key='captions', out='text')|{tok})|"
-             "keep('image','text')"),
+      train=f"{img}|{train_tail}",
+      train_uint8=f"decode|resize({res})|{train_tail}",
       zeroshot_img=f"{img}|keep('image','label')",
       text=f"{tok})",
       retrieval=(f"{img}|{tok}, key='captions', out='texts')|"
@@ -198,7 +207,8 @@ def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   """Shrinks any two-tower config to a one-minute CPU run on the demo data.
 
   Keeps the config's method (loss, pooling, causal text, bias, schedule
-  shape, optimiser) and replaces the data, sizes and durations.
+  shape, optimiser, normalisation in the train step if it has
+  `config.input.device_pp`) and replaces the data, sizes and durations.
 
   Args:
     config: the full-size ConfigDict; modified in place.
@@ -211,7 +221,11 @@ def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   config.input.data = DEMO_DATA
   config.input.split = "train"
   config.input.batch_size = batch_size
-  config.input.pp = pp.train
+  if config.input.get("device_pp", None):
+    config.input.pp = pp.train_uint8
+    config.input.device_pp = DEMO_DEVICE_PP
+  else:
+    config.input.pp = pp.train
   for tower, variant in ((config.model.image, "mu/8"),
                          (config.model.text, "mu")):
     for size_key in ("width", "depth", "mlp_dim", "num_heads", "patch_size"):

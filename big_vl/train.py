@@ -60,6 +60,7 @@ from big_vl import registry
 from big_vl import results as results_lib
 from big_vl import sharding
 from big_vl import storage
+from big_vl.data import device_pp as device_pp_lib
 from big_vl.data import pipeline
 from big_vl.data import pp as pp_lib
 from big_vl.data import sources
@@ -76,7 +77,7 @@ KNOWN_KEYS = {
       for u in ("steps", "epochs", "examples")),
 }
 KNOWN_INPUT_KEYS = {"data", "split", "data_dir", "batch_size", "pp",
-                    "workers", "read_threads", "shuffle"}
+                    "device_pp", "workers", "read_threads", "shuffle"}
 EVAL_META_KEYS = {"type", "every"}
 
 
@@ -89,6 +90,7 @@ def check_config(config):
   config_lib.check_keys(config, KNOWN_KEYS)
   param_compute_dtype(config)
   config_lib.check_keys(config.input, KNOWN_INPUT_KEYS, "config.input")
+  device_pp_lib.build(config.input.get("device_pp", None))  # Unknown ops.
   for name, block in (config.get("evals", None) or {}).items():
     kind = block.get("type", name)
     if kind not in registry.names("evaluator"):
@@ -218,7 +220,8 @@ def cast_floating(tree, dtype):
 
 
 def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
-                    grad_accum_steps=1, compute_dtype=None, ema_momentum=None):
+                    grad_accum_steps=1, compute_dtype=None, ema_momentum=None,
+                    device_pp=None):
   """The pure train step `(state, batch) -> (state, metrics)`.
 
   Args:
@@ -235,12 +238,17 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
       cast back and applied to the (float32) master params.
     ema_momentum: if set, the state's "ema" params follow the params as
       `ema = m * ema + (1 - m) * params` (growth's parameter inheritance).
+    device_pp: if set, `fn(batch) -> batch` applied first, inside the step
+      (`big_vl.data.device_pp`, from `config.input.device_pp`: e.g. uint8
+      images to normalised float32 on the accelerator).
 
   Returns:
     The train step function (to be jitted).
   """
 
   def train_step(state, batch):
+    if device_pp is not None:
+      batch = device_pp(batch)
     step_rng = jax.random.fold_in(state["rng"], state["step"])
     compute_params = cast_floating(state["params"], compute_dtype)
 
@@ -353,7 +361,9 @@ def build(config, mesh, example, total_steps, warmup_steps):
       make_train_step(model, loss_fn, tx, schedule, mesh, frozen,
                       grad_accum_steps=grad_accum_steps(config),
                       compute_dtype=param_compute_dtype(config),
-                      ema_momentum=ema_momentum),
+                      ema_momentum=ema_momentum,
+                      device_pp=device_pp_lib.build(
+                          config.input.get("device_pp", None))),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)

@@ -77,9 +77,11 @@ def get_config(arg=None):
   config.input = ml_collections.ConfigDict(dict(
       data="tfds:laion400m/images", split="train", data_dir=None,
       batch_size=arg.batch,
-      pp=(f"decode|resize({arg.res}, method='bicubic')|value_range(-1,1)|"
+      pp=(f"decode|resize({arg.res}, method='bicubic')|"
           f"choice(key='caption', out='text')|{tokenize}|"
           "keep('image','text')"),
+      # uint8 from the host; [-1, 1] inside the train step.
+      device_pp="value_range(-1,1)",
       workers=8, read_threads=16, shuffle=True))
 
   config.model_name = "two_towers"

@@ -57,6 +57,9 @@ def test_configs_load_and_check(name, runlocal, tmp_path):
   config = module.get_config(arg)
   train.check_config(config)
   assert config.input.batch_size > 0
+  if config.input.get("device_pp", None):  # values mapped once, not twice
+    assert "value_range" not in config.input.pp
+    assert name in ("clip", "siglip", "align", "filip", "vitamin")
   if runlocal:
     assert config.total_steps <= 100
     assert config.input.data == config_lib.DEMO_DATA

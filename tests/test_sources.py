@@ -126,6 +126,74 @@ def test_wds_resumes_on_the_exact_next_batch(tmp_path, buffer, stops):
       assert got["__key__"].tolist() == want["__key__"].tolist(), stop
 
 
+def _shards_with_bad_images(folder, num_shards, per_shard, bad_every):
+  """Shards of 16x16 PNGs of distinct content; every `bad_every`-th sample's
+  image bytes do not decode. Returns (pattern, number of bad samples)."""
+  bad = 0
+  for s in range(num_shards):
+    with tarfile.open(folder / f"bad-{s}.tar", "w") as tar:
+      for i in range(per_shard):
+        n = s * per_shard + i
+        if n % bad_every == bad_every - 1:
+          data, bad = b"not an image", bad + 1
+        else:
+          rng = np.random.default_rng(n)
+          buf = io.BytesIO()
+          Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(
+              buf, "PNG")
+          data = buf.getvalue()
+        _add(tar, f"{n:05d}.png", data)
+        _add(tar, f"{n:05d}.txt", f"sample {n}".encode())
+  return str(folder / f"bad-{{0..{num_shards - 1}}}.tar"), bad
+
+
+def test_threaded_preprocessing_is_independent_of_threads_and_resumes(
+    tmp_path):
+  # Random pp ops, undecodable records dropped in between: batches straddle
+  # the chunks the threads work on, and a restore lands inside a chunk.
+  pattern, bad = _shards_with_bad_images(tmp_path, 3, 7, bad_every=4)
+  pp = ("decode|random_resized_crop(8, scale=(0.3, 1.0))|flip_lr|"
+        "keep('image','__key__')")
+  make = lambda threads: pipeline.make_train_iterator(
+      sources.get(f"wds:{pattern}"), pp=pp, batch_size=3, seed=4,
+      shuffle_buffer=5, read_threads=threads, process_index=0,
+      process_count=1)
+  runs = {}
+  for threads in (0, 1, 3):
+    it = make(threads)
+    runs[threads] = [next(it) for _ in range(10)]  # 30 of 16 good per epoch
+  ref = runs[0]
+  for threads in (1, 3):
+    for want, got in zip(ref, runs[threads]):
+      assert got["__key__"].tolist() == want["__key__"].tolist()
+      np.testing.assert_array_equal(got["image"], want["image"])
+  keys = [k for b in ref for k in b["__key__"].tolist()]
+  assert len(set(keys)) == 16  # every good sample, bad ones counted:
+  counts = pipeline.skipped_by_reason(np.concatenate(
+      [b[pipeline.SKIPPED_BY_REASON_KEY] for b in ref]))
+  assert counts["decode"] >= bad and sum(counts.values()) == counts["decode"]
+  # The random crops differ between epochs of the same sample.
+  first = {}
+  for b in ref:
+    for k, img in zip(b["__key__"].tolist(), b["image"]):
+      first.setdefault(k, []).append(img)
+  assert any(not np.array_equal(*v[:2]) for v in first.values() if len(v) > 1)
+  for stop in (1, 4, 7):
+    it = make(3)
+    for _ in range(stop):
+      next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    assert state  # restorable from JSON, as in a checkpoint
+    resumed = make(3)
+    resumed.set_state(state)
+    for want in ref[stop:]:
+      got = next(resumed)
+      assert got["__key__"].tolist() == want["__key__"].tolist(), stop
+      np.testing.assert_array_equal(got["image"], want["image"])
+      np.testing.assert_array_equal(got[pipeline.SKIPPED_BY_REASON_KEY],
+                                    want[pipeline.SKIPPED_BY_REASON_KEY])
+
+
 def _caption_files(folder, n, *, missing=(), corrupt=()):
   """Images img/i.png (+ list files) with some missing / corrupt entries."""
   os.makedirs(folder / "img", exist_ok=True)

@@ -112,6 +112,26 @@ def _params_init(config):
 
 
 @pytest.mark.slow
+def test_device_pp_trains_like_host_normalisation(demo_data, tmp_path):
+  # uint8 batches normalised inside the train step == float32 ones
+  # normalised by the host pipeline.
+  host = _config(total_steps=3, ckpt_steps=100)
+  assert "|value_range(-1,1)|" in host.input.pp
+  on_device = _config(total_steps=3, ckpt_steps=100)
+  on_device.input.pp = host.input.pp.replace("|value_range(-1,1)|", "|")
+  on_device.input.device_pp = "value_range(-1,1)"
+  want = train_lib.train(host, str(tmp_path / "host"))["losses"]
+  got = train_lib.train(on_device, str(tmp_path / "device"))["losses"]
+  assert sorted(got) == [1, 2, 3] and len(set(want.values())) == 3
+  for step, loss in want.items():
+    assert got[step] == pytest.approx(loss, rel=1e-5, abs=1e-6)
+  with pytest.raises(ValueError, match="not a device op"):
+    bad = _config(total_steps=1)
+    bad.input.device_pp = "flip_lr"
+    train_lib.train(bad, str(tmp_path / "bad"))
+
+
+@pytest.mark.slow
 def test_resume_gives_the_same_losses(demo_data, tmp_path):
   config = _config(total_steps=8, ckpt_steps=100)
   full = train_lib.train(config, str(tmp_path / "full"))

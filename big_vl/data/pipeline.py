@@ -16,6 +16,12 @@ processes: 2 processes x 4 devices train on the same batches as 1 x 8
 (`ProcessBlocks`; exact while no record is skipped). Streaming sources are
 split by shard files instead (`wds.py`).
 
+Threads: `read_threads` threads preprocess in each process (in each grain
+worker, if any): grain's read threads for random-access sources,
+`ThreadedPreprocess` for streaming ones. PIL and numpy release the GIL, so
+they use several cores even without worker processes; the batches are the
+same for any number of threads.
+
     it = make_train_iterator(source, pp="decode|value_range(-1,1)|...",
                              batch_size=64, seed=0)
     batch = next(it)   # {"image": f32[64,H,W,3], "text": i32[64,L],
@@ -26,6 +32,8 @@ Evaluation: `eval_batches` visits every example exactly once, padded to
 full batches with a `_mask`, the same number of batches on every process.
 """
 
+import concurrent.futures
+import copy
 import math
 
 import grain
@@ -45,6 +53,9 @@ MASK_KEY = "_mask"
 SKIP_REASONS = ("decode", "missing_file", "missing_image", "missing_text",
                 "decode_text", "bad_caption", "read_error", "other")
 ERROR_KEY = wds_lib.ERROR_KEY
+# Most records of a stream `ThreadedPreprocess` reads at a time (twice this
+# many are in flight: the chunk handed out and the next one).
+PREPROCESS_CHUNK = 256
 
 
 def reason_index(reason):
@@ -61,6 +72,23 @@ def skipped_by_reason(batch_counts):
   return {r: int(c) for r, c in zip(SKIP_REASONS, counts)}
 
 
+def _count_or_tag(element, counts):
+  """A failed record (None: reason "decode", or `{"__error__": reason}`) is
+  counted in `counts` (int32[len(SKIP_REASONS)], updated in place) and gives
+  None; a good one is returned with the counts so far attached as
+  `_skipped` / `_skipped_by_reason`."""
+  if element is None:
+    counts[reason_index("decode")] += 1
+    return None
+  if isinstance(element, dict) and ERROR_KEY in element:
+    counts[reason_index(element[ERROR_KEY])] += 1
+    return None
+  element = dict(element)
+  element[SKIPPED_KEY] = np.int32(counts.sum())
+  element[SKIPPED_BY_REASON_KEY] = counts
+  return element
+
+
 class _CountSkippedIterator(grain.DatasetIterator):
   """Drops failed records, counting them (by reason) on the next element.
 
@@ -70,15 +98,8 @@ class _CountSkippedIterator(grain.DatasetIterator):
   def __next__(self):
     counts = np.zeros([len(SKIP_REASONS)], np.int32)
     while True:
-      element = next(self._parent)
-      if element is None:
-        counts[reason_index("decode")] += 1
-      elif isinstance(element, dict) and ERROR_KEY in element:
-        counts[reason_index(element[ERROR_KEY])] += 1
-      else:
-        element = dict(element)
-        element[SKIPPED_KEY] = np.int32(counts.sum())
-        element[SKIPPED_BY_REASON_KEY] = counts
+      element = _count_or_tag(next(self._parent), counts)
+      if element is not None:
         return element
 
   def get_state(self):
@@ -93,6 +114,158 @@ class _CountSkipped(grain.IterDataset):
 
   def __iter__(self):
     return _CountSkippedIterator(self._parent.__iter__())
+
+
+class _Chunk:
+  """Records `first`, `first + 1`, ... of a stream, being preprocessed.
+
+  `state` is the parent's state before the first of them; `results` holds,
+  in stream order, futures (or, for records skipped on restore, None).
+  """
+
+  def __init__(self, state, first, results):
+    self.state, self.first, self.results = state, first, results
+
+
+class _ThreadedPreprocessIterator(grain.DatasetIterator):
+  """See `ThreadedPreprocess`."""
+
+  def __init__(self, parent, pp_fn, seed, threads, chunk):
+    super().__init__(parent)
+    self._pp_fn, self._seed, self._chunk = pp_fn, int(seed), int(chunk)
+    self._pool = (concurrent.futures.ThreadPoolExecutor(
+        threads, thread_name_prefix="big_vl-pp") if threads > 1 else None)
+    self._next_record = 0  # Index of the next record pulled from the parent.
+    self._exhausted = False
+    self._current = None  # The _Chunk being handed out ...
+    self._pos = 0  # ... and how many of its records were handed out.
+    self._ahead = None  # The next _Chunk, already being preprocessed.
+
+  def _preprocess(self, record, index):
+    rng = np.random.Generator(np.random.Philox(
+        key=(self._seed << 64) + index))
+    return self._pp_fn(record, rng)
+
+  def _pull(self, skip=0):
+    """Reads the next chunk of records and starts preprocessing them (all
+    but the first `skip`, already handed out before a restore)."""
+    # A copy: the parent may hand out its live state.
+    state = copy.deepcopy(self._parent.get_state())
+    first, results = self._next_record, []
+    while len(results) < max(self._chunk, skip) and not self._exhausted:
+      try:
+        record = next(self._parent)
+      except StopIteration:
+        self._exhausted = True
+        break
+      index = self._next_record
+      self._next_record += 1
+      if len(results) < skip:
+        results.append(None)
+      elif self._pool is None:
+        results.append(_Done(self._preprocess(record, index)))
+      else:
+        results.append(self._pool.submit(self._preprocess, record, index))
+    return _Chunk(state, first, results)
+
+  def __next__(self):
+    counts = np.zeros([len(SKIP_REASONS)], np.int32)
+    while True:
+      if self._current is None or self._pos >= len(self._current.results):
+        self._current = self._ahead if self._ahead is not None else \
+            self._pull()
+        self._ahead, self._pos = None, 0
+        if not self._current.results:
+          raise StopIteration
+      if self._ahead is None and self._pool is not None:
+        self._ahead = self._pull()  # Overlaps with handing out this chunk.
+      element = self._current.results[self._pos].result()
+      self._current.results[self._pos] = None  # Free it once handed out.
+      self._pos += 1
+      element = _count_or_tag(element, counts)
+      if element is not None:
+        return element
+
+  def get_state(self):
+    if self._current is None:
+      return {"parent": self._parent.get_state(),
+              "next_record": self._next_record, "handed_out": 0}
+    return {"parent": self._current.state, "next_record": self._current.first,
+            "handed_out": self._pos}
+
+  def set_state(self, state):
+    self._cancel()
+    self._parent.set_state(state["parent"])
+    self._next_record = int(state["next_record"])
+    self._exhausted = False
+    self._pos = int(state["handed_out"])
+    self._current = self._pull(skip=self._pos)
+
+  def _cancel(self):
+    for chunk in (self._current, self._ahead):
+      for future in (chunk.results if chunk is not None else ()):
+        if future is not None:
+          future.cancel()
+    self._current = self._ahead = None
+
+  def close(self):
+    self._cancel()
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+    super().close()
+
+
+class _Done:
+  """A finished "future" (preprocessing without threads)."""
+
+  def __init__(self, value):
+    self._value = value
+
+  def result(self):
+    return self._value
+
+  def cancel(self):
+    pass
+
+
+class ThreadedPreprocess(grain.IterDataset):
+  """A stream preprocessed by a pool of threads; failed records dropped and
+  counted.
+
+  Records are read from `parent` in chunks of `chunk`; while one chunk is
+  handed out, the next one is read and preprocessed. Record i of the stream
+  is preprocessed with its own rng (Philox keyed by (seed, i)) and the
+  output keeps the stream order, so the result does not depend on the number
+  of threads or on timing. PIL's decoding and resizing and numpy release the
+  GIL, so the threads use several cores in one process (in the main process
+  without grain workers, or inside each worker).
+
+  Failed records (None, or `{"__error__": reason}` from `_safe`) are dropped;
+  each output element carries `_skipped` / `_skipped_by_reason`: the records
+  dropped just before it (as `_CountSkipped`).
+
+  State: the parent's state before the chunk being handed out, that chunk's
+  first record index and how many of its records were handed out. A restore
+  re-reads the chunk and preprocesses only the records not yet handed out.
+
+  Args:
+    parent: a grain IterDataset of raw records.
+    pp_fn: `fn(record, rng)`, e.g. `_safe(pp.build(...))`.
+    seed: random-pp seed.
+    threads: preprocessing threads (0 or 1: in the calling thread, one
+      record at a time).
+    chunk: records read (and preprocessed in parallel) at a time.
+  """
+
+  def __init__(self, parent, pp_fn, *, seed, threads, chunk):
+    super().__init__(parent)
+    self._args = (pp_fn, seed, threads, chunk)
+
+  def __iter__(self):
+    return _ThreadedPreprocessIterator(self._parent.__iter__(), *self._args)
+
+  def __str__(self):
+    return f"ThreadedPreprocess(threads={self._args[2]}, chunk={self._args[3]})"
 
 
 def _error(e):
@@ -306,8 +479,9 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
       finite mixture stops when its first component runs out).
     shuffle: shuffle (differently each epoch).
     workers: grain worker processes (0: threads in this process).
-    read_threads: threads reading and preprocessing in each process
-      (random-access sources; streaming ones are read by the workers).
+    read_threads: threads preprocessing in each process (or worker): for
+      random-access sources grain's read threads, for streaming ones
+      `ThreadedPreprocess`. The batches do not depend on it.
     prefetch_buffer: elements each thread reads ahead.
     process_index, process_count: default to JAX's.
     shuffle_buffer: streaming sources' shuffle buffer size (None: theirs).
@@ -342,8 +516,10 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
              for i, s in enumerate(components)]
     ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(
         parts, source.weights)
-    ds = ds.random_map(pp_fn, seed=seed)
-  ds = _CountSkipped(ds)
+    ds = ThreadedPreprocess(ds, pp_fn, seed=seed, threads=read_threads,
+                            chunk=min(batch_size, PREPROCESS_CHUNK))
+  if not is_streaming(source):
+    ds = _CountSkipped(ds)
   ds = ds.batch(batch_size, drop_remainder=True)
   if workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

@@ -111,6 +111,15 @@ def _split_ops(spec):
   return [op for op in (o.strip() for o in ops) if op]
 
 
+def parse(spec):
+  """A pp string as [(name, args, kwargs), ...], one per op, in order.
+
+  Example: parse("decode|resize(32, method='bicubic')") ==
+  [("decode", (), {}), ("resize", (32,), {"method": "bicubic"})].
+  """
+  return [_parse_op(text) for text in _split_ops(spec)]
+
+
 def build(spec):
   """Builds `fn(example, rng=None) -> example` from a pp string.
 
@@ -126,10 +135,8 @@ def build(spec):
   Raises:
     KeyError: for an unknown op (listing the known ones).
   """
-  ops = []
-  for text in _split_ops(spec):
-    name, args, kwargs = _parse_op(text)
-    ops.append(registry.get("pp", name)(*args, **kwargs))
+  ops = [registry.get("pp", name)(*args, **kwargs)
+         for name, args, kwargs in parse(spec)]
 
   def apply(example, rng=None):
     example = dict(example)

@@ -42,8 +42,9 @@ failed shard; its remaining samples are lost, deterministically). A shard cut
 exactly between two tar headers just ends early: `tarfile` treats a short
 header after the first one as the end of the archive.
 
-Reading is sequential in the worker: use grain workers
-(`config.input.workers`) for parallel reading and preprocessing.
+Reading is sequential in each worker; the pipeline preprocesses the samples
+on `config.input.read_threads` threads (`pipeline.ThreadedPreprocess`), and
+grain workers (`config.input.workers`) read and preprocess in parallel.
 """
 
 import json
