@@ -358,6 +358,17 @@ NOTES = """What was tried (big_vl alone, `--only=big_vl`, same machine and day):
   D/H]: within +-4% of flax's `MultiHeadDotProductAttention` (ViT-S-32 train
   16.0 vs 15.6, ViT-B-32 6.9 vs 6.9; inference 61.5 vs 59.8 and 24.3 vs
   25.3 img/s).
+- Not kept: other XLA CPU library settings (`XLA_FLAGS`, 2026-11-29,
+  ViT-S-32 batch 32, best of 3 x 3 steps, train / inference img/s). The
+  default (matmuls as YNNPACK fusions): 15.5 / 64.4. YNNPACK also fusing
+  elementwise and reductions
+  (`--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce`): 14.1 /
+  55.7; elementwise only: 13.2 / 56.9; YNNPACK off (`...ynn_fusion_type=`,
+  Eigen matmuls): 14.4 / 63.4. oneDNN fusions (`--xla_cpu_use_onednn=true
+  --xla_cpu_experimental_onednn_fusion_type=dot[,eltwise]`, YNNPACK off)
+  fail to compile this step ("partition compile failed"). The XNNPACK
+  fusion flags changed nothing measurable (15.0 / 64.5; a small dot + relu
+  compiled with them holds no XNNPACK fusion).
 
 Why train MFU stays near 60% (goal 75%): at the peak, the step's XLA FLOPs
 would take about 1.2 s (ViT-S-32) against 2.1 s measured. About a third of
