@@ -504,7 +504,8 @@ def markdown(args, command, results, versions, stages, peer_note, wall_s,
               "tests/test_device_pp.py). The host does less work and moves a "
               "quarter of the bytes through grain's shared memory and to the "
               "devices." + (f" That step costs {device_ms:.0f} ms per batch "
-                            "of 256 when the device is this machine's CPU, "
+                            f"of {args.batch} when the device is this "
+                            "machine's CPU, "
                             "not counted here, since on an accelerator host "
                             "it runs on the accelerator."
                             if device_ms is not None else ""), "",

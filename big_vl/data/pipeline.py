@@ -35,6 +35,7 @@ full batches with a `_mask`, the same number of batches on every process.
 import concurrent.futures
 import copy
 import math
+import sys
 
 import grain
 import jax
@@ -208,10 +209,16 @@ class _ThreadedPreprocessIterator(grain.DatasetIterator):
           future.cancel()
     self._current = self._ahead = None
 
+  # Held here: at interpreter exit (`__del__`) module globals may be None.
+  _finalizing = staticmethod(sys.is_finalizing)
+
   def close(self):
-    self._cancel()
-    if self._pool is not None:
-      self._pool.shutdown(wait=False, cancel_futures=True)
+    # At interpreter exit the pool's module is half torn down; its threads
+    # end with the process.
+    if not self._finalizing():
+      self._cancel()
+      if self._pool is not None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
     super().close()
 
 
