@@ -5,6 +5,13 @@ r"""Train and inference throughput: big_vl vs open_clip, same model, same CPU.
         --no_write
     .venv/bin/python bench/train_throughput.py --only=big_vl --profile
 
+On a GPU (issue #7's H200 row: ViT-B/16, bf16, batch 256; the peer Python
+needs torch + open_clip_torch, and --peer_compile adds torch.compile):
+
+    python bench/train_throughput.py --models=ViT-B-16 --batch=256 \
+        --dtype=bfloat16 --peak_n=8192 --peer_compile --peer_python=python3 \
+        --steps=10 --infer_steps=10 --reps=3 --settle=0 --no_write
+
 For each open_clip architecture (default ViT-S-32 and ViT-B-32: context 77,
 vocab 49,408, image 224, fp32, random init) both sides train with AdamW
 (b1 0.9, b2 0.98, eps 1e-6, weight decay 0.2) on the softmax (CLIP) loss at
@@ -80,8 +87,10 @@ def random_batch(batch, seed=0):
 # big_vl side (driver process).
 
 
-def big_vl_config(arch, batch):
-  """The trainer config of one benchmark model (softmax loss, AdamW)."""
+def big_vl_config(arch, batch, dtype="float32"):
+  """The trainer config of one benchmark model (softmax loss, AdamW);
+  dtype "bfloat16" computes activations in bf16 (params stay float32, as in
+  configs/clip.py)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from big_vl.convert import open_clip as oc  # pylint: disable=g-import-not-at-top
   model = oc.model_config_from_open_clip(oc.ARCHS[arch])
@@ -89,6 +98,8 @@ def big_vl_config(arch, batch):
   config.seed = 0
   config.model_name = model.pop("name")
   config.model = ml_collections.ConfigDict(model)
+  if dtype != "float32":
+    config.model.dtype = dtype
   config.loss = ml_collections.ConfigDict(dict(name="softmax"))
   config.input = ml_collections.ConfigDict(dict(batch_size=batch))
   config.lr = OPTIM["lr"]
@@ -105,12 +116,12 @@ def big_vl_config(arch, batch):
 class BigVlSide:
   """big_vl's jitted train step and predict function for one model."""
 
-  def __init__(self, arch, batch):
+  def __init__(self, arch, batch, dtype="float32"):
     import jax  # pylint: disable=g-import-not-at-top
     from big_vl import sharding  # pylint: disable=g-import-not-at-top
     from big_vl import train  # pylint: disable=g-import-not-at-top
     self.jax = jax
-    config = big_vl_config(arch, batch)
+    config = big_vl_config(arch, batch, dtype)
     self.mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     image, text = random_batch(batch)
     run = train.build(config, self.mesh,
@@ -168,11 +179,11 @@ def _cost(compiled):
   return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 
-def matmul_peak(n=2048, reps=10):
-  """Best fp32 GFLOP/s of a jitted n x n matmul (the machine's peak)."""
+def matmul_peak(n=2048, reps=10, dtype="float32"):
+  """Best GFLOP/s of a jitted n x n matmul in `dtype` (the device's peak)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
   f = jax.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
   best = float("inf")
@@ -252,23 +263,32 @@ def op_time_by_category(events, hlo_text, steps):
 class OpenClipSide:
   """open_clip's train step and inference for one model."""
 
-  def __init__(self, arch, batch):
+  def __init__(self, arch, batch, dtype="float32", compile_model=False):
+    import contextlib  # pylint: disable=g-import-not-at-top
     import open_clip  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     from open_clip import loss as oc_loss  # pylint: disable=g-import-not-at-top
     from torch.utils import flop_counter  # pylint: disable=g-import-not-at-top
     self.torch = torch
     torch.manual_seed(0)
-    self.model = open_clip.create_model(arch, pretrained=None)
+    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Mixed precision as open_clip's trainer does it (--precision amp_bf16).
+    self.autocast = (
+        (lambda: torch.autocast(self.device, dtype=torch.bfloat16))
+        if dtype == "bfloat16" else contextlib.nullcontext)
+    self.model = open_clip.create_model(arch, pretrained=None).to(
+        self.device)
     self.opt = torch.optim.AdamW(
         self.model.parameters(), lr=OPTIM["lr"], betas=(OPTIM["b1"],
                                                         OPTIM["b2"]),
         eps=OPTIM["eps"], weight_decay=OPTIM["wd"])
     self.loss = oc_loss.ClipLoss()
     image, text = random_batch(batch)
-    self.image = torch.from_numpy(image.transpose(0, 3, 1, 2).copy())
-    self.text = torch.from_numpy(text.astype(np.int64))
+    self.image = torch.from_numpy(image.transpose(0, 3, 1, 2).copy()).to(
+        self.device)
+    self.text = torch.from_numpy(text.astype(np.int64)).to(self.device)
     self.n_params = sum(p.numel() for p in self.model.parameters())
+    self.forward = self.model
     counter = flop_counter.FlopCounterMode(display=False)
     with counter:
       self._step()
@@ -277,14 +297,17 @@ class OpenClipSide:
     with counter:
       self._infer()
     self.infer_flops = float(counter.get_total_flops())
+    if compile_model:  # FLOPs counted above, on the eager model.
+      self.forward = torch.compile(self.model)
     self.train(2)
     self.infer(2)
 
   def _step(self):
     self.model.train()
-    image_features, text_features, logit_scale = self.model(
-        self.image, self.text)[:3]
-    loss = self.loss(image_features, text_features, logit_scale)
+    with self.autocast():
+      image_features, text_features, logit_scale = self.forward(
+          self.image, self.text)[:3]
+      loss = self.loss(image_features, text_features, logit_scale)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     self.opt.step()
@@ -292,7 +315,7 @@ class OpenClipSide:
 
   def _infer(self):
     self.model.eval()
-    with self.torch.no_grad():
+    with self.torch.no_grad(), self.autocast():
       return (self.model.encode_image(self.image),
               self.model.encode_text(self.text))
 
@@ -300,13 +323,15 @@ class OpenClipSide:
     t0 = time.perf_counter()
     for _ in range(steps):
       loss = self._step()
-    assert np.isfinite(float(loss))
+    assert np.isfinite(float(loss.detach()))
     return (time.perf_counter() - t0) / steps
 
   def infer(self, steps):
     t0 = time.perf_counter()
     for _ in range(steps):
       self._infer()
+    if self.device == "cuda":
+      self.torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps
 
 
@@ -316,8 +341,8 @@ def peer_server(args):
   import torch  # pylint: disable=g-import-not-at-top
   models = {}
 
-  def setup(arch, batch):
-    models[arch] = OpenClipSide(arch, batch)
+  def setup(arch, batch, dtype="float32", compile_model=False):
+    models[arch] = OpenClipSide(arch, batch, dtype, compile_model)
     m = models[arch]
     return {"flops": m.flops, "infer_flops": m.infer_flops,
             "n_params": m.n_params}
@@ -333,7 +358,10 @@ def peer_server(args):
   peer_lib.serve({"setup": setup, "measure": measure, "drop": drop},
                  hello={"torch": torch.__version__,
                         "open_clip": open_clip.__version__,
-                        "torch_threads": torch.get_num_threads()})
+                        "torch_threads": torch.get_num_threads(),
+                        "torch_device": (torch.cuda.get_device_name()
+                                         if torch.cuda.is_available()
+                                         else "cpu")})
 
 
 # What was tried on big_vl's side (kept only with a measured gain; one
@@ -388,11 +416,12 @@ def measure_model(arch, args, peer):
   """A dict of medians, ratios and MFU for one model (both sides)."""
   print(f"[{arch}] building big_vl (compiling)...", file=sys.stderr,
         flush=True)
-  bv = BigVlSide(arch, args.batch)
+  bv = BigVlSide(arch, args.batch, args.dtype)
   oc_info = None
   if peer is not None:
     print(f"[{arch}] building open_clip...", file=sys.stderr, flush=True)
-    oc_info = peer.ask(op="setup", arch=arch, batch=args.batch)
+    oc_info = peer.ask(op="setup", arch=arch, batch=args.batch,
+                       dtype=args.dtype, compile_model=args.peer_compile)
   times = collections.defaultdict(list)
   sides = ["big_vl"] + (["open_clip"] if peer else [])
 
@@ -464,6 +493,11 @@ def _pct(v):
   return f"{100 * v:.0f}%"
 
 
+_DTYPE = {"float32": "fp32",
+          "bfloat16": "bf16 (big_vl: model dtype bfloat16, float32 params; "
+                      "open_clip: torch.autocast bfloat16)"}
+
+
 def markdown(args, rows, peaks, versions, wall_s, command):
   both = any("train_ratio" in r for r in rows)
   lines = [
@@ -471,12 +505,14 @@ def markdown(args, rows, peaks, versions, wall_s, command):
       f"Command: `{command}`  ",
       f"Date: {datetime.date.today()}; machine: {os.cpu_count()} CPU cores "
       f"({platform.machine()}), Python {platform.python_version()}; "
-      f"{versions}. Whole run: {wall_s / 60:.1f} min. fp32 matmul peak "
-      f"(jitted 2048x2048, best of 10) at the start / end of the run: "
+      f"{versions}. Whole run: {wall_s / 60:.1f} min. {args.dtype} "
+      f"matmul peak (jitted {args.peak_n}x{args.peak_n}, best of 10) at the "
+      "start / end of the run: "
       f"{peaks[0]:,.0f} / {peaks[1]:,.0f} GFLOP/s; MFU below uses the larger.",
       "",
       f"Both sides: the open_clip architecture, image {IMAGE_SIZE}, context "
-      f"{CONTEXT}, vocab {VOCAB:,}, fp32, random init, batch {args.batch}, "
+      f"{CONTEXT}, vocab {VOCAB:,}, {_DTYPE[args.dtype]}, random init, "
+      f"batch {args.batch}, "
       "softmax loss, AdamW (b1 0.9, b2 0.98, eps 1e-6, wd 0.2), one fixed "
       "random batch. big_vl: the trainer's jitted step (`train.build`) and "
       "the evaluators' predict function; open_clip: `create_model`, "
@@ -537,6 +573,8 @@ def driver(args):
   t_start = time.perf_counter()
   import jax  # pylint: disable=g-import-not-at-top
   versions = [f"jax {jax.__version__}"]
+  if jax.default_backend() != "cpu":
+    versions.append(f"JAX device {jax.devices()[0].device_kind}")
   peer = None
   if args.only != "big_vl":
     if not os.path.exists(args.peer_python):
@@ -547,7 +585,8 @@ def driver(args):
     peer = peer_lib.Peer(args.peer_python, os.path.abspath(__file__),
                          ["--side=open_clip"])
     versions += [f"{k} {v}" for k, v in peer.versions.items()]
-  peaks = [matmul_peak()]
+  peak = lambda: matmul_peak(args.peak_n, dtype=args.dtype)
+  peaks = [peak()]
   rows = []
   try:
     for arch in args.models:
@@ -555,7 +594,7 @@ def driver(args):
   finally:
     if peer is not None:
       peer.close()
-  peaks.append(matmul_peak())
+  peaks.append(peak())
   for row in rows:
     add_mfu(row, max(peaks))
     row["matmul_peak_gflops"] = max(peaks)
@@ -587,6 +626,17 @@ def main(argv=None):
   parser.add_argument("--peer_python",
                       default=os.path.join(ROOT, ".venv-peer", "bin",
                                            "python"))
+  parser.add_argument("--dtype", default="float32",
+                      choices=("float32", "bfloat16"),
+                      help="bfloat16: big_vl's model dtype (activations; "
+                      "params float32) and torch.autocast for open_clip; the "
+                      "matmul peak is measured in this dtype")
+  parser.add_argument("--peer_compile", action="store_true",
+                      help="torch.compile open_clip's model for the train step "
+                      "(inference stays eager)")
+  parser.add_argument("--peak_n", type=int, default=2048,
+                      help="matmul size of the peak measurement (8192 on a "
+                      "GPU)")
   parser.add_argument("--no_write", action="store_true")
   args = parser.parse_args(argv)
   args.models = [m for m in args.models.split(",") if m]
