@@ -11,7 +11,9 @@ reports compile time, step time, XLA's per-device temporary memory and the
 process's peak RSS. The peer in the same run is the plain configuration
 (dense loss, no accumulation) at the same batch: it is compiled and its
 memory reported, and it is run only if it fits in `--max_ram_gb`. Results go
-to the "## Big-batch train step" section of bench/RESULTS.md.
+to the "## Big-batch train step" section of bench/RESULTS.md (only from
+a run with the default flags; others print their table), with the machine's
+CPU, cores, RAM and measured matmul peak (bench/host.py).
 """
 
 import jax
@@ -32,6 +34,7 @@ import numpy as np
 from big_vl import config as config_lib
 from big_vl import sharding
 from big_vl import train as train_lib
+import host
 import results_md
 
 HEADING = "## Big-batch train step (bench/big_batch_step.py)"
@@ -83,12 +86,12 @@ def measure(batch, accum, impl, run_it):
   return row
 
 
-def markdown(rows, command):
+def markdown(rows, command, machine):
   lines = [
       HEADING, "",
       f"Command: `{command}`  ",
-      f"Date: {datetime.date.today()}; machine: 2 CPU cores, 24 GiB RAM, 8 "
-      f"simulated CPU devices, jax {jax.__version__}. Tiny towers (mu: width "
+      f"Date: {datetime.date.today()}; machine: {machine}; 8 simulated CPU "
+      f"devices, jax {jax.__version__}. Tiny towers (mu: width "
       "64, 2 layers; 16x16 images, patch 8; 8 text tokens), softmax loss, "
       "AdamW, random data. `temp` is XLA's per-device temporary memory of "
       "the compiled step; peak RSS is the whole process so far (it includes "
@@ -109,13 +112,21 @@ def markdown(rows, command):
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def make_parser():
+  """The command-line flags (any non-default one makes a partial run)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=65536)
   parser.add_argument("--accum", type=int, default=16)
   parser.add_argument("--max_ram_gb", type=float, default=16.0)
   parser.add_argument("--no_write", action="store_true")
+  return parser
+
+
+def main(argv=None):
+  parser = make_parser()
   args = parser.parse_args(argv)
+  partial = results_md.non_default(parser, args)
+  machine = host.describe(host.facts())
   rows = [measure(args.batch, args.accum, "ring", run_it=True)]
   print(json.dumps(rows[-1]), flush=True)
   plain = measure(args.batch, 1, "dense", run_it=False)
@@ -126,8 +137,8 @@ def main(argv=None):
   command = "python bench/big_batch_step.py" + "".join(
       f" --{k}={v}" for k, v in (("batch", args.batch), ("accum", args.accum))
       if v != parser.get_default(k))
-  results_md.publish(HEADING, markdown(rows, command),
-                     write=not args.no_write)
+  results_md.publish(HEADING, markdown(rows, command, machine),
+                     write=not args.no_write, partial=partial)
 
 
 if __name__ == "__main__":

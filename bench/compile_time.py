@@ -8,7 +8,8 @@ towers, measures the wall time of `jax.jit(train_step).lower(...).compile()`
 (softmax loss, value_and_grad, AdamW update) with `scan=False` (one copy of
 each block in the program) and `scan=True` (`nn.scan` over the blocks). The
 persistent compilation cache is off so every compile is real. Results go to
-the "## Compile time" section of bench/RESULTS.md with the command.
+the "## Compile time" section of bench/RESULTS.md with the command and the
+machine's facts (bench/host.py); only a run of the default depths writes it.
 """
 
 import argparse
@@ -26,6 +27,7 @@ import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from big_vl import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.models import two_towers  # pylint: disable=g-import-not-at-top,wrong-import-position
+import host  # pylint: disable=g-import-not-at-top,wrong-import-position
 import results_md  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HEADING = "## Compile time (bench/compile_time.py)"
@@ -65,12 +67,12 @@ def compile_seconds(depth, scan, batch=32):
   return time.perf_counter() - t0
 
 
-def markdown(rows, command):
+def markdown(rows, command, machine):
   by = {(r["depth"], r["scan"]): r["compile_s"] for r in rows}
   depths = sorted({r["depth"] for r in rows})
   lines = [HEADING, "",
            f"Command: `{command}`  ",
-           f"Date: {datetime.date.today()}; machine: 2 CPU cores, jax "
+           f"Date: {datetime.date.today()}; machine: {machine}; jax "
            f"{jax.__version__}, persistent compilation cache off. Tiny towers "
            "(width 64, 2 heads, mlp 256) of the given depth in both the "
            "image and the text tower; one jitted train step (softmax loss, "
@@ -87,11 +89,19 @@ def markdown(rows, command):
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def make_parser():
+  """The command-line flags (any non-default one makes a partial run)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--depths", default="6,12,24")
   parser.add_argument("--no_write", action="store_true")
+  return parser
+
+
+def main(argv=None):
+  parser = make_parser()
   args = parser.parse_args(argv)
+  partial = results_md.non_default(parser, args)
+  machine = host.describe(host.facts())
   rows = []
   for depth in [int(d) for d in args.depths.split(",")]:
     for scan in (False, True):
@@ -101,8 +111,8 @@ def main(argv=None):
       rows.append(row)
   command = "python bench/compile_time.py" + (
       f" --depths={args.depths}" if args.depths != "6,12,24" else "")
-  results_md.publish(HEADING, markdown(rows, command),
-                     write=not args.no_write)
+  results_md.publish(HEADING, markdown(rows, command, machine),
+                     write=not args.no_write, partial=partial)
 
 
 if __name__ == "__main__":

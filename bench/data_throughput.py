@@ -38,7 +38,10 @@ in the background while the other is timed. Measurements alternate A/B
 (order swapped every repetition) after one untimed warm-up round. Results:
 median images/s over `--reps` and the ratio big_vl / open_clip per worker
 count, plus a per-stage cost breakdown in one process (`--stage_images`
-samples). They go to the "## Data throughput" section of bench/RESULTS.md.
+samples). They go to the "## Data throughput" section of bench/RESULTS.md,
+with the machine's facts (bench/host.py), from a full run only: every flag
+but `--peer_python` / `--data_dir` at its default and the open_clip side
+measured; any other run prints its section and leaves RESULTS.md alone.
 
 With `--variants=1` (default) two more big_vl configurations join the
 alternation: `big_vl_1thread` (read_threads=1) and `big_vl_device_pp` (the pp
@@ -63,6 +66,7 @@ import time
 import numpy as np
 from PIL import Image
 
+import host  # bench/host.py
 import peer as peer_lib  # bench/peer.py
 import results_md  # bench/results_md.py
 
@@ -436,13 +440,14 @@ def _paired(results, a, b, w):
 
 
 def markdown(args, command, results, versions, stages, peer_note, wall_s,
-             device_ms=None):
+             device_ms=None, machine=None):
   sides = [s for s in ("big_vl", "open_clip") if results.get(s)]
   both = len(sides) == 2
+  machine = machine or host.describe(host.facts(peak=False))
   lines = [HEADING, "",
            f"Command: `{command}`  ",
-           f"Date: {datetime.date.today()}; machine: {os.cpu_count()} CPU "
-           f"cores ({platform.machine()}), Python {platform.python_version()}"
+           f"Date: {datetime.date.today()}; machine: {machine}; Python "
+           f"{platform.python_version()}"
            f"; {versions}. Whole run: {wall_s / 60:.1f} min; 1-min load "
            f"average after each measurement {_load(results)} (it counts the "
            "benchmark's own worker processes and threads too).", "",
@@ -519,11 +524,15 @@ def markdown(args, command, results, versions, stages, peer_note, wall_s,
                   f"{_median(results, v, w) / _median(results, ref, w):.2f}x",
                   f"{_paired(results, v, ref, w):.2f}x"]
       lines.append(f"| {w} | " + " | ".join(cells) + " |")
-  if variants and stages.get("big_vl") and "big_vl_device_pp" in variants:
+  # The reading below is about a 2-core machine (where it was written, on
+  # 2026-11-29); its numbers come from this run's stages.
+  if (variants and stages.get("big_vl") and "big_vl_device_pp" in variants
+      and host.usable_cores() == 2):
     ms = dict(stages["big_vl"])
     shm = [ms.get(f"batch into shared memory ({t}; workers only)")
            for t in ("float32", "uint8")]
-    lines += ["", "Reading the tables: without workers (W = 0) and with one "
+    lines += ["", "Reading the tables (on 2 cores, as here): without "
+              "workers (W = 0) and with one "
               "(W = 1) one core idled while open_clip's loader and a "
               "single-threaded big_vl worked; big_vl's threads use it. With "
               "W = 2 both loaders keep both cores busy, so the ratio is "
@@ -554,10 +563,20 @@ def markdown(args, command, results, versions, stages, peer_note, wall_s,
   return "\n".join(lines) + "\n"
 
 
-def driver(args):
+def driver(args, partial=()):
+  """Measures every configuration and publishes the tables.
+
+  Args:
+    args: the parsed flags.
+    partial: the flags that make this run partial (`PARTIAL_IGNORE`); a
+      partial run (or one without the open_clip side) prints its tables and
+      leaves RESULTS.md alone.
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
   t_start = time.perf_counter()
+  partial = list(partial)
+  machine = host.describe(host.facts())
   data_dir = args.data_dir or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
       "big_vl_bench")
@@ -584,6 +603,7 @@ def driver(args):
                    "torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0 "
                    "webdataset==0.2.86 pandas`).")
       print(peer_note, file=sys.stderr, flush=True)
+      partial.append("open_clip side not measured (no peer python)")
   if not sides:
     raise SystemExit("Nothing to measure.")
 
@@ -627,10 +647,17 @@ def driver(args):
   command = results_md.command(__file__, sys.argv[1:])
   results_md.publish(HEADING, markdown(
       args, command, results, ", ".join(versions), stages, peer_note,
-      time.perf_counter() - t_start, device_ms), write=not args.no_write)
+      time.perf_counter() - t_start, device_ms, machine),
+      write=not args.no_write, partial=partial)
 
 
-def main(argv=None):
+# Options that do not change the tables; any other non-default flag makes
+# the run partial.
+PARTIAL_IGNORE = ("peer_python", "data_dir", "pattern")
+
+
+def make_parser():
+  """The command-line flags."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   peer_lib.add_side_flag(parser)
   parser.add_argument("--num_images", type=int, default=5000)
@@ -651,13 +678,19 @@ def main(argv=None):
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--pattern", default=None, help="internal (peer)")
   parser.add_argument("--no_write", action="store_true")
+  return parser
+
+
+def main(argv=None):
+  parser = make_parser()
   args = parser.parse_args(argv)
+  partial = results_md.non_default(parser, args, ignore=PARTIAL_IGNORE)
   args.scale = tuple(float(v) for v in args.scale.split(","))
   args.workers = [int(w) for w in args.workers.split(",")]
   if args.side == "open_clip":
     peer_server(args)
   else:
-    driver(args)
+    driver(args, partial)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ says which.
 
 Prints one JSON line per configuration and, unless `--no_write`, rewrites the
 section "## Loss memory (bench/loss_memory.py)" of bench/RESULTS.md (other
-sections are kept).
+sections are kept) when every flag is at its default; a run with other flags
+prints its table only. The machine line (CPU, cores, RAM, matmul peak) is
+read from the machine (bench/host.py).
 
     .venv/bin/python bench/loss_memory.py
     .venv/bin/python bench/loss_memory.py --batches=1024,4096 --no_write
@@ -30,9 +32,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 import argparse
 import datetime
 import json
-import os
-
-import platform
 import shlex
 import statistics
 import sys
@@ -43,6 +42,7 @@ import numpy as np
 
 from big_vl import losses
 from big_vl import sharding
+import host
 import results_md
 
 HEADING = "## Loss memory (bench/loss_memory.py)"
@@ -56,8 +56,20 @@ def parse_args(argv=None):
     argv: arguments (default: sys.argv[1:]).
 
   Returns:
-    argparse.Namespace.
+    argparse.Namespace; `_partial` lists the flags that are not at their
+    defaults (`results_md.non_default`).
   """
+  parser = make_parser()
+  args = parser.parse_args(argv)
+  # pylint: disable-next=protected-access
+  args._partial = results_md.non_default(parser, args)
+  args.block_size = (None if args.block_size.lower() == "none" else
+                     int(args.block_size))
+  return args
+
+
+def make_parser():
+  """The argparse parser of `parse_args`."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="1024,4096,16384,65536",
                       help="comma list of global batch sizes")
@@ -79,10 +91,7 @@ def parse_args(argv=None):
                       "whole [B_local, B_local] blocks")
   parser.add_argument("--no_write", action="store_true",
                       help="only print, do not update bench/RESULTS.md")
-  args = parser.parse_args(argv)
-  args.block_size = (None if args.block_size.lower() == "none" else
-                     int(args.block_size))
-  return args
+  return parser
 
 
 def _compile(name, impl, batch, dim, mesh, block_size):
@@ -239,10 +248,11 @@ def _growth_summary(rows, block_size):
           f". The ring computes {tiles}.")
 
 
-def markdown(rows, args, command):
+def markdown(rows, args, command, machine=None):
   """The markdown section (heading included) for `rows`."""
   n_dev = rows[0]["devices"] if rows else N_DEVICES
-  cores = len(os.sched_getaffinity(0))
+  cores = host.usable_cores()
+  machine = machine or host.describe(host.facts(peak=False))
   bs = args.block_size
   lines = [
       HEADING, "",
@@ -272,7 +282,7 @@ def markdown(rows, args, command):
       _growth_summary(rows, bs), "",
       f"- command: `{command}`",
       f"- date: {datetime.date.today().isoformat()}",
-      f"- machine: {cores} CPU cores ({platform.machine()}), {n_dev} "
+      f"- machine: {machine}; {n_dev} "
       f"simulated CPU devices (`jax_num_cpu_devices`), jax {jax.__version__}; "
       f"embedding dim {args.dim}, float32; ring block_size "
       f"{'None' if bs is None else f'{bs:,}'}", "",
@@ -320,6 +330,7 @@ def main(argv=None):
   impls = [i for i in args.impls.split(",") if i]
   mesh = sharding.make_mesh([("data", N_DEVICES)],
                             jax.devices()[:N_DEVICES])
+  machine = host.describe(host.facts())
   rows = []
   for name in names:
     for impl in impls:
@@ -330,12 +341,12 @@ def main(argv=None):
           previous = (batch, row["step_s"])
         print(json.dumps(row), flush=True)
         rows.append(row)
-  if not args.no_write:
-    command = " ".join(
-        [".venv/bin/python", "bench/loss_memory.py"] +
-        [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
-    results_md.write_section(HEADING, markdown(rows, args, command))
-    print(f"Wrote {HEADING!r} in {results_md.RESULTS}", file=sys.stderr)
+  command = " ".join(
+      [".venv/bin/python", "bench/loss_memory.py"] +
+      [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
+  partial = args._partial  # pylint: disable=protected-access
+  results_md.publish(HEADING, markdown(rows, args, command, machine),
+                     write=not args.no_write, partial=partial)
 
 
 if __name__ == "__main__":

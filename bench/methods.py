@@ -32,7 +32,9 @@ word) for FILIP. Rows:
             3/4 of the block compute) and at equal block compute (4/3 of
             the steps)
 
-Results go to the "## Methods in miniature" section of bench/RESULTS.md.
+Results go to the "## Methods in miniature" section of bench/RESULTS.md
+(only from a run of all rows at the default steps and batch; others print
+their table), with the machine's facts (bench/host.py).
 """
 
 import argparse
@@ -62,6 +64,7 @@ from big_vl import train  # pylint: disable=g-import-not-at-top,wrong-import-pos
 from big_vl.data import pp as pp_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.data.builders import demo_shapes  # pylint: disable=g-import-not-at-top,wrong-import-position
+import host  # pylint: disable=g-import-not-at-top,wrong-import-position
 import results_md  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HEADING = "## Methods in miniature (bench/methods.py)"
@@ -245,7 +248,9 @@ def _train(config, workdir):
   return [r["train/loss"] for r in rows if "train/loss" in r][-1], seconds
 
 
-def main(argv):
+def make_parser():
+  """The command-line flags (`--root` aside, any non-default one makes a
+  partial run)."""
   parser = argparse.ArgumentParser()
   parser.add_argument("--rows", default="siglip,filip,dreamlip,vitamin,growth")
   parser.add_argument("--steps", type=int, default=400)
@@ -253,7 +258,14 @@ def main(argv):
   parser.add_argument("--root", default=os.path.join(ROOT, "workdirs",
                                                      "bench_methods"))
   parser.add_argument("--no_write", action="store_true")
+  return parser
+
+
+def main(argv):
+  parser = make_parser()
   args = parser.parse_args(argv)
+  partial = results_md.non_default(parser, args, ignore=("root",))
+  machine = host.describe(host.facts())
   demo_shapes.prepare()
   data = _eval_data()
   lines = []
@@ -285,19 +297,24 @@ def main(argv):
                  f"{r['seconds']} |")
   section = "\n".join([
       HEADING, "",
-      f"Measured {datetime.date.today()} on this machine's CPU (2 cores), "
+      f"Measured {datetime.date.today()} on {machine}; "
       f"{args.steps} steps each, seed 0; 512 test images (chance: zero-shot "
       "1/35 = 2.9%, retrieval R@1 about 5/2560 = 0.2%, attribute R@1 1/11 = "
       "9.1%). Rows are resumable: a finished run's workdir is evaluated "
       "again, not retrained.", "",
       "```", results_md.command(__file__, argv), "```", "",
       *table, "", NOTES.strip(), ""])
-  results_md.publish(HEADING, section, write=not args.no_write)
+  results_md.publish(HEADING, section, write=not args.no_write,
+                     partial=partial)
 
 
+# A past reading, dated: it quotes the table of the 2026-11-29 run and is
+# not recomputed by a new run.
 NOTES = """
-What happened (one seed, 400 steps; differences of 2-3 points are within
-what another seed could give, so read directions, not decimals):
+What happened in the run of 2026-11-29 (2 CPU cores; numbers quoted from
+that run's table, which a new run's table above may not repeat; one seed,
+400 steps; differences of 2-3 points are within what another seed could
+give, so read directions, not decimals):
 
 - SigLIP vs CLIP at batch 16: SigLIP's zero-shot top-1 is higher (25.0% vs
   19.1%), the paper's direction (the sigmoid loss helps most at small

@@ -9,7 +9,9 @@ tokens for the grouping loss), compiles `jax.value_and_grad` w.r.t. all
 inputs on 8 simulated CPU devices (batch split over "data") and reads the
 per-device temporaries from `compiled.memory_analysis()`. Compile only, no
 step is run. Rewrites the section "## Token-level loss memory
-(bench/token_loss_memory.py)" of bench/RESULTS.md.
+(bench/token_loss_memory.py)" of bench/RESULTS.md (only a run of the default
+batches; others print their table), with the machine's facts
+(bench/host.py).
 """
 
 import jax
@@ -28,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from big_vl import late_interaction
 from big_vl import multi_positive
 from big_vl import sharding
+import host
 import results_md
 
 HEADING = "## Token-level loss memory (bench/token_loss_memory.py)"
@@ -58,11 +61,19 @@ def _temp(loss, impl, batch, mesh):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-def main(argv):
+def make_parser():
+  """The command-line flags (any non-default one makes a partial run)."""
   parser = argparse.ArgumentParser()
   parser.add_argument("--batches", default="64,256,1024")
   parser.add_argument("--no_write", action="store_true")
+  return parser
+
+
+def main(argv):
+  parser = make_parser()
   args = parser.parse_args(argv)
+  partial = results_md.non_default(parser, args)
+  machine = host.describe(host.facts())
   mesh = sharding.make_mesh([("data", 8)])
   mib = lambda n: f"{n / 2**20:.2f} MiB"
   table = ["| loss | B | B_local | dense temp | ring temp | dense/ring |",
@@ -76,7 +87,8 @@ def main(argv):
                    f"| {mib(ring)} | {dense / ring:.1f}x |")
   section = "\n".join([
       HEADING, "",
-      f"Measured {datetime.date.today()}: per-device temporaries of "
+      f"Measured {datetime.date.today()} on {machine}: per-device "
+      "temporaries of "
       "`jax.value_and_grad` on 8 simulated CPU devices, float32, "
       f"N = {N} patch tokens, L = {L} text tokens, K = {K} sub-captions, "
       f"D = {D}. FILIP's dense loss holds its share of the [B, B, N, L] "
@@ -85,11 +97,15 @@ def main(argv):
       "holds [B, B*K] logits (also B^2), its ring [B_local, B*K] rows.", "",
       "```", results_md.command(__file__, argv), "```", "", *table, "",
       NOTES.strip(), ""])
-  results_md.publish(HEADING, section, write=not args.no_write)
+  results_md.publish(HEADING, section, write=not args.no_write,
+                     partial=partial)
 
 
+# A past reading, dated: it quotes the 2026-11-29 table and is not
+# recomputed by a new run (the memory figures depend on XLA's version).
 NOTES = """
-What the numbers say: FILIP's ring saves memory and more so at larger
+What the numbers of 2026-11-29 said (jax 0.10.2; quoted from that run's
+table): FILIP's ring saves memory and more so at larger
 batches (8.4x at B = 1,024), but at a fixed device count its per-device
 blocks still grow as B_local^2 (14x per 4x batch here); more devices, not
 the ring alone, keep them small. DreamLIP's ring saves almost nothing

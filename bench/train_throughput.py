@@ -5,6 +5,10 @@ r"""Train and inference throughput: big_vl vs open_clip, same model, same CPU.
         --no_write
     .venv/bin/python bench/train_throughput.py --only=big_vl --profile
 
+Only the full run (both models, both sides, the default measurement flags;
+`--profile` and `--peer_python` allowed) writes its RESULTS.md section; any
+other run prints its table and says on stderr why it left RESULTS.md alone.
+
 On a GPU (issue #7's H200 row: ViT-B/16, bf16, batch 256; the peer Python
 needs torch + open_clip_torch, and --peer_compile adds torch.compile):
 
@@ -62,6 +66,7 @@ import time
 
 import numpy as np
 
+import host  # bench/host.py
 import peer as peer_lib  # bench/peer.py
 import results_md  # bench/results_md.py
 
@@ -179,19 +184,7 @@ def _cost(compiled):
   return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 
-def matmul_peak(n=2048, reps=10, dtype="float32"):
-  """Best GFLOP/s of a jitted n x n matmul in `dtype` (the device's peak)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
-  f = jax.jit(lambda x, y: x @ y)
-  f(a, a).block_until_ready()
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    f(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n**3 / best / 1e9
+matmul_peak = host.matmul_peak  # The device's peak (bench/host.py).
 
 
 # Operation categories, first match wins: (name, regex on the HLO op_name
@@ -366,8 +359,11 @@ def peer_server(args):
 
 # What was tried on big_vl's side (kept only with a measured gain; one
 # process, --only=big_vl, batch 32, same session, 2026-11-29). Written under
-# every results table so the history stays next to the numbers.
-NOTES = """What was tried (big_vl alone, `--only=big_vl`, same machine and day):
+# every full results table so the history stays next to the numbers; these
+# are past experiments, dated, and no run re-measures them.
+NOTES = """Past experiments (2026-11-29, on a 2-core x86_64 machine; big_vl alone,
+`--only=big_vl`, batch 32; quoted from then, not re-measured by the run
+above):
 
 - Kept: `gelu_exact` as `x / 2 * (1 + erf(x / sqrt 2))` (PyTorch's formula)
   instead of `jax.nn.gelu(approximate=False)`, which XLA expands through
@@ -398,11 +394,12 @@ NOTES = """What was tried (big_vl alone, `--only=big_vl`, same machine and day):
   fusion flags changed nothing measurable (15.0 / 64.5; a small dot + relu
   compiled with them holds no XNNPACK fusion).
 
-Why train MFU stays near 60% (goal 75%): at the peak, the step's XLA FLOPs
-would take about 1.2 s (ViT-S-32) against 2.1 s measured. About a third of
+Why train MFU stayed near 60% (goal 75%) in the 2026-11-29 run on 2 CPU
+cores: at the peak, the step's XLA FLOPs would take about 1.2 s (ViT-S-32)
+against 2.1 s measured. About a third of
 the operation time is memory-bound elementwise work that XLA's CPU backend
 does not fuse into the matmuls: GELU 8-9%, LayerNorm 7-8%, the AdamW update
-6%, attention softmax, masking and layout copies 7-9% (profile above). The
+6%, attention softmax, masking and layout copies 7-9% (that run's profile). The
 matmuls themselves run at 90-107% of the 2048x2048 peak in isolation at
 these shapes (M = 1,600-2,464 tokens, K, N = 384-3,072). Inference, with no
 backward and no optimiser, reaches 79-86%.
@@ -498,13 +495,14 @@ _DTYPE = {"float32": "fp32",
                       "open_clip: torch.autocast bfloat16)"}
 
 
-def markdown(args, rows, peaks, versions, wall_s, command):
+def markdown(args, rows, peaks, versions, wall_s, command, machine=None):
   both = any("train_ratio" in r for r in rows)
+  machine = machine or host.describe(host.facts(peak=False))
   lines = [
       HEADING, "",
       f"Command: `{command}`  ",
-      f"Date: {datetime.date.today()}; machine: {os.cpu_count()} CPU cores "
-      f"({platform.machine()}), Python {platform.python_version()}; "
+      f"Date: {datetime.date.today()}; machine: {machine}; Python "
+      f"{platform.python_version()}; "
       f"{versions}. Whole run: {wall_s / 60:.1f} min. {args.dtype} "
       f"matmul peak (jitted {args.peak_n}x{args.peak_n}, best of 10) at the "
       "start / end of the run: "
@@ -554,8 +552,8 @@ def markdown(args, rows, peaks, versions, wall_s, command):
     lines += ["", "Where big_vl's train step spends its time "
               "(`--profile`: jax.profiler trace of 2 steps, operation time "
               "summed by what the HLO metadata says each fused operation "
-              "computes; operations overlap on the 2 cores, so shares are of "
-              "summed operation time, not of wall time):", ""]
+              f"computes; operations overlap on the {os.cpu_count()} cores, so "
+              "shares are of summed operation time, not of wall time):", ""]
     for r in profiled:
       prof = r["profile_ms_per_step"]
       total = sum(ms for _, ms, _ in prof)
@@ -564,17 +562,22 @@ def markdown(args, rows, peaks, versions, wall_s, command):
                    f"{total:,.0f} ms of operation time per step): " + "; ".join(
                        f"{cat} {_pct(ms / total)}" for cat, ms, _ in prof
                        if ms / total >= 0.005) + ".")
-  if args.only is None:
-    lines += ["", NOTES.rstrip()]
+  lines += ["", NOTES.rstrip()]
   return "\n".join(lines) + "\n"
 
 
-def driver(args):
+def driver(args, partial=()):
+  """Measures every model and publishes the table.
+
+  Args:
+    args: the parsed flags.
+    partial: the flags that make this run partial (`PARTIAL_IGNORE`); a
+      partial run prints its table and leaves RESULTS.md alone.
+  """
   t_start = time.perf_counter()
   import jax  # pylint: disable=g-import-not-at-top
   versions = [f"jax {jax.__version__}"]
-  if jax.default_backend() != "cpu":
-    versions.append(f"JAX device {jax.devices()[0].device_kind}")
+  machine = host.describe(host.facts(peak=False))
   peer = None
   if args.only != "big_vl":
     if not os.path.exists(args.peer_python):
@@ -604,10 +607,17 @@ def driver(args):
   command = results_md.command(__file__, sys.argv[1:])
   results_md.publish(HEADING, markdown(
       args, rows, peaks, ", ".join(versions), time.perf_counter() - t_start,
-      command), write=not args.no_write)
+      command, machine), write=not args.no_write, partial=partial)
 
 
-def main(argv=None):
+# Options that do not change the table: RESULTS.md is written only when all
+# others are at their defaults (both models, both sides, all repetitions).
+# `--profile` adds a breakdown under the same table.
+PARTIAL_IGNORE = ("peer_python", "profile")
+
+
+def make_parser():
+  """The command-line flags."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   peer_lib.add_side_flag(parser)
   parser.add_argument("--models", default="ViT-S-32,ViT-B-32",
@@ -638,12 +648,18 @@ def main(argv=None):
                       help="matmul size of the peak measurement (8192 on a "
                       "GPU)")
   parser.add_argument("--no_write", action="store_true")
+  return parser
+
+
+def main(argv=None):
+  parser = make_parser()
   args = parser.parse_args(argv)
+  partial = results_md.non_default(parser, args, ignore=PARTIAL_IGNORE)
   args.models = [m for m in args.models.split(",") if m]
   if args.side == "open_clip":
     peer_server(args)
   else:
-    driver(args)
+    driver(args, partial)
 
 
 if __name__ == "__main__":

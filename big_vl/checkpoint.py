@@ -14,8 +14,17 @@ keeps the last `max_to_keep` checkpoints. A checkpoint restores onto any mesh:
     ckpt.save(step, state, data_iter=it, meta={"config": config.to_dict()})
     state, meta = ckpt.restore(ckpt.latest_step(), abstract_state,
                                data_iter=it)
+
+A checkpoint that does not load (a truncated array file, a missing
+metadata file, an empty step folder left by a kill during a save) raises
+`CheckpointError` saying which step and what is wrong. `restore_latest`
+(the trainer's resume) falls back to the newest step that loads, with a
+warning naming each bad step, and moves the bad ones aside
+(`corrupt_step_STEP`, kept for inspection) so that the run can save those
+steps again; if none loads, its error lists every step and its failure.
 """
 
+import datetime
 import json
 import os
 import re
@@ -31,6 +40,72 @@ from big_vl import storage
 
 # grain's file name for one process's data position.
 _DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+# Where `restore_latest` moves a step that does not load.
+CORRUPT_PREFIX = "corrupt_step_"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint (or every checkpoint of a folder) does not load."""
+
+
+def describe_failure(exc, step_dir=None):
+  """One line on why a checkpoint does not load.
+
+  Orbax and TensorStore wrap the cause (e.g. `OUT_OF_RANGE: Error reading
+  "params.w/0.0" ...: Requested byte range [0, 242315) is not valid for
+  value of size 121284`) in exceptions that print whole TensorStore specs;
+  this gives the innermost cause's first line.
+
+  Args:
+    exc: the exception restoring raised.
+    step_dir: the step's folder (an empty one is named as such), or None.
+
+  Returns:
+    "TypeName: message" (at most ~300 characters).
+  """
+  try:
+    if (step_dir is not None and step_dir.is_dir()
+        and not any(step_dir.iterdir())):
+      return "the step folder is empty (a save was interrupted)"
+  except OSError:
+    pass
+  causes = [exc]
+  while causes[-1].__cause__ or causes[-1].__context__:
+    causes.append(causes[-1].__cause__ or causes[-1].__context__)
+    if len(causes) > 20:
+      break
+  for cause in reversed(causes):
+    text = str(cause).strip()
+    if text:
+      break
+  else:
+    cause, text = exc, ""
+  text = text.splitlines()[0] if text else ""
+  for cut in (" [tensorstore_spec=", "See full TensorStore details"):
+    text = text.split(cut)[0].rstrip()
+  text = text.rstrip(".")
+  if len(text) > 300:
+    text = text[:297] + "..."
+  return f"{type(cause).__name__}: {text}"
+
+
+def _all_processes_agree(step, ok):
+  """Whether every process loaded `step` (all must resume the same step).
+
+  Each process tries the same steps in the same order (from the same
+  files), so they stay in step; one gather per try makes the choice the
+  same everywhere even if only one process's shard of a step is bad.
+  """
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  got = np.asarray(multihost_utils.process_allgather(
+      np.asarray([step, int(ok)], np.int64)))
+  if len(set(got[:, 0].tolist())) != 1:
+    raise CheckpointError(
+        f"The processes see different checkpoint steps ({got[:, 0].tolist()}"
+        "): every process must see the same checkpoints folder.")
+  return bool(got[:, 1].all())
 
 class _IteratorStateSnapshot:
   """The iterator position at save time (saving itself may run later)."""
@@ -144,11 +219,103 @@ class Checkpointer:
             "as is (pass remap_data).")
       else:
         remap_states = saved
-    restored = self._manager.restore(int(step),
-                                     args=ocp.args.Composite(**items))
+    try:
+      restored = self._manager.restore(int(step),
+                                       args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"Checkpoint {step} in {self.directory} does not load: "
+          f"{describe_failure(e, self._step_dir(step))}") from e
     if remap_states is not None:
       data_iter.set_state(remap_data(remap_states, restored["meta"]))
     return restored["state"], restored["meta"]
+
+  def _step_dir(self, step):
+    return storage.path(self.directory) / str(int(step))
+
+  def restore_latest(self, abstract_state, *, data_iter=None,
+                     remap_data=None, check_meta=None, log=None):
+    """Restores the newest checkpoint that loads.
+
+    Steps are tried newest first. A step that does not load is reported
+    (`log`, with the reason) and the next older one is tried; once one loads,
+    the bad newer steps are moved aside to `corrupt_step_STEP` in the same
+    folder (process 0 does it), so the run can save those steps again. The
+    state, meta and data position all come from the step that loaded.
+
+    Args:
+      abstract_state: as for `restore`, or `fn(step) -> abstract state` (the
+        model may depend on the step, e.g. with growth).
+      data_iter, remap_data: as for `restore`.
+      check_meta: `fn(step, meta)` called with each step's meta before its
+        arrays are read; what it raises (e.g. a changed config) propagates:
+        it is not a reason to fall back.
+      log: `fn(message)` for the warnings (default: absl logging.warning).
+
+    Returns:
+      (step, state, meta) of the step that loaded, or None if the folder
+      holds no checkpoint.
+
+    Raises:
+      CheckpointError: if no step loads, listing each step and its failure.
+    """
+    if log is None:
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      log = logging.warning
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      return None
+    failures = []
+    for step in steps:
+      loaded = None
+      try:
+        meta = read_meta(self.directory, step)
+        if check_meta is not None:
+          check_meta(step, meta)
+        abstract = (abstract_state(step) if callable(abstract_state)
+                    else abstract_state)
+        loaded = self.restore(step, abstract, data_iter=data_iter,
+                              remap_data=remap_data)
+      except CheckpointError as e:
+        failures.append((step, describe_failure(e.__cause__ or e,
+                                                self._step_dir(step))))
+      if _all_processes_agree(step, loaded is not None):
+        break
+      if loaded is not None:  # Another process could not load this step.
+        failures.append((step, "another process could not load it"))
+      log(f"Checkpoint {step} in {self.directory} does not load "
+          f"({failures[-1][1]})"
+          + ("; trying the previous one." if step != steps[-1] else "."))
+    else:
+      raise CheckpointError(
+          f"No checkpoint in {self.directory} loads:\n" + "\n".join(
+              f"  step {s}: {why}" for s, why in failures) +
+          "\nMove the bad step folders away to resume from an older copy "
+          "(if any), or delete this checkpoints folder to start afresh. (A "
+          "config whose model no longer matches the saved shapes, e.g. after "
+          "--allow_config_change, fails this way on every step.)")
+    if failures:
+      self._move_aside([s for s, _ in failures], log)
+      log(f"Resuming from checkpoint {step}, the newest that loads; "
+          f"{len(failures)} newer one(s) moved aside: " + "; ".join(
+              f"step {s}: {why}" for s, why in failures) + ".")
+    state, meta = loaded
+    return step, state, meta
+
+  def _move_aside(self, steps, log):
+    """Renames bad step folders to `corrupt_step_STEP[_N]` (process 0)."""
+    if jax.process_index() == 0:
+      stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+          "%Y%m%dT%H%M%SZ")
+      for step in steps:
+        target = storage.path(self.directory) / (
+            f"{CORRUPT_PREFIX}{step}_{stamp}")
+        self._step_dir(step).rename(target)
+        log(f"Moved the bad checkpoint {step} to {target}.")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("big_vl_checkpoint_move_aside")
+    self._manager.reload()
 
   def wait(self):
     """Blocks until pending asynchronous saves are on disk."""
@@ -203,11 +370,20 @@ def latest_step(ckpt_dir):
 
 
 def read_meta(ckpt_dir, step):
-  """The JSON `meta` item of checkpoint `step` ({} if it has none)."""
+  """The JSON `meta` item of checkpoint `step` ({} if it has none).
+
+  Raises:
+    CheckpointError: if the meta item is there but does not load.
+  """
   path = storage.path(ckpt_dir) / str(step) / "meta"
   if not path.is_dir():
     return {}
-  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path) or {}
+  try:
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path) or {}
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f"The meta of checkpoint {step} in {ckpt_dir} does not load: "
+        f"{describe_failure(e)}") from e
 
 
 def run_config(ckpt_dir, meta):
@@ -249,7 +425,30 @@ def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),)):
 
   Returns:
     The params pytree of global jax.Arrays (numpy arrays without a mesh).
+
+  Raises:
+    CheckpointError: if the checkpoint does not load (naming the step, the
+      reason and the other steps of the folder).
   """
+  try:
+    return _restore_params(ckpt_dir, step, mesh, rules)
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    try:
+      others = sorted(int(p.name) for p in storage.path(ckpt_dir).iterdir()
+                      if p.name.isdigit() and p.name != str(step))
+    except OSError:
+      others = []
+    raise CheckpointError(
+        f"The params of checkpoint {step} in {ckpt_dir} do not load: "
+        f"{describe_failure(e, storage.path(ckpt_dir) / str(step))}. "
+        + (f"Other steps there: {others} (pick one with --step)."
+           if others else "It is the only step there.")) from e
+
+
+def _restore_params(ckpt_dir, step, mesh, rules):
+  """`restore_params` without the error wrapping."""
   path = storage.path(ckpt_dir) / str(step) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)

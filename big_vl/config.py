@@ -11,6 +11,8 @@ parsed by `parse_arg` against typed defaults:
 """
 
 import ast
+import json
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -123,7 +125,10 @@ def get_steps(name, config, *, num_examples=None, batch_size=None,
     examples = value
   else:
     if num_examples is None:
-      raise ValueError(f"{name}_epochs needs the dataset size.")
+      raise ValueError(
+          f"config.{name}_epochs needs the dataset size, and a streaming "
+          f"source (wds:) has none: give config.{name}_steps or "
+          f"config.{name}_examples instead.")
     examples = value * num_examples
   steps = int(round(examples / batch_size))
   return max(steps, 1) if value > 0 else 0
@@ -146,8 +151,139 @@ def check_keys(config, known, where="config"):
       close = difflib.get_close_matches(key, sorted(known), n=3)
       hint = f" Did you mean {' or '.join(close)}?" if close else ""
       raise ValueError(
-          f"Unknown config key {where}.{key}.{hint} Known keys of {where}: "
-          f"{', '.join(sorted(known))}.")
+          f"{where}.{key}: unknown config key.{hint} Known keys of {where}: "
+          f"{', '.join(sorted(known)) or '(none)'}.")
+
+
+def signature_keys(fn, skip=()):
+  """The keyword arguments a function or class takes, for config checks.
+
+  Args:
+    fn: a function, or a class (its `__init__`; for a flax linen module,
+      its dataclass fields, with `parent` and `name` in `skip`).
+    skip: argument names a config must not give (filled in by the caller,
+      e.g. `predict_fn`, `mesh`).
+
+  Returns:
+    (known, required): sets of argument names, `required` those without a
+    default.
+
+  Raises:
+    TypeError: if `fn` takes `**kwargs` (its keys cannot be read from the
+      signature: check the callee it passes them to, or list them).
+  """
+  import inspect  # pylint: disable=g-import-not-at-top
+  known, required = set(), set()
+  for p in inspect.signature(fn).parameters.values():
+    if p.name in skip or p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL):
+      continue
+    if p.kind == p.VAR_KEYWORD:
+      raise TypeError(f"{fn} takes **{p.name}: its config keys cannot be "
+                      "checked from its signature.")
+    known.add(p.name)
+    if p.default is p.empty:
+      required.add(p.name)
+  return known, required
+
+
+def check_signature(block, fn, where, *, skip=(), extra=()):
+  """Checks a config block against the signature of the callable it feeds.
+
+  For example the loss block `config.loss = dict(name="softmax",
+  temprature=2)` against `losses.softmax_loss` fails with
+  "config.loss.temprature: unknown config key. ... Known keys of
+  config.loss: block_size, impl, label_smoothing, name."
+
+  Args:
+    block: the block (ConfigDict or dict); None or empty checks nothing
+      but the required arguments.
+    fn: the function or class that receives the block as keyword arguments.
+    where: the block's dotted path in messages, e.g. "config.loss".
+    skip: `fn`'s arguments that the caller fills in (not config keys).
+    extra: keys the caller reads itself (e.g. "name", "type", "every").
+
+  Raises:
+    ValueError: naming `where.KEY` for an unknown key (with the closest
+      known ones) or a missing required argument.
+  """
+  known, required = signature_keys(fn, skip)
+  keys = set(block.keys()) if block else set()
+  check_keys(block or {}, known | set(extra), where)
+  missing = sorted(required - keys)
+  if missing:
+    raise ValueError(
+        f"{where}: missing required key(s) {', '.join(missing)} (for "
+        f"{getattr(fn, '__qualname__', fn)}); known keys of {where}: "
+        f"{', '.join(sorted(known | set(extra)))}.")
+
+
+# -- Comparing a run's config with the one it was saved with --
+
+# Keys whose change cannot change what a run computes: log/checkpoint
+# cadence, uploads, output locations, reader threads. (Dotted keys, matched
+# in full by `re.fullmatch`.)
+NO_EFFECT_KEYS = (
+    r"(log|ckpt)_(steps|epochs|examples)", r"sync_every_s", r"keep_ckpts",
+    r"results_dir", r"retrieval_png", r"input\.read_threads",
+)
+# Keys a resumed run may change (logged): the above, durations and
+# evaluation cadence. Anything else (model, loss, data, pp, optimiser, mesh
+# and sharding rules, ...) is an error unless `--allow_config_change`.
+RESUME_CHANGEABLE_KEYS = NO_EFFECT_KEYS + (
+    r"(total|warmup)_(steps|epochs|examples)", r"evals\.[^.]+\.every",
+)
+
+_ABSENT = "(absent)"
+
+
+def _flat(tree, prefix=""):
+  """{dotted key: leaf} of nested dicts (lists and tuples are leaves)."""
+  out = {}
+  for key, value in tree.items():
+    dotted = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, dotted + "."))
+    else:
+      out[dotted] = value
+  return out
+
+
+def _plain(config):
+  """A config as plain JSON values (how checkpoints and config.json keep
+  it: tuples are lists, unserialisable leaves are their best-effort text)."""
+  if isinstance(config, (ml_collections.ConfigDict,
+                         config_dict.FrozenConfigDict)):
+    return json.loads(config.to_json_best_effort())
+  return config
+
+
+def config_diff(old, new):
+  """The dotted keys whose values differ between two configs.
+
+  Args:
+    old, new: ConfigDicts or the plain dicts of their JSON (e.g. a
+      checkpoint's meta["config"] or workdir/config.json).
+
+  Returns:
+    A sorted list of (dotted key, old value, new value); a key missing on
+    one side has the value "(absent)" there.
+  """
+  old, new = _flat(_plain(old) or {}), _flat(_plain(new) or {})
+  return [(key, old.get(key, _ABSENT), new.get(key, _ABSENT))
+          for key in sorted(set(old) | set(new))
+          if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+
+
+def split_diff(diff, allowed):
+  """(changes matching an `allowed` pattern, all other changes)."""
+  ok = [d for d in diff if any(re.fullmatch(p, d[0]) for p in allowed)]
+  return ok, [d for d in diff if d not in ok]
+
+
+def format_diff(diff, indent="  "):
+  """One `config.KEY: OLD -> NEW` line per change."""
+  return "\n".join(f"{indent}config.{key}: {old!r} -> {new!r}"
+                   for key, old, new in diff)
 
 
 DEMO_DATA = "tfds:big_vl_demo_shapes"
@@ -200,6 +336,68 @@ def demo_evals(res, max_len, every=None, batch_size=256, split="test"):
                     templates="demo_shapes", batch_size=batch_size),
       retrieval=dict(type="retrieval", every=every_(), data=DEMO_DATA,
                      split=split, pp=pp.retrieval, batch_size=batch_size),
+  ))
+
+
+# Full-size data of the pre-training configs (clip, siglip, align, filip,
+# vitamin): each can be prepared without TensorFlow (README, "Data").
+# LAION-400M as img2dataset WebDataset shards (10,000 pairs per shard, the
+# default; `KEY.jpg` + `KEY.txt` + `KEY.json`); the path is an example, set
+# it with the configs' `data=` arg.
+LAION400M_SHARDS = "/data/laion400m/{00000..41455}.tar"
+# ImageNet-1k validation (50,000 images) as a `big_vl_image_folder` dataset
+# built from ROOT/validation/<wnid>/*.JPEG with ROOT named "imagenet" (sorted
+# wnids = ImageNet's label order); a TFDS `imagenet2012` prepared as
+# array_record has the same features ("image", "label") and split name.
+IMAGENET_DATA = "tfds:big_vl_image_folder/imagenet"
+# COCO 2014 Karpathy test split (5,000 images, 25,010 captions) as a JSONL
+# listing, one row per image: {"image": "val2014/COCO_val2014_...jpg",
+# "caption": [5 captions]} (image paths relative to the listing).
+COCO_DATA = "jsonl:/data/coco/karpathy_test.jsonl"
+
+_KINDS = ("tfds:", "wds:", "jsonl:", "csv:")
+
+
+def shards_spec(data):
+  """A data spec from a config's `data=` arg: a bare shard pattern (local or
+  gs://) is read as WebDataset shards ("wds:" added); a spec with a kind
+  (tfds:, wds:, jsonl:, csv:) is kept."""
+  return data if data.startswith(_KINDS) else f"wds:{data}"
+
+
+def fullsize_evals(image_pp, tokenize, *, every, imagenet=IMAGENET_DATA,
+                   coco=COCO_DATA, batch_size=1024):
+  """ImageNet zero-shot and COCO retrieval blocks for `config.evals`.
+
+  Zero-shot top-1/top-5 on ImageNet's 50,000 validation images with CLIP's
+  1,000 class names and 80 templates (`prompts`: "imagenet"); image <-> text
+  retrieval R@1/5/10 on the COCO Karpathy 5k test listing. Metric keys:
+  `zeroshot/imagenet/...`, `retrieval/coco/...`.
+
+  Args:
+    image_pp: the training pp's image ops on uint8 images, e.g.
+      "decode|resize(224, method='bicubic')" (`value_range(-1,1)` is added).
+    tokenize: the training pp's tokenize op, e.g. "tokenize(max_len=77)".
+    every: evaluate every this many steps.
+    imagenet: spec of the ImageNet data (split "validation", features
+      "image" and "label"); default `IMAGENET_DATA`.
+    coco: spec of the COCO listing (jsonl/csv: image path + captions);
+      default `COCO_DATA`.
+    batch_size: global eval batch size.
+
+  Returns:
+    A ConfigDict for `config.evals`.
+  """
+  img = f"{image_pp}|value_range(-1,1)"
+  return ml_collections.ConfigDict(dict(
+      zeroshot=dict(type="zeroshot", every=every, data=imagenet,
+                    split="validation",
+                    pp_img=f"{img}|keep('image','label')", pp_txt=tokenize,
+                    templates="imagenet", class_names="imagenet",
+                    batch_size=batch_size, name="imagenet"),
+      retrieval=dict(type="retrieval", every=every, data=coco,
+                     pp_img=f"{img}|keep('image')", pp_txt=tokenize,
+                     batch_size=batch_size, name="coco"),
   ))
 
 

@@ -77,6 +77,20 @@ def model_config(eval_config, train_config):
   return config
 
 
+def check_config(config):
+  """Checks an eval config's keys at every depth, before any work: the top
+  level, `config.model` (if given) and each `config.evals` block, with the
+  trainer's checks (`train.check_model`, `train.check_evals`).
+
+  Raises:
+    ValueError: naming the dotted key, e.g. `config.evals.zeroshot.splt`.
+  """
+  config_lib.check_keys(config, KNOWN_KEYS)
+  if config.get("model", None) is not None:
+    train_lib.check_model(config)
+  train_lib.check_evals(config)
+
+
 def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
              progress=True):
   """Evaluates the params of a checkpoint with the evaluators of `config`.
@@ -93,7 +107,7 @@ def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
     dict with "step", "metrics" ({name: value}, with `eval_time/<name>`) and
     "files" (the result files written).
   """
-  config_lib.check_keys(config, KNOWN_KEYS)
+  check_config(config)
   ckpt_dir = ckpt_lib.checkpoint_dir(checkpoint)
   latest, steps = ckpt_lib.latest_step(ckpt_dir)
   if step is None:

@@ -157,8 +157,8 @@ def plot(rows, path):
   keys = sorted({k for r in rows for k in r if k != "alpha"})
   groups = {}
   for k in keys:
-    if k.endswith("mean_rank"):
-      continue  # Another scale; it is in the table.
+    if k.endswith("mean_rank") or "skipped" in k.split("/")[2:]:
+      continue  # Another scale (ranks, skip counts); it is in the table.
     groups.setdefault(k.rsplit("/", 1)[0], []).append(k)
   fig, axes = plots.new_figure(1, max(len(groups), 1),
                                figsize=(5 * max(len(groups), 1), 3.6),

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from big_vl import config as config_lib
 from big_vl import registry
 from big_vl import sharding
 
@@ -75,10 +76,14 @@ def get(name, **options):
     A function `(zimg, ztxt, aux, *, mesh=None) -> (loss, metrics)`.
 
   Raises:
-    ValueError: if `impl` is given and is not one of `IMPLS`, or
+    KeyError: for an unknown loss name.
+    ValueError: for an option the loss does not take (named as
+      `config.loss.KEY`), if `impl` is given and is not one of `IMPLS`, or
       `block_size` is given and is neither a positive int nor None.
   """
   fn = registry.get("loss", name)
+  config_lib.check_signature(options, fn, "config.loss", extra=("name",),
+                             skip=("zimg", "ztxt", "aux", "mesh"))
   if "impl" in options:
     _check_impl(options["impl"], name)
   if "block_size" in options:

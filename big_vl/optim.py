@@ -28,8 +28,11 @@ Config keys read (all under `config`):
     frozen            [regex, ...] parameters that never change (LiT: "img/.*")
     grad_clip_norm    clip the global gradient norm of trainable params
 
-Regexes are matched like sharding rules: against a trailing part of the
-parameter path, e.g. `img/.*` or `.*/kernel`.
+Rules are matched as in every rule list (`big_vl/paths.py`): the regex
+matches the whole parameter path, e.g. `img/.*`, `.*/kernel` or
+`txt/head/kernel`; a `layer_decay` key K covers what `K/.*` covers. A rule
+that matches no parameter (or, in lr_rules / wd_rules, never applies) is an
+error when the optimiser is made.
 """
 
 import re
@@ -39,34 +42,88 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from big_vl import sharding
+from big_vl import config as config_lib
+from big_vl import paths
+
+# The rule lists `make` reads (checked against the params there).
+RULE_KEYS = ("frozen", "lr_rules", "wd_rules", "layer_decay")
 
 DEFAULT_WD_RULES = ((".*/(kernel|embedding)", 1.0), (".*pos_embedding", 1.0))
 
 
+def _cosine(lr, decay_steps, end_frac=0.0):
+  return optax.cosine_decay_schedule(lr, decay_steps, alpha=end_frac if lr
+                                     else 0.0)
+
+
+def _linear(lr, decay_steps, end_frac=0.0):
+  return optax.linear_schedule(lr, lr * end_frac, decay_steps)
+
+
+def _no_end(name, end_frac):
+  if end_frac:
+    raise ValueError(f"config.schedule.end_frac={end_frac} has no effect for "
+                     f"schedule {name!r}; use cosine or linear, or drop it.")
+
+
+def _constant(lr, decay_steps, end_frac=0.0):
+  del decay_steps
+  _no_end("constant", end_frac)
+  return optax.constant_schedule(lr)
+
+
+def _rsqrt(lr, decay_steps, end_frac=0.0, timescale=10_000):
+  del decay_steps
+  _no_end("rsqrt", end_frac)
+  return lambda s: lr * jax.lax.rsqrt(1.0 + s / timescale)
+
+
+# config.schedule.name -> `fn(lr, decay_steps, **options)`; the options are
+# the rest of config.schedule (checked against the signature).
+SCHEDULES = {"cosine": _cosine, "linear": _linear, "constant": _constant,
+             "rsqrt": _rsqrt}
+
+
+def _adam(b1=0.9, b2=0.999, eps=1e-8):
+  return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+
+# config.optim.name -> the Adam-moment transform, options from config.optim.
+# adamw / adam: Adam (+ weight decay by config.wd); lamb: Adam moments and
+# weight decay, then the trust ratio.
+OPTIMIZERS = {"adamw": _adam, "adam": _adam, "lamb": _adam}
+
+
+def _factory(config, key, table, default):
+  """(name, factory, options) of `config.<key>`, checked against the
+  factory's signature (the one check `train.check_config` runs too)."""
+  block = dict(config.get(key, None) or {"name": default})
+  name = block.pop("name", default)
+  if name not in table:
+    kind = "schedule" if key == "schedule" else "optimiser"
+    raise ValueError(f"config.{key}.name: unknown {kind} {name!r}; use "
+                     f"{' or '.join(sorted(table))}.")
+  config_lib.check_signature(block, table[name], f"config.{key}",
+                             skip=("lr", "decay_steps"), extra=("name",))
+  return name, table[name], block
+
+
+def check_config(config):
+  """Checks `config.schedule` and `config.optim` (names and options)."""
+  _, factory, options = _factory(config, "schedule", SCHEDULES, "cosine")
+  factory(config.get("lr", 1.0), 1, **options)  # Values (e.g. end_frac).
+  _factory(config, "optim", OPTIMIZERS, "adamw")
+  mode = config.get("wd_mode", "coupled")
+  if mode not in ("coupled", "decoupled"):
+    raise ValueError(f"config.wd_mode must be 'coupled' or 'decoupled', "
+                     f"got {mode!r}.")
+
+
 def make_schedule(config, total_steps, warmup_steps):
   """The learning-rate schedule `step -> lr` from `config.schedule`."""
-  sched = dict(config.get("schedule", None) or {"name": "cosine"})
-  name = sched.pop("name", "cosine")
+  _, factory, options = _factory(config, "schedule", SCHEDULES, "cosine")
   lr = config.lr
-  decay_steps = max(total_steps - warmup_steps, 1)
-  end = lr * sched.pop("end_frac", 0.0)
-  if name == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr
-                                       else 0.0)
-  elif name == "linear":
-    main = optax.linear_schedule(lr, end, decay_steps)
-  elif name == "constant":
-    main = optax.constant_schedule(lr)
-  elif name == "rsqrt":
-    timescale = sched.pop("timescale", 10_000)
-    main = lambda s: lr * jax.lax.rsqrt(1.0 + s / timescale)
-  else:
-    raise ValueError(f"Unknown schedule {name!r} in config.schedule; use "
-                     "cosine, linear, rsqrt or constant.")
-  if sched:
-    raise ValueError(f"Unknown keys {sorted(sched)} in config.schedule "
-                     f"for {name!r}.")
+  main = factory(lr, max(total_steps - warmup_steps, 1), **options)
   if warmup_steps <= 0:
     return main
   warmup = optax.linear_schedule(0.0, lr, warmup_steps)
@@ -74,11 +131,10 @@ def make_schedule(config, total_steps, warmup_steps):
 
 
 def _rule_tree(params, rules, default):
-  paths = sharding.tree_paths(params)
   def one(path):
-    value = sharding.match_rules(rules, path)
+    value = paths.first_match(rules, path)
     return default if value is None else value
-  return jax.tree.map(one, paths)
+  return jax.tree.map(one, paths.tree_paths(params))
 
 
 def frozen_mask(config, params):
@@ -118,9 +174,9 @@ _TOP = re.compile(r"(?:^|/)(encoder_norm|head|MAPHead_0|[a-z]+_token_head)"
 def tower_depth(params, tower):
   """Number of transformer blocks under `params[tower]` (scanned or not)."""
   depth = 0
-  for path, leaf in zip(jax.tree.leaves(sharding.tree_paths(params)),
-                        jax.tree.leaves(params)):
-    if not (path == tower or path.startswith(tower + "/")):
+  for path, leaf in zip(paths.leaf_paths(params), jax.tree.leaves(params)):
+    path = paths.subtree_rest(tower, path)
+    if path is None:
       continue
     m = _BLOCK.search(path)
     if m and m.group(1) is not None:
@@ -160,12 +216,12 @@ def _scale_by_layer_decay(layer_decay, depths):
     del params
     def one(path, u):
       for tower, rate in layer_decay.items():
-        if path.startswith(tower + "/"):
-          m = layer_decay_multiplier(path[len(tower) + 1:], u.shape, rate,
-                                     depths[tower])
+        rest = paths.subtree_rest(tower, path)
+        if rest is not None:
+          m = layer_decay_multiplier(rest, u.shape, rate, depths[tower])
           return u * jnp.asarray(m, u.dtype)
       return u
-    return jax.tree.map(one, sharding.tree_paths(updates), updates), state
+    return jax.tree.map(one, paths.tree_paths(updates), updates), state
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
@@ -182,27 +238,18 @@ def make(config, params, total_steps, warmup_steps):
   Returns:
     (tx, schedule): an optax GradientTransformation and `step -> lr`.
   """
+  paths.check_config_rules(config, params, RULE_KEYS)
+  check_config(config)
   schedule = make_schedule(config, total_steps, warmup_steps)
-  opt = dict(config.get("optim", None) or {"name": "adamw"})
-  name = opt.pop("name", "adamw")
-  if name not in ("adamw", "adam", "lamb"):
-    raise ValueError(f"Unknown optimiser {name!r} in config.optim; use "
-                     "adamw or lamb.")
+  name, moments, options = _factory(config, "optim", OPTIMIZERS, "adamw")
   parts = []
   clip = config.get("grad_clip_norm", None)
   if clip:
     parts.append(optax.clip_by_global_norm(clip))
-  parts.append(optax.scale_by_adam(b1=opt.pop("b1", 0.9),
-                                   b2=opt.pop("b2", 0.999),
-                                   eps=opt.pop("eps", 1e-8)))
-  if opt:
-    raise ValueError(f"Unknown keys {sorted(opt)} in config.optim.")
+  parts.append(moments(**options))
   wd = config.get("wd", 0.0) or 0.0
   if wd:
     mode = config.get("wd_mode", "coupled")
-    if mode not in ("coupled", "decoupled"):
-      raise ValueError(f"config.wd_mode must be 'coupled' or 'decoupled', "
-                       f"got {mode!r}.")
     rate = wd if mode == "coupled" else wd / config.lr
     wd_rules = config.get("wd_rules", None)
     wd_rules = DEFAULT_WD_RULES if wd_rules is None else wd_rules

@@ -33,8 +33,11 @@ def plot_curves(rows, path, train_keys=("train/loss",)):
     path: output PNG path.
     train_keys: train metrics drawn in the first panel.
   """
+  # Skip counts (`<evaluator>/<ds>/skipped[/<reason>]`) are counts, not
+  # scores on the metrics' scale: left out of the panels.
   eval_keys = sorted({k for r in rows for k in r if "/" in k and not
-                      k.startswith(("train/", "data/", "eval_time/"))})
+                      k.startswith(("train/", "data/", "eval_time/")) and
+                      "skipped" not in k.split("/")[2:]})
   panels = [("training", list(train_keys))]
   groups = {}
   for k in eval_keys:

@@ -163,7 +163,7 @@ class Predictor:
 
   def temperature(self):
     """The model's learned logit scale (exp of its log temperature)."""
-    tokens = jnp.zeros((1, *self.tokenize([""]).shape[1:]), jnp.int32)
+    tokens = jnp.zeros((1, *self.tokenize(["a"]).shape[1:]), jnp.int32)
     return float(self._aux(self.params, tokens)["t"])
 
   def classify(self, images, classnames, templates=("a photo of a {}.",)):

@@ -18,12 +18,14 @@ a freshly initialised tree, following the run's `config.model_load` rules:
 
     config.model_init = "workdirs/minilm"        # converted or trained dir
     config.model_load = dict(
-        dont_load=("img/.*", "t", "b"),  # regexes (full match on "a/b/c"
-                                         # names): keep their fresh init
+        dont_load=("img/.*", "t", "b"),  # rules (big_vl/paths.py: a regex
+                                         # matching the whole "a/b/c"
+                                         # path): keep their fresh init
     )
     config.frozen = ("txt/.*",)          # LiT: lock the loaded text tower
 
-Every fresh parameter must be either loaded or matched by `dont_load`;
+Every fresh parameter must be either loaded or matched by `dont_load`, and
+every `dont_load` rule must match a parameter;
 loaded parameters the model does not have are reported and ignored (e.g.
 the image tower of a CLIP checkpoint whose text tower alone is used). A ViT
 position embedding of another grid is resampled; a text position table
@@ -33,13 +35,13 @@ unscanned encoder layouts are converted to the model's.
 
 import json
 import os
-import re
 
 from flax import traverse_util
 import jax
 import numpy as np
 
 from big_vl import checkpoint as ckpt_lib
+from big_vl import paths
 from big_vl import storage
 from big_vl.models import common
 from big_vl.models import vit
@@ -188,8 +190,8 @@ def merge(fresh, loaded, dont_load=()):
     fresh: the model's freshly initialised params (nested dict of arrays or
       ShapeDtypeStructs).
     loaded: params read with `load` (nested dict of numpy arrays).
-    dont_load: regexes over "/"-joined names (full match) of fresh params
-      that keep their initial value.
+    dont_load: rules (`big_vl.paths`: regexes matching the whole
+      "/"-joined path) of fresh params that keep their initial value.
 
   Returns:
     (params, report): params has `fresh`'s structure, with loaded leaves as
@@ -198,16 +200,19 @@ def merge(fresh, loaded, dont_load=()):
     "adapted": {name: what}, "unused": [loaded names not in the model]}.
 
   Raises:
-    ValueError: listing fresh params that are neither loaded nor matched by
-      `dont_load`, and loaded params whose shape does not fit.
+    ValueError: for a `dont_load` rule that matches no fresh param (naming
+      it and the closest paths), listing fresh params that are neither
+      loaded nor matched by `dont_load`, and loaded params whose shape does
+      not fit.
   """
-  patterns = [re.compile(p) for p in dont_load]
   loaded = traverse_util.flatten_dict(match_layout(fresh, loaded), sep="/")
   flat = traverse_util.flatten_dict(fresh, sep="/")
+  paths.check_rules("config.model_load.dont_load", dont_load, list(flat),
+                    ordered=False)
   out, report = {}, {"loaded": [], "kept": [], "adapted": {}, "unused": []}
   missing, mismatched = [], []
   for name, leaf in flat.items():
-    if any(p.fullmatch(name) for p in patterns):
+    if any(paths.matches(rule, name) for rule in dont_load):
       out[name] = leaf
       report["kept"].append(name)
       continue

@@ -68,8 +68,14 @@ def register(kind, name):
 
 
 def _import_builtins():
+  """Imports every built-in module; a failure is raised, naming the module."""
   for module in BUILTIN_MODULES:
-    importlib.import_module(module)
+    try:
+      importlib.import_module(module)
+    except Exception as e:
+      e.add_note(f"registry: built-in module {module} failed to import "
+                 "(every registry lookup imports all of BUILTIN_MODULES).")
+      raise
 
 
 def get(kind, name):

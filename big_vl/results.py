@@ -7,8 +7,15 @@ tooling and ours read each other's results:
 
     {"dataset": "demo_shapes", "model": "two_towers",
      "pretrained": "demo-step800", "task": "zeroshot_classification",
-     "metrics": {"acc1": 0.459, "acc5": 0.995, "mean_per_class_recall": 0.46},
+     "metrics": {"acc1": 0.459, "acc5": 0.995, "mean_per_class_recall": 0.46,
+                 "skipped": 0},
      "language": "en"}
+
+`metrics["skipped"]` (an int) is the number of records the evaluation left
+out (undecodable images, missing files, empty captions; big_vl's
+`<evaluator>/<ds>/skipped`), and `metrics["skipped/<reason>"]` the count of
+each reason that occurred (`.../skipped/<reason>`), e.g.
+"skipped/missing_file": 2; the other metrics are over the records used.
 
 File name: `{dataset}_{pretrained}_{model}_{language}_{task}.json`
 (CLIP_benchmark's default `--output` template; "/" in a name becomes "_").
@@ -25,8 +32,9 @@ big_vl metric names map to CLIP_benchmark's where it has them:
         -> linear_probe: lp_acc1, lp_acc5, lp_mean_per_class_recall
     fewshot/<ds>/<name> -> fewshot: <name> (CLIP_benchmark has no few-shot task)
 
-Other metrics of a known task keep their big_vl name; metrics of unknown
-evaluator kinds (and `eval_time/*`) are not written.
+Other metrics of a known task keep their big_vl name (the skip counts:
+"skipped", "skipped/<reason>"); metrics of unknown evaluator kinds (and
+`eval_time/*`) are not written.
 
 Aggregate a folder of result files into one table (one row per file):
 
@@ -104,11 +112,18 @@ def to_records(metrics, *, model, pretrained, language=LANGUAGE):
     if len(parts) < 3 or parts[0] not in TASKS:
       continue
     task = TASKS[parts[0]]
-    dataset = "/".join(parts[1:-1])
+    # Skip counts (ints): <kind>/<ds>/skipped and <kind>/<ds>/skipped/<why>.
+    by_reason = len(parts) >= 4 and parts[-2] == "skipped"
+    dataset = "/".join(parts[1:-2] if by_reason else parts[1:-1])
     record = records.setdefault((dataset, task), {
         "dataset": dataset, "model": model, "pretrained": pretrained,
         "task": task, "metrics": {}, "language": language})
-    record["metrics"][metric_name(task, parts[-1])] = float(value)
+    if by_reason:
+      record["metrics"][f"skipped/{parts[-1]}"] = int(value)
+    elif parts[-1] == "skipped":
+      record["metrics"]["skipped"] = int(value)
+    else:
+      record["metrics"][metric_name(task, parts[-1])] = float(value)
   return list(records.values())
 
 

@@ -7,16 +7,21 @@ and takes the remaining devices:
     config.mesh = [("data", 2), ("fsdp", 4)]     # 2-way DP x 4-way FSDP
 
 The batch is split over every data-like axis (`BATCH_AXES` present in the
-mesh). Parameters and optimiser state are placed by regex rules over their
-path names, first match wins, default "replicate":
+mesh). Parameters and optimiser state are placed by regex rules over
+parameter paths, first match wins, default "replicate":
 
     config.sharding_rules = [("img/.*", "fsdp"), (".*", "replicate")]
 
-A rule's pattern matches a whole trailing part of a leaf's path, so `img/.*`
-matches `params/img/head/kernel` and the Adam moments `opt/0/mu/img/...`.
-Rules: "replicate"; "fsdp" (split the largest dimension that the `fsdp` axis
+Rules match like every rule list (`big_vl/paths.py`): the regex matches the
+whole parameter path (`img/head/kernel`), and a parameter's optimiser
+moments and EMA copy follow its rule (`opt/0/mu/img/head/kernel` is matched
+as `img/head/kernel`); other state leaves are replicated. A rule that
+matches no parameter, or never applies, is an error at start-up.
+Specs: "replicate"; "fsdp" (split the largest dimension that the `fsdp` axis
 divides, replicate if none does); or a tuple of axis names / None per
-dimension, e.g. `(None, "fsdp")`.
+dimension, e.g. `(None, "fsdp")`. A tuple is written for one layer: on a
+scanned tower (`.../encoderblock/...`, the layers stacked on a leading axis)
+it names the trailing dimensions and the layer axis is not split.
 
 Tensor (Megatron-style) parallelism over a `model` mesh axis is a rule set
 placed before the catch-all rule; the batch is not split over `model`:
@@ -25,11 +30,11 @@ placed before the catch-all rule; the batch is not split over `model`:
     config.sharding_rules = (*TENSOR_PARALLEL_RULES, (".*", "fsdp"))
 """
 
-import re
-
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from big_vl import paths as paths_lib
 
 # Mesh axes the batch is split over, in this order, when present.
 BATCH_AXES = ("replica", "data", "fsdp")
@@ -46,8 +51,8 @@ def tensor_parallel_rules(model_axis="model", fsdp_axis=None):
   second [mlp, D] over mlp (row-parallel). The row-parallel biases (out and
   second Dense, [D]) are left to the rules that follow. Scanned towers
   (`encoderblock/...`, a leading [depth] axis) get the same specs with
-  that axis unsplit. num_heads and mlp_dim must be divisible by the axis
-  size.
+  that axis unsplit (a tuple spec names one layer's dimensions). num_heads
+  and mlp_dim must be divisible by the axis size.
 
   Args:
     model_axis: the mesh axis to split heads / MLP hidden units over.
@@ -59,18 +64,14 @@ def tensor_parallel_rules(model_axis="model", fsdp_axis=None):
   """
   m, f = model_axis, fsdp_axis
   attn = "MultiHeadDotProductAttention_0"
-  base = (
-      (f"{attn}/(query|key|value)/kernel", (f, m, None)),
-      (f"{attn}/(query|key|value)/bias", (m, None)),
-      (f"{attn}/out/kernel", (m, None, f)),
-      ("MlpBlock_0/Dense_0/kernel", (f, m)),
-      ("MlpBlock_0/Dense_0/bias", (m,)),
-      ("MlpBlock_0/Dense_1/kernel", (m, f)),
+  return (
+      (f".*/{attn}/(query|key|value)/kernel", (f, m, None)),
+      (f".*/{attn}/(query|key|value)/bias", (m, None)),
+      (f".*/{attn}/out/kernel", (m, None, f)),
+      (".*/MlpBlock_0/Dense_0/kernel", (f, m)),
+      (".*/MlpBlock_0/Dense_0/bias", (m,)),
+      (".*/MlpBlock_0/Dense_1/kernel", (m, f)),
   )
-  # Scanned blocks first: their params carry a leading (unsplit) depth axis.
-  scanned = tuple((f"encoderblock/{regex}", (None, *spec))
-                  for regex, spec in base)
-  return scanned + base
 
 
 # Tensor parallelism over the `model` axis, for both towers, scanned or not.
@@ -150,6 +151,8 @@ def _spec_for(rule, shape, mesh, path):
     spec[best] = "fsdp"
     return P(*spec)
   if isinstance(rule, (tuple, list)):
+    if len(rule) == len(shape) - 1 and "encoderblock" in path.split("/"):
+      rule = (None, *rule)  # A scanned tower's layer axis stays whole.
     if len(rule) != len(shape):
       raise ValueError(
           f"Sharding rule {rule} has {len(rule)} entries but {path} has shape "
@@ -163,57 +166,57 @@ def _spec_for(rule, shape, mesh, path):
                    "'replicate', 'fsdp' or a tuple of axis names.")
 
 
-def tree_paths(tree):
-  """Pytree of '/'-joined path strings, same structure as `tree`."""
-  def name(path):
-    parts = []
-    for k in path:
-      for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-          parts.append(str(getattr(k, attr)))
-          break
-      else:
-        parts.append(str(k))
-    return "/".join(parts)
-  return jax.tree_util.tree_map_with_path(lambda p, _: name(p), tree)
+# The pytree of "/"-joined leaf paths (kept here for existing callers).
+tree_paths = paths_lib.tree_paths
 
 
 def match_rules(rules, path):
-  """Returns the first rule value whose regex matches a trailing part of path.
+  """The value of the first rule whose regex matches the parameter path.
 
   Args:
     rules: sequence of (regex, value).
-    path: a '/'-joined leaf path, e.g. "params/img/head/kernel".
+    path: a parameter path, e.g. "img/head/kernel" (see `big_vl.paths`).
 
   Returns:
     The value of the first matching rule, or None.
   """
-  for pattern, value in rules:
-    if re.search(f"(?:^|/)(?:{pattern})$", path):
-      return value
-  return None
+  return paths_lib.first_match(rules, path)
 
 
-def tree_shardings(tree, mesh, rules):
+def tree_shardings(tree, mesh, rules, where="config.sharding_rules"):
   """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs).
 
   Args:
-    tree: pytree of arrays / ShapeDtypeStructs (e.g. from `jax.eval_shape`).
+    tree: a params pytree, or a train state {"params": ..., "opt": ...,
+      ...} whose other leaves (optimiser moments, EMA) follow the rule of the
+      parameter they copy (arrays or ShapeDtypeStructs).
     mesh: the Mesh.
-    rules: sequence of (regex, rule); unmatched leaves are replicated.
+    rules: sequence of (regex, rule) over parameter paths; unmatched leaves
+      are replicated.
+    where: the rules' config key, for errors.
 
   Returns:
     A pytree of NamedSharding with the structure of `tree`.
+
+  Raises:
+    ValueError: for a rule that matches no parameter or never applies
+      (`big_vl.paths.check_rules`), or a spec that does not fit.
   """
-  paths = tree_paths(tree)
+  leaf_paths = tree_paths(tree)
+  if isinstance(tree, dict) and "params" in tree:
+    params = set(paths_lib.leaf_paths(tree["params"]))
+  else:
+    params = set(jax.tree.leaves(leaf_paths))
+  paths_lib.check_rules(where, list(rules), sorted(params), ordered=True)
 
   def one(path, leaf):
-    rule = match_rules(rules, path)
+    param = paths_lib.param_path(path, params)
+    rule = None if param is None else match_rules(rules, param)
     shape = tuple(getattr(leaf, "shape", ()))
     return NamedSharding(mesh, _spec_for(rule or "replicate", shape, mesh,
-                                         path))
+                                         param or path))
 
-  return jax.tree.map(one, paths, tree)
+  return jax.tree.map(one, leaf_paths, tree)
 
 
 def to_global(batch, mesh):

@@ -14,16 +14,27 @@ are written into a local *staging* folder that mirrors the URL:
 run being resumed), so a resumed run keeps appending to the same files. For a
 local workdir `staged.local` is the workdir itself and `sync` does nothing.
 
+Staging folders are private: each `StagedDir` makes a new folder (mode
+0700, `tempfile.mkdtemp`) under a per-user base `<tmp>/big_vl_staging-<uid>`
+(mode 0700, refused if another user owns it or it is a symlink), so runs of
+other users, or other runs of the same user on this machine, never see,
+replace or delete each other's files. The folder is removed when the
+process exits if everything in it was uploaded; otherwise it is kept and a
+warning names it.
+
 URLs are read and written with `etils.epath`, which uses fsspec: `gs://`
 needs `gcsfs` (in requirements.txt), `s3://` needs `s3fs`. Credentials are
 the usual ones (Application Default Credentials on a TPU VM).
 """
 
+import atexit
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 
+from absl import logging
 from etils import epath
 
 
@@ -81,6 +92,58 @@ def list_files(root, exclude=()):
   return sorted(found)
 
 
+def _user_id():
+  getuid = getattr(os, "getuid", None)
+  if getuid is not None:
+    return str(getuid())
+  import getpass  # pylint: disable=g-import-not-at-top
+  return getpass.getuser()
+
+
+def private_base(staging_root=None):
+  """This user's folder for staging copies: `<root>/big_vl_staging-<uid>`.
+
+  Created with mode 0700 if absent. An existing one must be a real folder
+  (not a symlink) owned by this user; a too-open mode is tightened to 0700.
+
+  Args:
+    staging_root: the parent folder (default: `tempfile.gettempdir()`,
+      i.e. $TMPDIR or /tmp).
+
+  Returns:
+    The folder's path.
+
+  Raises:
+    PermissionError: the folder exists but belongs to another user or is
+      not a plain folder.
+  """
+  root = staging_root or tempfile.gettempdir()
+  os.makedirs(root, exist_ok=True)
+  base = os.path.join(root, f"big_vl_staging-{_user_id()}")
+  try:
+    os.mkdir(base, 0o700)
+  except FileExistsError:
+    pass
+  info = os.lstat(base)
+  owner = getattr(os, "getuid", lambda: info.st_uid)()
+  problem = None
+  if stat.S_ISLNK(info.st_mode):
+    problem = "a symlink"
+  elif not stat.S_ISDIR(info.st_mode):
+    problem = "not a folder"
+  elif info.st_uid != owner:
+    problem = f"owned by uid {info.st_uid}, not this user (uid {owner})"
+  if problem:
+    raise PermissionError(
+        f"Staging base {base} is {problem}: big_vl stages gs:// workdir "
+        "files there and will not use a path another user may control. "
+        "Remove it, or set TMPDIR (or StagedDir's staging_root) to a folder "
+        "of your own.")
+  if stat.S_IMODE(info.st_mode) & 0o077:
+    os.chmod(base, 0o700)
+  return base
+
+
 class StagedDir:
   """A local folder whose files are mirrored into `target` on `sync()`.
 
@@ -91,7 +154,9 @@ class StagedDir:
     exclude: folder or file names (at any depth under `target`) that are
       neither downloaded nor uploaded (e.g. "checkpoints", which Orbax
       writes directly).
-    staging_root: where staging folders go (default: the temp directory).
+    staging_root: where the per-user staging base goes (default: the temp
+      directory); see `private_base`. Each StagedDir gets a new private
+      folder in it, removed at exit once everything in it is uploaded.
 
   Attributes:
     target: the absolute local path or the URL.
@@ -108,21 +173,40 @@ class StagedDir:
       self.local = self.target
       os.makedirs(self.local, exist_ok=True)
       return
-    staging_root = os.path.join(staging_root or tempfile.gettempdir(),
-                                "big_vl_staging")
-    os.makedirs(staging_root, exist_ok=True)
-    if not active:
-      # An empty folder of its own: other processes of the job may share
-      # this machine and the active one's staging folder.
-      self.local = tempfile.mkdtemp(prefix="inactive_", dir=staging_root)
-      return
+    base = private_base(staging_root)
+    # A new private folder (mode 0700) per StagedDir: other processes of the
+    # job and other runs on this machine have their own. The URL is the
+    # truth: the folder starts from what the URL holds now.
     digest = hashlib.sha1(self.target.encode()).hexdigest()[:12]
-    self.local = os.path.join(staging_root, digest)
-    # The URL is the truth: a stale staging copy from an earlier run on this
-    # machine is replaced by what the URL holds now.
+    self.local = tempfile.mkdtemp(
+        prefix=f"{digest}_" if active else "inactive_", dir=base)
+    atexit.register(self._cleanup, os.getpid())
+    if active:
+      self._download()
+
+  def _pending(self):
+    """Staged files new or changed since the last sync (active dirs)."""
+    if not self.active:
+      return []
+    return [r for r in list_files(self.local, exclude=self._exclude)
+            if self._synced.get(r) != self._signature(
+                os.path.join(self.local, r))]
+
+  def _cleanup(self, pid):
+    """At exit: removes this process's own staging folder if nothing in it
+    awaits upload; otherwise keeps it and says so."""
+    if os.getpid() != pid or not os.path.isdir(self.local):
+      return
+    try:
+      pending = self._pending()
+    except OSError:
+      return
+    if pending:
+      logging.warning(
+          "Keeping staging folder %s: %d file(s) not uploaded to %s (%s).",
+          self.local, len(pending), self.target, ", ".join(pending[:5]))
+      return
     shutil.rmtree(self.local, ignore_errors=True)
-    os.makedirs(self.local)
-    self._download()
 
   @property
   def staged(self):

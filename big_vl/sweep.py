@@ -16,8 +16,16 @@ Run it (sequentially, here; each variant is a normal training run):
 Variant i trains in `ROOT/<name>`, its name built from its overrides (e.g.
 `lr=0.001,loss.name=sigmoid,model.bias_init=-10.0`). A variant whose workdir
 holds a finished sweep run (`sweep_final.json`) is skipped; an interrupted
-one resumes from its last checkpoint, as `big_vl.train` does. At the end the
-sweep writes, in ROOT:
+one resumes from its last checkpoint, as `big_vl.train` does. Before any
+variant runs, the config each existing variant workdir was trained with
+(recorded in `sweep_final.json`, else its `config.json`) is compared with
+the one the sweep would run now: if any key that can change results
+differs (anything but log/ckpt cadence, `sync_every_s`, `keep_ckpts`,
+output locations, `input.read_threads`), the sweep refuses to run, naming
+each such variant and key (old -> new), rather than report or extend
+results of another config (e.g. a `:runlocal` root reused for the full
+sweep): use another ROOT, or delete those variant folders to retrain them.
+At the end the sweep writes, in ROOT:
 
   sweep.csv, sweep.md  one row per variant: name, status, final step, final
                        train loss and every final evaluation metric;
@@ -31,7 +39,9 @@ import json
 import os
 import re
 
+from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
+from big_vl import growth
 from big_vl import metrics as metrics_lib
 from big_vl import plots
 from big_vl import storage
@@ -114,7 +124,83 @@ def variants(config_spec):
 
 
 def _final_row(workdir):
-  return json.loads((storage.path(workdir) / FINAL_FILE).read_text())
+  row = json.loads((storage.path(workdir) / FINAL_FILE).read_text())
+  row.pop("config", None)  # The config it ran (for `saved_config_diff`).
+  return row
+
+
+def saved_config_diff(workdir, config):
+  """How `config` differs from the one `workdir` was trained with.
+
+  The saved config is the one the sweep recorded in `sweep_final.json`, else
+  the workdir's `config.json` (written by the trainer), else the newest
+  checkpoint's (staged, with growth) config.
+
+  Args:
+    workdir: a variant's workdir.
+    config: the config the sweep would run there now.
+
+  Returns:
+    None if the workdir holds no run (no `sweep_final.json`, no
+    checkpoints); else [(dotted key, old, new)] of the keys that can change
+    results (`config_lib.NO_EFFECT_KEYS` left out), or the string
+    "no saved config" if the run saved none.
+  """
+  path = storage.path(workdir)
+  ckpts = path / "checkpoints"
+  steps = ([int(p.name) for p in ckpts.iterdir() if p.name.isdigit()]
+           if ckpts.is_dir() else [])
+  final = path / FINAL_FILE
+  if not final.exists() and not steps:
+    return None
+  recorded = json.loads(final.read_text()).get("config") if (
+      final.exists()) else None
+  if recorded is not None:
+    saved, now = recorded, config
+  elif (path / "config.json").exists():
+    saved, now = json.loads((path / "config.json").read_text()), config
+  else:
+    try:
+      meta = ckpt_lib.read_meta(os.fspath(ckpts), max(steps)) if steps else {}
+    except ckpt_lib.CheckpointError:
+      meta = {}
+    if "config" not in meta:
+      return "no saved config"
+    saved, now = meta["config"], growth.stage_config(config, max(steps))
+  _, changed = config_lib.split_diff(config_lib.config_diff(saved, now),
+                                     config_lib.NO_EFFECT_KEYS)
+  return changed
+
+
+def check_existing(root, todo):
+  """Refuses to run if an existing variant ran with another config.
+
+  Args:
+    root: the sweep's root folder.
+    todo: `variants(...)`.
+
+  Raises:
+    ValueError: naming each variant whose workdir's saved config differs
+      from the one the sweep would run (or holds none), with the keys.
+  """
+  stale = []
+  for name, _, config in todo:
+    workdir = os.path.join(root, name)
+    diff = saved_config_diff(workdir, config)
+    if diff:
+      state = ("finished" if (storage.path(workdir) / FINAL_FILE).exists()
+               else "interrupted")
+      detail = (f"    {diff}" if isinstance(diff, str)
+                else config_lib.format_diff(diff, indent="    "))
+      stale.append(f"  {name} ({state}, {workdir}):\n{detail}")
+  if stale:
+    raise ValueError(
+        f"Refusing to run the sweep in {root}: {len(stale)} variant "
+        "workdir(s) there were trained with another config than the one the "
+        "sweep would run now (e.g. a :runlocal root reused for the full "
+        "sweep), so their results would not be this sweep's:\n"
+        + "\n".join(stale) + "\nUse another --workdir root, or delete those "
+        "variant folders to retrain them.")
 
 
 def run(config_spec, root, *, train_fn=None, log=print):
@@ -130,12 +216,17 @@ def run(config_spec, root, *, train_fn=None, log=print):
   Returns:
     A list of rows (dicts): "name", "status" ("trained" or "skipped"),
     "step", "train/loss", and the final evaluation metrics.
+
+  Raises:
+    ValueError: before anything runs, if a variant's existing workdir was
+      trained with another config (`check_existing`).
   """
   if train_fn is None:
     from big_vl import train as train_lib  # pylint: disable=g-import-not-at-top
     train_fn = train_lib.train
   root = storage.absolute(root)
   todo = variants(config_spec)
+  check_existing(root, todo)
   rows = []
   for i, (name, overrides, config) in enumerate(todo):
     workdir = os.path.join(root, name)
@@ -155,8 +246,9 @@ def run(config_spec, root, *, train_fn=None, log=print):
            "train/loss": losses[max(losses)] if losses else None,
            **{k: v for k, v in result["final"].items()
               if not k.startswith("eval_time/")}}
-    storage.write(os.path.join(workdir, FINAL_FILE),
-                  json.dumps(row, indent=2, default=float))
+    storage.write(os.path.join(workdir, FINAL_FILE), json.dumps(
+        {**row, "config": json.loads(config.to_json_best_effort())},
+        indent=2, default=float))
     row["status"] = "trained"
     rows.append(row)
   write_tables(rows, root)

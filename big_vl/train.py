@@ -6,8 +6,13 @@ One trainer serves every method; methods differ by config only.
         --workdir=/tmp/demo [--config.lr=1e-3 ...]
 
 A workdir that already holds a checkpoint is resumed from it, on any mesh
-and any number of processes. Multi-process (multi-host) runs start one
-process per host with the same command; see `big_vl/distributed.py`:
+and any number of processes: from the newest checkpoint that loads (a
+corrupt or truncated one is reported and moved aside), and only if the
+config matches the one it was saved with, except for durations, log/ckpt/
+eval cadence and outputs (those changes are logged; anything else is an
+error naming the keys unless `--allow_config_change`). Multi-process
+(multi-host) runs start one process per host with the same command; see
+`big_vl/distributed.py`:
 
     python -m big_vl.train --config=... --workdir=... \
         --coordinator=10.0.0.2:12345 --num_processes=4 --process_id=$I
@@ -15,7 +20,9 @@ process per host with the same command; see `big_vl/distributed.py`:
 (on TPU VMs and under SLURM `jax.distributed` is joined automatically).
 Only process 0 writes logs, metrics, plots and results; all processes write
 the checkpoint together. Outputs:
-  workdir/config.json      the resolved config
+  workdir/config.json      the resolved config (a resume with a changed
+                           config keeps the old one as
+                           config.until_step_N.json)
   workdir/metrics.jsonl    one JSON row per logged step / evaluation
   workdir/tb/              TensorBoard event files
   workdir/checkpoints/     Orbax checkpoints (state, data position, meta)
@@ -54,6 +61,7 @@ from big_vl import losses
 from big_vl import metrics as metrics_lib
 from big_vl import models
 from big_vl import optim
+from big_vl import paths
 from big_vl import plots
 from big_vl import pretrained
 from big_vl import registry
@@ -86,16 +94,63 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_config(config):
-  """Checks the config's keys before anything expensive starts."""
+  """Checks every block of a training config before anything expensive.
+
+  Each block is checked against the signature of what consumes it, before
+  any data or device work: the top level and `config.input` against the
+  keys the trainer reads, `config.model` (and its `image` / `text` blocks)
+  against the model's fields (`models.check_config`), `config.loss`
+  against the loss's options, `config.optim` / `config.schedule` against
+  the optimiser's / schedule's (`optim.check_config`), each `config.evals`
+  block against its evaluator's constructor (`check_evals`),
+  `config.model_load` against `pretrained.merge`, and `config.growth`.
+
+  Raises:
+    ValueError: naming the dotted key (e.g. `config.loss.temprature`), with
+      the closest known keys.
+  """
   config_lib.check_keys(config, KNOWN_KEYS)
   param_compute_dtype(config)
   config_lib.check_keys(config.input, KNOWN_INPUT_KEYS, "config.input")
   device_pp_lib.build(config.input.get("device_pp", None))  # Unknown ops.
+  check_model(config)
+  if "loss" not in config:
+    raise ValueError("config.loss is missing; e.g. config.loss = "
+                     "dict(name='softmax').")
+  loss = dict(config.loss or {})
+  if "name" not in loss:
+    raise ValueError(f"config.loss.name is missing; known losses: "
+                     f"{', '.join(registry.names('loss'))}.")
+  try:
+    losses.get(**loss)
+  except KeyError as e:
+    raise ValueError(f"config.loss.name: {e.args[0]}") from None
+  optim.check_config(config)
+  config_lib.check_signature(config.get("model_load", None), pretrained.merge,
+                             "config.model_load", skip=("fresh", "loaded"))
+  growth.events(config)
+  check_evals(config)
+
+
+def check_model(config):
+  """Checks `config.model` (all depths) against `config.model_name`'s model.
+  """
+  if config.get("model", None) is None:
+    raise ValueError("config.model is missing.")
+  models.check_config(config.get("model_name", "two_towers"), config.model)
+
+
+def check_evals(config, where="config.evals"):
+  """Checks each `config.evals` block against its evaluator's constructor
+  (minus `predict_fn` / `mesh`, plus the meta keys `type` and `every`)."""
   for name, block in (config.get("evals", None) or {}).items():
     kind = block.get("type", name)
     if kind not in registry.names("evaluator"):
-      raise ValueError(f"config.evals.{name}: unknown evaluator type "
+      raise ValueError(f"{where}.{name}: unknown evaluator type "
                        f"{kind!r}; known: {registry.names('evaluator')}.")
+    config_lib.check_signature(
+        block, registry.get("evaluator", kind), f"{where}.{name}",
+        skip=("predict_fn", "mesh"), extra=EVAL_META_KEYS)
 
 
 def make_model(config):
@@ -340,6 +395,9 @@ def build(config, mesh, example, total_steps, warmup_steps):
   init_params = lambda rng: model.init({"params": rng}, image0, text0)[
       "params"]
   abstract_params = jax.eval_shape(init_params, init_rng)
+  # Every rule list must match the params (big_vl/paths.py), before any
+  # device work.
+  paths.check_config_rules(config, abstract_params)
   tx, schedule = optim.make(config, abstract_params, total_steps,
                             warmup_steps)
   frozen = optim.frozen_mask(config, abstract_params)
@@ -452,7 +510,88 @@ def _run_evals(evaluators, params, step, writer, final=False):
   return results
 
 
-def train(config, workdir, *, devices=None, stop_after_steps=None):
+def check_resume_config(config, step, meta, *, allow_config_change=False,
+                        where="the checkpoint"):
+  """Compares the run's config with the one checkpoint `step` was saved with.
+
+  With growth the checkpoint holds the staged config of its step, so it is
+  compared with `growth.stage_config(config, step)`.
+
+  Args:
+    config: the run's ConfigDict.
+    step: the checkpoint's step.
+    meta: the checkpoint's meta (its "config" is the saved config).
+    allow_config_change: let any key change (`--allow_config_change`).
+    where: the checkpoint's folder, for messages.
+
+  Returns:
+    The differences [(dotted key, old, new)] (`config_lib.config_diff`), or
+    None if the checkpoint saved no config.
+
+  Raises:
+    ValueError: listing the differing keys (old -> new) if a key outside
+      `config_lib.RESUME_CHANGEABLE_KEYS` changed and not
+      `allow_config_change`.
+  """
+  saved = meta.get("config")
+  if saved is None:
+    return None
+  diff = config_lib.config_diff(saved, growth.stage_config(config, step))
+  _, bad = config_lib.split_diff(diff, config_lib.RESUME_CHANGEABLE_KEYS)
+  if bad and not allow_config_change:
+    raise ValueError(
+        f"The config differs from the one checkpoint {step} in {where} was "
+        "saved with, in keys a resumed run may not change:\n"
+        f"{config_lib.format_diff(bad)}\n"
+        "Resume with the saved values (the workdir's config.json holds "
+        "them), train in a new --workdir, or pass --allow_config_change "
+        "(train(..., allow_config_change=True)) to resume anyway (the params' "
+        "shapes must still match). Keys that may change on resume, and are "
+        "logged: durations (total_*, warmup_*), log/ckpt/eval cadence "
+        "(log_*, ckpt_*, evals.NAME.every), sync_every_s, keep_ckpts, "
+        "results_dir, retrieval_png, input.read_threads.")
+  return diff
+
+
+def _check_saved_config(config, checkpointer, allow_config_change):
+  """Checks `config` against the newest checkpoint whose meta reads (before
+  any data or device work); a bad meta is left to `restore_latest`."""
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    try:
+      meta = ckpt_lib.read_meta(checkpointer.directory, step)
+    except ckpt_lib.CheckpointError:
+      continue
+    if meta:
+      check_resume_config(config, step, meta,
+                          allow_config_change=allow_config_change,
+                          where=checkpointer.directory)
+      return
+
+
+def _write_config(files, config, newest_step):
+  """Writes files/config.json; when resuming with a changed config, the old
+  file is kept as config.until_step_N.json (N: the newest checkpoint)."""
+  path = os.path.join(files, "config.json")
+  text = config.to_json_best_effort(indent=2)
+  if newest_step is not None and os.path.exists(path):
+    with open(path) as f:
+      try:
+        old = json.load(f)
+      except ValueError:
+        old = None
+    if old is None or config_lib.config_diff(old, json.loads(text)):
+      keep, n = os.path.join(files, f"config.until_step_{newest_step}.json"), 1
+      while os.path.exists(keep):
+        keep = os.path.join(files,
+                            f"config.until_step_{newest_step}.{n}.json")
+        n += 1
+      os.replace(path, keep)
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def train(config, workdir, *, devices=None, stop_after_steps=None,
+          allow_config_change=False):
   """Trains (or resumes) a run described by `config` in `workdir`.
 
   Args:
@@ -461,6 +600,9 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
     devices: devices for the mesh (default: all).
     stop_after_steps: stop (with a checkpoint) after this many steps in this
       call, as a preemption would; the next call resumes.
+    allow_config_change: resume even if keys other than
+      `config_lib.RESUME_CHANGEABLE_KEYS` differ from the checkpoint's config
+      (they are logged); otherwise that is a ValueError.
 
   Returns:
     dict with "step" (last step done), "losses" ({step: loss} of this call)
@@ -474,9 +616,14 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
   # `staged.sync()`).
   staged = storage.StagedDir(workdir, active=is_main)
   files = staged.local
+  checkpointer = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      max_to_keep=config.get("keep_ckpts", 2))
+  saved_steps = checkpointer.all_steps()
+  # A resumed run's config must match its checkpoint's: checked first.
+  _check_saved_config(config, checkpointer, allow_config_change)
   if is_main:
-    with open(os.path.join(files, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_config(files, config, max(saved_steps) if saved_steps else None)
     staged.sync()
   mesh = sharding.make_mesh(config.mesh, devices)
   seed = config.get("seed", 0)
@@ -506,37 +653,68 @@ def train(config, workdir, *, devices=None, stop_after_steps=None):
 
   # Model, loss, optimiser, state and step. With growth, the model is the
   # one the run has after the checkpoint's steps (`growth.stage_config`).
-  checkpointer = ckpt_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
-      max_to_keep=config.get("keep_ckpts", 2))
-  start = checkpointer.latest_step()
+  # The newest checkpoint that loads is resumed (a bad one is reported and
+  # moved aside); state, data position and counters all come from it.
   growth_at = dict(growth.events(config))
-  stage = growth.stage_config(config, start or 0)
-  run = build(stage, mesh, example, total, warmup)
-  model, abstract_state = run.model, run.abstract_state
-  state_shardings = run.state_shardings
+  runs = {}
+
+  def run_at(step):
+    """(staged config, Run) of the model after `step` steps."""
+    stage_ = growth.stage_config(config, step)
+    key = stage_.to_json_best_effort()
+    if key not in runs:
+      runs[key] = (stage_, build(stage_, mesh, example, total, warmup))
+    return runs[key]
+
+  def remap_data(states, meta):
+    _log(f"The checkpoint was saved by {len(states)} processes and this "
+         f"run has {jax.process_count()}: the data stream continues at "
+         "the next global batch.")
+    return pipeline.remap_position(
+        states, int(meta.get("data_block", global_batch // len(states))),
+        local_batch)
+
+  def check_meta(step, meta):
+    check_resume_config(config, step, meta,
+                        allow_config_change=allow_config_change,
+                        where=checkpointer.directory)
+
   skipped = 0
   skipped_by = {r: 0 for r in pipeline.SKIP_REASONS}
-  if start is not None:
+  restored = checkpointer.restore_latest(
+      lambda step: ckpt_lib.abstract_with_shardings(
+          run_at(step)[1].abstract_state, run_at(step)[1].state_shardings),
+      data_iter=it, remap_data=remap_data, check_meta=check_meta, log=_warn)
+  if restored is not None:
+    start, state, meta = restored
+    stage, run = run_at(start)
     _log(f"Resuming from step {start} in {workdir}")
-    def remap_data(states, meta):
-      _log(f"The checkpoint was saved by {len(states)} processes and this "
-           f"run has {jax.process_count()}: the data stream continues at "
-           "the next global batch.")
-      return pipeline.remap_position(
-          states, int(meta.get("data_block", global_batch // len(states))),
-          local_batch)
-
-    state, meta = checkpointer.restore(
-        start, ckpt_lib.abstract_with_shardings(abstract_state,
-                                                state_shardings),
-        data_iter=it, remap_data=remap_data)
+    changes = check_resume_config(config, start, meta,
+                                  allow_config_change=allow_config_change,
+                                  where=checkpointer.directory)
+    if changes is None:
+      _warn(f"Checkpoint {start} holds no config: the config could not be "
+            "compared with the one it was trained with.")
+    elif changes:
+      _log("The config differs from the checkpoint's"
+           + (" (--allow_config_change)" if config_lib.split_diff(
+               changes, config_lib.RESUME_CHANGEABLE_KEYS)[1] else "")
+           + ":\n" + config_lib.format_diff(changes))
+    if start > total:
+      raise ValueError(
+          f"Checkpoint {start} in {checkpointer.directory} is past the run's "
+          f"duration ({total} steps): nothing to train. Give a duration of at "
+          f"least {start} steps (config.total_*) or another --workdir.")
     skipped = int(meta.get("skipped", 0))
     skipped_by.update({r: int(n) for r, n in meta.get(
         "skipped_by_reason", {}).items()})
   else:
     start = 0
+    stage, run = run_at(0)
     state = run.init_state()
+  runs.clear()
+  model, abstract_state = run.model, run.abstract_state
+  state_shardings = run.state_shardings
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
       abstract_state["params"]))
   _log(f"Model {config.get('model_name', 'two_towers')}: "
@@ -734,6 +912,13 @@ def _log(message):
     print(message, flush=True)
 
 
+def _warn(message):
+  """Logs a warning, printed on process 0 too."""
+  logging.warning(message)
+  if jax.process_index() == 0:
+    print(f"WARNING: {message}", flush=True)
+
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/demo.py:runlocal.",
     lock_config=True)
@@ -750,6 +935,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Processes in the job (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's index (with --coordinator).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume even if the config differs from "
+    "the checkpoint's in keys other than durations, log/ckpt/eval cadence "
+    "and outputs (the differences are logged).")
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", 10, "Seconds without a heartbeat after which a "
     "process counts as dead and the whole job stops (non-zero exit).")
@@ -771,7 +960,8 @@ def main(argv):
          "If a process dies, the others stop (a failed collective, or no "
          f"heartbeat for {_HEARTBEAT_TIMEOUT.value} s); relaunch the same "
          "command on every host to resume from the last checkpoint.")
-  train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value)
+  train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value,
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ then linearly decayed to 0 over 1.2M steps (about 12 epochs of its 1.8B
 noisy alt-text pairs), image 289 px for training, text length 64, embedding
 width 640. Deviations (stated, not hidden): the image tower is a ViT
 (`variant`, default B/16 at 224 px) instead of EfficientNet-L2, the text
-tower is BERT-Base-sized, and the data is LAION-400M from TFDS
-(`laion400m/images`, array_record in $TFDS_DATA_DIR) since ALIGN's data is
-private.
+tower is BERT-Base-sized, and the data is LAION-400M as img2dataset
+WebDataset shards (`data=SHARDS`, default /data/laion400m/{00000..41455}.tar;
+how to download them: configs/clip.py) since ALIGN's data is private.
+Evaluation as in configs/clip.py (`big_vl.config.fullsize_evals`, with the
+WordPiece tokenizer): ImageNet zero-shot (`imagenet=SPEC`) and COCO
+Karpathy-test retrieval (`coco=SPEC`).
 
 The text tower and its WordPiece tokenizer come from a BERT vocabulary:
 `vocab=DIR` is a folder with BERT's `vocab.txt` (uncased, 30,522 entries;
@@ -29,8 +32,9 @@ Full run (a TPU pod):
         --workdir=W
 
 Expected: ALIGN (EfficientNet-L2, 1.8B pairs) reports 76.4% ImageNet
-zero-shot top-1; a ViT-B/16 on LAION-400M should land near CLIP B/16's
-67%. Not reproduced here (no accelerator pod).
+zero-shot top-1 (`zeroshot/imagenet/top1` here); a ViT-B/16 on
+LAION-400M should land near CLIP B/16's 67%. Not reproduced here (no
+accelerator pod).
 
 Local run on the demo data (2 CPU cores, about a minute; a tiny BERT-style
 tower with the CLIP BPE tokenizer, so no vocabulary is needed):
@@ -60,10 +64,13 @@ BERT_BASE = dict(width=768, depth=12, mlp_dim=3072, num_heads=12,
 
 
 def get_config(arg=None):
-  """ALIGN config. Args: `vocab=DIR`, `variant`, `batch`, `res`, `runlocal`."""
+  """ALIGN config. Args: `vocab=DIR`, `variant`, `batch`, `res`, `steps`,
+  `max_len`, `data=SHARDS`, `imagenet=SPEC`, `coco=SPEC`, `runlocal`."""
   arg = config_lib.parse_arg(arg, vocab="", variant="B/16", batch=16384,
                              res=224, steps=1_200_000, max_len=64,
-                             runlocal=False)
+                             data=config_lib.LAION400M_SHARDS,
+                             imagenet=config_lib.IMAGENET_DATA,
+                             coco=config_lib.COCO_DATA, runlocal=False)
   if not arg.runlocal and not os.path.exists(
       os.path.join(arg.vocab, "vocab.txt")):
     raise ValueError(
@@ -74,12 +81,12 @@ def get_config(arg=None):
               f"path='{os.path.abspath(arg.vocab)}')")
   config = ml_collections.ConfigDict()
   config.seed = 0
+  image_pp = f"decode|resize({arg.res}, method='bicubic')"
   config.input = ml_collections.ConfigDict(dict(
-      data="tfds:laion400m/images", split="train", data_dir=None,
+      # WebDataset samples: "image" (encoded) and "text" (KEY.txt).
+      data=config_lib.shards_spec(arg.data), split="train", data_dir=None,
       batch_size=arg.batch,
-      pp=(f"decode|resize({arg.res}, method='bicubic')|"
-          f"choice(key='caption', out='text')|{tokenize}|"
-          "keep('image','text')"),
+      pp=f"{image_pp}|{tokenize}|keep('image','text')",
       # uint8 from the host; [-1, 1] inside the train step.
       device_pp="value_range(-1,1)",
       workers=8, read_threads=16, shuffle=True))
@@ -111,11 +118,8 @@ def get_config(arg=None):
 
   config.mesh = (("data", -1),)
   config.sharding_rules = ((".*", "fsdp"),)
-  config.evals = config_lib.demo_evals(arg.res, arg.max_len, every=10_000)
-  for block in config.evals.values():
-    block.pp_txt = tokenize
-  config.evals.retrieval.pp = config.evals.retrieval.pp.replace(
-      f"tokenize(max_len={arg.max_len}", tokenize[:-1], 1)
+  config.evals = config_lib.fullsize_evals(
+      image_pp, tokenize, every=10_000, imagenet=arg.imagenet, coco=arg.coco)
 
   if arg.runlocal:
     config_lib.runlocal_on_demo(config)

@@ -6,17 +6,47 @@ global batch 32,768; AdamW (b1 0.9, b2 0.98, eps 1e-6), weight decay 0.2
 cosine decay to 0, 32 epochs; image 224 px; text: 12-layer, 512-wide, 8-head
 causal transformer, context length 77, CLIP BPE vocabulary of 49,408, pooled at
 the end-of-text token; embedding width 512; learned temperature initialised to
-1/0.07 (CLIP also clips it at 100; not done here). CLIP's private WIT-400M is replaced by LAION-400M from TFDS
-(`laion400m/images`, prepared as array_record in $TFDS_DATA_DIR).
+1/0.07 (CLIP also clips it at 100; not done here). 32 epochs of 400M pairs
+are 12.8B examples (`examples=N`; streaming data has no length, so the
+duration is in examples).
+
+Data: CLIP's private WIT-400M is replaced by LAION-400M as img2dataset
+WebDataset shards (how LAION-400M and DataComp are distributed; read by
+`wds:`, each sample's `KEY.txt` is the caption). Download the metadata
+(parquet, https://huggingface.co/datasets/laion/laion400m) and the images
+(no TensorFlow needed; about 10 TB at 256 px):
+
+    pip install img2dataset
+    img2dataset --url_list laion400m-meta --input_format parquet \
+        --url_col URL --caption_col TEXT --output_format webdataset \
+        --output_folder /data/laion400m --image_size 256 \
+        --processes_count 16 --thread_count 128
+
+and name the shards with `data=` (default /data/laion400m/{00000..41455}.tar:
+41,456 shards of 10,000 pairs; any brace pattern, local or gs://).
+DataComp's download script writes the same layout, so `data=` can name its
+shards instead.
+
+Evaluation (`big_vl.config.fullsize_evals`, every 5,000 steps and at the
+end): ImageNet zero-shot on the 50,000 validation images with CLIP's 1,000
+class names and 80 templates (`imagenet=SPEC`, default
+`tfds:big_vl_image_folder/imagenet`: a folder `imagenet/validation/<wnid>/
+*.JPEG` listed in $BIG_VL_IMAGE_FOLDERS, built on first use; or
+`imagenet=tfds:imagenet2012` if you have it as array_record), and COCO
+image <-> text retrieval on the Karpathy 5k test split (`coco=SPEC`, default
+`jsonl:/data/coco/karpathy_test.jsonl`, one row {"image": path, "caption":
+[captions]} per image; README, "Data", has the commands that make both).
 
 Full run (a TPU pod; one of):
 
     python -m big_vl.train --config=configs/clip.py:variant=B/32 --workdir=W
-    python -m big_vl.train --config=configs/clip.py:variant=B/16 --workdir=W
+    python -m big_vl.train --workdir=W \
+        --config=configs/clip.py:variant=B/16,data=gs://B/laion400m/{00000..41455}.tar
 
 Expected: CLIP reports ImageNet zero-shot top-1 of 63.2% (B/32) and 68.6%
-(B/16) on WIT-400M; open_clip's LAION-400M runs reach 62.9% / 67.1%. Not
-reproduced here (no accelerator pod); the evaluators these configs use are.
+(B/16) on WIT-400M; open_clip's LAION-400M runs reach 62.9% / 67.1%
+(`zeroshot/imagenet/top1`). Not reproduced here (no accelerator pod); the
+evaluators these configs use are.
 
 Local run on the embedded demo data (2 CPU cores, about a minute):
 
@@ -40,20 +70,25 @@ PAPER = {
 
 
 def get_config(arg=None):
-  """CLIP config. Args: `variant=B/32|B/16`, `batch=N`, `runlocal`."""
-  arg = config_lib.parse_arg(arg, variant="B/32", batch=32768, epochs=32.0,
-                             res=224, runlocal=False)
+  """CLIP config. Args: `variant=B/32|B/16`, `batch=N`, `examples=N`,
+  `res=N`, `data=SHARDS`, `imagenet=SPEC`, `coco=SPEC`, `runlocal`."""
+  arg = config_lib.parse_arg(arg, variant="B/32", batch=32768,
+                             examples=12_800_000_000, res=224,
+                             data=config_lib.LAION400M_SHARDS,
+                             imagenet=config_lib.IMAGENET_DATA,
+                             coco=config_lib.COCO_DATA, runlocal=False)
   if arg.variant not in PAPER:
     raise ValueError(f"configs/clip.py: variant must be one of {list(PAPER)}.")
   paper = PAPER[arg.variant]
   config = ml_collections.ConfigDict()
   config.seed = 0
+  image_pp = f"decode|resize({arg.res}, method='bicubic')"
+  tokenize = "tokenize(max_len=77)"
   config.input = ml_collections.ConfigDict(dict(
-      data="tfds:laion400m/images", split="train", data_dir=None,
+      # WebDataset samples: "image" (encoded) and "text" (KEY.txt).
+      data=config_lib.shards_spec(arg.data), split="train", data_dir=None,
       batch_size=arg.batch,
-      pp=(f"decode|resize({arg.res}, method='bicubic')|"
-          "choice(key='caption', out='text')|tokenize(max_len=77)|"
-          "keep('image','text')"),
+      pp=f"{image_pp}|{tokenize}|keep('image','text')",
       # uint8 from the host; [-1, 1] inside the train step.
       device_pp="value_range(-1,1)",
       workers=8, read_threads=16, shuffle=True))
@@ -70,7 +105,7 @@ def get_config(arg=None):
       dtype="bfloat16"))
   config.loss = ml_collections.ConfigDict(dict(name="softmax", impl="ring"))
 
-  config.total_epochs = arg.epochs
+  config.total_examples = arg.examples
   config.warmup_steps = 2000
   config.log_steps = 50
   config.ckpt_steps = 1000
@@ -92,7 +127,8 @@ def get_config(arg=None):
 
   config.mesh = (("data", -1),)
   config.sharding_rules = ((".*", "fsdp"),)
-  config.evals = config_lib.demo_evals(arg.res, 77, every=5000)
+  config.evals = config_lib.fullsize_evals(
+      image_pp, tokenize, every=5000, imagenet=arg.imagenet, coco=arg.coco)
 
   if arg.runlocal:
     config_lib.runlocal_on_demo(config)

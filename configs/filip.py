@@ -13,8 +13,10 @@ paper uses to save memory); `global_weight=w` adds w times the pooled CLIP
 loss.
 
 Hyper-parameters: CLIP's ViT-B/32 recipe (configs/clip.py) with the
-FILIP-base shared-space width of 256; the paper trains with LAMB on
-FILIP300M + CC3M/CC12M/YFCC100M (its Tables 8-9), which are not in TFDS.
+FILIP-base shared-space width of 256, and its data (LAION-400M WebDataset
+shards, `data=SHARDS`) and evaluations (ImageNet zero-shot, COCO
+retrieval); the paper trains with LAMB on FILIP300M + CC3M/CC12M/YFCC100M
+(its Tables 8-9).
 The built-in zero-shot and retrieval evaluators score the pooled
 embeddings, which the FILIP loss alone does not train: use
 `global_weight>0` to have them measure something, or read the loss and its
@@ -39,16 +41,21 @@ from big_vl import config as config_lib
 
 
 def get_config(arg=None):
-  """FILIP config. Args: those of configs/clip.py, `token_keep`,
-  `global_weight`."""
-  arg = config_lib.parse_arg(arg, variant="B/32", batch=32768, epochs=32.0,
-                             res=224, runlocal=False, token_keep=1.0,
-                             global_weight=0.0)
+  """FILIP config. Args: those of configs/clip.py (`variant`, `batch`,
+  `examples`, `res`, `data=SHARDS`, `imagenet=SPEC`, `coco=SPEC`,
+  `runlocal`), `token_keep`, `global_weight`."""
+  arg = config_lib.parse_arg(arg, variant="B/32", batch=32768,
+                             examples=12_800_000_000, res=224,
+                             data=config_lib.LAION400M_SHARDS,
+                             imagenet=config_lib.IMAGENET_DATA,
+                             coco=config_lib.COCO_DATA, runlocal=False,
+                             token_keep=1.0, global_weight=0.0)
   clip = config_lib.load_config_module(
       os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip.py"))
   config = clip.get_config(
-      f"variant={arg.variant},batch={arg.batch},epochs={arg.epochs},"
-      f"res={arg.res},runlocal={arg.runlocal}")
+      f"variant={arg.variant},batch={arg.batch},examples={arg.examples},"
+      f"res={arg.res},data={arg.data},imagenet={arg.imagenet},"
+      f"coco={arg.coco},runlocal={arg.runlocal}")
   config.model.out_dim = 64 if arg.runlocal else 256
   config.model.token_features = True
   config.model.token_keep = arg.token_keep

@@ -7,16 +7,19 @@ gradient clipping at 1.0, linear warm-up (5% of training here; the
 paper does not pin its length) then cosine decay; image 224 px with a
 MAP-pooled ViT; text: bidirectional B-size transformer, 16 tokens, last-token
 pooling; logit temperature initialised to 10 (log t' = log 10) and bias to
--10. WebLI is private: the data is LAION-400M from TFDS (`laion400m/images`,
-array_record in $TFDS_DATA_DIR), tokenised with the CLIP BPE vocabulary.
+-10. WebLI is private: the data is LAION-400M as img2dataset WebDataset
+shards (`data=SHARDS`, default /data/laion400m/{00000..41455}.tar; how to
+download them: configs/clip.py), tokenised with the CLIP BPE vocabulary.
+Evaluation as in configs/clip.py (`big_vl.config.fullsize_evals`): ImageNet
+zero-shot (`imagenet=SPEC`) and COCO Karpathy-test retrieval (`coco=SPEC`).
 
 Full run (a TPU pod):
 
     python -m big_vl.train --config=configs/siglip.py:variant=B/16 --workdir=W
 
 Expected: the paper reports 73.4% ImageNet zero-shot for B/16 after 9B WebLI
-examples (Table 3, at 32k batch); LAION-400M runs are lower. Not reproduced
-here (no accelerator pod).
+examples (Table 3, at 32k batch; `zeroshot/imagenet/top1` here);
+LAION-400M runs are lower. Not reproduced here (no accelerator pod).
 
 Local run on the embedded demo data (2 CPU cores, about a minute):
 
@@ -35,20 +38,25 @@ VARIANTS = ("B/32", "B/16")
 
 
 def get_config(arg=None):
-  """SigLIP config. Args: `variant=B/32|B/16`, `batch=N`, `runlocal`."""
+  """SigLIP config. Args: `variant=B/32|B/16`, `batch=N`, `examples=N`,
+  `res`, `max_len`, `data=SHARDS`, `imagenet=SPEC`, `coco=SPEC`,
+  `runlocal`."""
   arg = config_lib.parse_arg(arg, variant="B/16", batch=32768,
                              examples=9_000_000_000, res=224, max_len=16,
-                             runlocal=False)
+                             data=config_lib.LAION400M_SHARDS,
+                             imagenet=config_lib.IMAGENET_DATA,
+                             coco=config_lib.COCO_DATA, runlocal=False)
   if arg.variant not in VARIANTS:
     raise ValueError(f"configs/siglip.py: variant must be one of {VARIANTS}.")
   config = ml_collections.ConfigDict()
   config.seed = 0
+  image_pp = f"decode|resize({arg.res})"
+  tokenize = f"tokenize(max_len={arg.max_len})"
   config.input = ml_collections.ConfigDict(dict(
-      data="tfds:laion400m/images", split="train", data_dir=None,
+      # WebDataset samples: "image" (encoded) and "text" (KEY.txt).
+      data=config_lib.shards_spec(arg.data), split="train", data_dir=None,
       batch_size=arg.batch,
-      pp=(f"decode|resize({arg.res})|"
-          "choice(key='caption', out='text')|"
-          f"tokenize(max_len={arg.max_len})|keep('image','text')"),
+      pp=f"{image_pp}|{tokenize}|keep('image','text')",
       # uint8 from the host; [-1, 1] inside the train step.
       device_pp="value_range(-1,1)",
       workers=8, read_threads=16, shuffle=True))
@@ -86,7 +94,8 @@ def get_config(arg=None):
 
   config.mesh = (("data", -1),)
   config.sharding_rules = ((".*", "fsdp"),)
-  config.evals = config_lib.demo_evals(arg.res, arg.max_len, every=5000)
+  config.evals = config_lib.fullsize_evals(
+      image_pp, tokenize, every=5000, imagenet=arg.imagenet, coco=arg.coco)
 
   if arg.runlocal:
     config_lib.runlocal_on_demo(config, max_len=arg.max_len)

@@ -14,8 +14,11 @@ text tower and embedding widths follow open_clip's ViTamin model configs:
   XL       vitamin XL, 256   1152  1152 / 16 / 27
 
 Training follows CLIP's recipe (configs/clip.py: AdamW b2 0.98, wd 0.2,
-cosine, softmax loss, learned temperature from 1/0.07) on LAION-400M from
-TFDS; the paper trains on DataComp-1B, which TFDS does not have.
+cosine, softmax loss, learned temperature from 1/0.07), data and
+evaluations: LAION-400M as img2dataset WebDataset shards (`data=SHARDS`,
+see configs/clip.py), ImageNet zero-shot and COCO retrieval. The paper
+trains on DataComp-1B, which is distributed in the same WebDataset layout:
+`data=/path/to/datacomp/{00000000..NNNNNNNN}.tar` (its shard range).
 
 Full run (a TPU pod):
 
@@ -48,17 +51,22 @@ TOWERS = {
 
 
 def get_config(arg=None):
-  """ViTamin config. Args: `variant=S|B|L|XL`, `batch`, `epochs`, `runlocal`."""
-  arg = config_lib.parse_arg(arg, variant="S", batch=32768, epochs=32.0,
-                             runlocal=False)
+  """ViTamin config. Args: `variant=S|B|L|XL`, `batch`, `examples`,
+  `data=SHARDS`, `imagenet=SPEC`, `coco=SPEC`, `runlocal`."""
+  arg = config_lib.parse_arg(arg, variant="S", batch=32768,
+                             examples=12_800_000_000,
+                             data=config_lib.LAION400M_SHARDS,
+                             imagenet=config_lib.IMAGENET_DATA,
+                             coco=config_lib.COCO_DATA, runlocal=False)
   if arg.variant not in TOWERS:
     raise ValueError(f"configs/vitamin.py: variant must be one of "
                      f"{list(TOWERS)}.")
   out_dim, text_width, text_heads, text_depth, res = TOWERS[arg.variant]
   clip = config_lib.load_config_module(
       os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip.py"))
-  config = clip.get_config(f"batch={arg.batch},epochs={arg.epochs},res={res},"
-                           f"runlocal={arg.runlocal}")
+  config = clip.get_config(
+      f"batch={arg.batch},examples={arg.examples},res={res},data={arg.data},"
+      f"imagenet={arg.imagenet},coco={arg.coco},runlocal={arg.runlocal}")
   config.model.image = dict(arch="vitamin", variant=arg.variant,
                             remat_policy="none", scan=False)
   config.model.text.update(width=text_width, num_heads=text_heads,

@@ -7,13 +7,21 @@ Runs before any test imports JAX computations:
 - absl flags marked as parsed (grain worker processes read them).
 The demo dataset is built once into the TFDS data dir ($TFDS_DATA_DIR or
 ~/tensorflow_datasets) on first use and reused afterwards.
+A skip outside the `peer` marker fails the test (tests/skip_policy.py).
 """
 
 import os
+import sys
 
 from absl import flags
 import jax
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from skip_policy import pytest_make_collect_report
+from skip_policy import pytest_runtest_makereport
+# pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
 
 jax.config.update("jax_num_cpu_devices", 8)
 _CACHE = os.environ.get(

@@ -17,6 +17,23 @@ from big_vl.data.builders import mnist_idx
 FASHION_DIR = mnist_idx.DEBIAN_FASHION_MNIST_DIR
 
 
+@pytest.fixture(name="fashion_dir")
+def _fashion_dir():
+  """The real Fashion-MNIST IDX files; missing ones fail the test (no skip:
+  .ci/run installs them)."""
+  folder = os.environ.get(mnist_idx.ENV_VARS["fashion_mnist"]) or FASHION_DIR
+  if not os.path.isdir(folder):
+    pytest.fail(
+        f"Fashion-MNIST IDX files not found in {folder}: these tests read the "
+        "real data. Install them with `sudo apt-get install "
+        "dataset-fashion-mnist` (Debian/Ubuntu; .ci/run does this), or set "
+        f"${mnist_idx.ENV_VARS['fashion_mnist']} to a folder holding "
+        "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
+        "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz).",
+        pytrace=False)
+  return folder
+
+
 def _quiet(fn, *args, **kwargs):
   with contextlib.redirect_stdout(io.StringIO()):
     return fn(*args, **kwargs)
@@ -139,8 +156,14 @@ def test_mnist_idx_source_dir_resolution(tmp_path, monkeypatch):
   other.mkdir()
   assert mnist_idx.source_dir_for("mnist", other) == str(other)  # Arg wins.
   monkeypatch.delenv("BIG_VL_FASHION_MNIST_DIR", raising=False)
-  if os.path.isdir(FASHION_DIR):
-    assert mnist_idx.source_dir_for("fashion_mnist") == FASHION_DIR
+  # The default (Debian's folder), present or not, without a conditional.
+  debian = tmp_path / "usr_share_datasets_fashion_mnist"
+  monkeypatch.setitem(mnist_idx.DEFAULT_DIRS, "fashion_mnist", str(debian))
+  with pytest.raises(ValueError,
+                     match="apt-get install dataset-fashion-mnist"):
+    mnist_idx.source_dir_for("fashion_mnist")
+  debian.mkdir()
+  assert mnist_idx.source_dir_for("fashion_mnist") == str(debian)
   with pytest.raises(ValueError, match="Unknown"):
     mnist_idx.source_dir_for("kmnist")
   with pytest.raises(ValueError, match="Unknown"):
@@ -156,15 +179,13 @@ def test_mnist_idx_rejects_inconsistent_files(tmp_path):
     mnist_idx.load_split(tmp_path, "train")
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_DIR),
-                    reason="apt package dataset-fashion-mnist not installed")
-def test_real_fashion_mnist_test_split(tmp_path):
+def test_real_fashion_mnist_test_split(tmp_path, fashion_dir):
   # Reads the real files and checks the test split's first examples without
   # building all 70k examples (that takes ~11 s; see the module docstring).
-  images, labels = mnist_idx.load_split(FASHION_DIR, "test")
+  images, labels = mnist_idx.load_split(fashion_dir, "test")
   assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
   assert np.bincount(labels).tolist() == [1000] * 10
-  train_images, train_labels = mnist_idx.load_split(FASHION_DIR, "train")
+  train_images, train_labels = mnist_idx.load_split(fashion_dir, "train")
   assert train_images.shape == (60_000, 28, 28)
   assert np.bincount(train_labels).tolist() == [6000] * 10
   # Build a copy holding the first 200 train / 100 test examples.
@@ -273,11 +294,9 @@ def test_image_folder_errors(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(FASHION_DIR),
-                    reason="apt package dataset-fashion-mnist not installed")
-def test_real_fashion_mnist_full_build(tmp_path):
+def test_real_fashion_mnist_full_build(tmp_path, fashion_dir):
   # ~11 s on a 2-core VM: all 70,000 examples.
-  builder = _quiet(mnist_idx.prepare, str(tmp_path))
+  builder = _quiet(mnist_idx.prepare, str(tmp_path), source_dir=fashion_dir)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
       "train": 60_000, "test": 10_000}
   src = tfds.data_source("big_vl_mnist_idx/fashion_mnist", split="train",

@@ -5,10 +5,9 @@ import json
 import os
 
 import jax
+import nbclient  # requirements-dev.txt: a missing one fails, not skips.
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

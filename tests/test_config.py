@@ -1,5 +1,6 @@
 """Config parsing, durations and key checks."""
 
+import json
 import subprocess
 import sys
 
@@ -40,6 +41,10 @@ def test_durations_steps_epochs_examples():
   c = ml_collections.ConfigDict({"total_steps": 1, "total_epochs": 1})
   with pytest.raises(ValueError, match="only one"):
     config_lib.get_steps("total", c, num_examples=1, batch_size=1)
+  c = ml_collections.ConfigDict({"total_epochs": 2.0})  # A stream: no length.
+  with pytest.raises(ValueError, match="streaming.*total_steps or "
+                     "config.total_examples"):
+    config_lib.get_steps("total", c, num_examples=None, batch_size=100)
 
 
 @pytest.mark.parametrize("name", ["demo", "clip", "siglip", "filip",
@@ -115,3 +120,32 @@ def test_runlocal_trains(name, tmp_path, demo_data):
   losses = np.array([result["losses"][s] for s in range(1, 21)])
   assert np.all(np.isfinite(losses))
   assert losses[-5:].mean() < losses[:5].mean()
+
+
+def test_config_diff_names_dotted_keys_and_which_may_change_on_resume():
+  old = ml_collections.ConfigDict(dict(
+      lr=1e-3, total_steps=10, mesh=(("data", -1),),
+      model=dict(image=dict(width=64), out_dim=32),
+      evals=dict(zeroshot=dict(every=5, data="a"))))
+  # As a checkpoint keeps it: JSON, tuples as lists.
+  saved = json.loads(old.to_json_best_effort())
+  assert config_lib.config_diff(saved, old) == []
+  new = ml_collections.ConfigDict(old.to_dict())
+  new.model.image.width = 96
+  new.total_steps = 20
+  new.evals.zeroshot.every = 2
+  new.evals.zeroshot.data = "b"
+  with new.unlocked():
+    new.model.text = dict(width=8)
+  diff = config_lib.config_diff(saved, new)
+  assert diff == [("evals.zeroshot.data", "a", "b"),
+                  ("evals.zeroshot.every", 5, 2),
+                  ("model.image.width", 64, 96),
+                  ("model.text.width", "(absent)", 8),
+                  ("total_steps", 10, 20)]
+  ok, bad = config_lib.split_diff(diff, config_lib.RESUME_CHANGEABLE_KEYS)
+  assert [k for k, _, _ in ok] == ["evals.zeroshot.every", "total_steps"]
+  assert [k for k, _, _ in bad] == ["evals.zeroshot.data", "model.image.width",
+                                    "model.text.width"]
+  assert config_lib.format_diff(bad[1:2]) == (
+      "  config.model.image.width: 64 -> 96")

@@ -307,8 +307,13 @@ def test_load_sentence_transformers_folder(tmp_path):
   ids = tok(texts)
   np.testing.assert_array_equal(ids, _tiny_ids())
   fn = pp.get_preprocess_fn(prep["pp_txt"])
-  for text, row in zip(texts, ids):
+  for text, row in zip(texts[:-1], ids):
     np.testing.assert_array_equal(fn({"text": text})["text"], row)
+  # The tokenizer encodes "" ([CLS] [SEP]), but a record whose caption is
+  # empty is skipped by the pp op, not trained on.
+  with pytest.raises(pp.CorruptRecordError) as e:
+    fn({"text": texts[-1]})
+  assert e.value.reason == "bad_caption"
 
   z, _ = _embed(model_config, params, ids)
   ref, _ = _reference_bert(sd, TINY_CONFIG, ids, "cls")

@@ -473,14 +473,131 @@ def test_peer_torch_files(tmp_path):
   # A TorchScript archive (as OpenAI's releases) with their extra keys.
   scripted = torch.jit.script(model)
   scripted.save(str(tmp_path / "scripted.pt"))
-  from_jit, is_openai = oc.read_state_dict(str(tmp_path / "scripted.pt"))
+  with pytest.raises(ValueError, match="allow_torchscript"):
+    oc.read_state_dict(str(tmp_path / "scripted.pt"))
+  from_jit, is_openai = oc.read_state_dict(str(tmp_path / "scripted.pt"),
+                                           allow_torchscript=True)
   assert is_openai
   assert sorted(from_jit) == sorted(state_dict)
   # Loaded as OpenAI's: QuickGELU, architecture from the shapes.
-  model_config, _ = oc.load(str(tmp_path / "scripted.pt"))
+  model_config, _ = oc.load(str(tmp_path / "scripted.pt"),
+                            allow_torchscript=True)
   assert model_config["image"]["act"] == "quick_gelu"
   assert model_config["image"]["image_size"] == 160
   _, params = oc.load(str(tmp_path / "epoch_3.pt"), SMALL_160)
   np.testing.assert_array_equal(
       params["txt"]["Embed_0"]["embedding"],
       state_dict["token_embedding.weight"].numpy())
+
+
+# A pickle whose unpickling runs code: it creates the file named in argv.
+class _Payload:
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (open, (self.marker, "w"))
+
+
+def _crafted_torchscript(path, marker):
+  """A zip laid out as a TorchScript archive, its pickles malicious."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  payload = pickle.dumps(_Payload(str(marker)))
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("archive/data.pkl", payload)
+    zf.writestr("archive/constants.pkl", payload)
+    zf.writestr("archive/code/__torch__.py", "import os\nos.system('true')\n")
+    zf.writestr("archive/version", "3\n")
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "ViT-B-32.pt"])
+def test_torchscript_archive_refused(tmp_path, name):
+  """Refused by zip member names, before torch is imported or run."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from big_vl import convert as convert_lib  # pylint: disable=g-import-not-at-top
+  path, marker = tmp_path / name, tmp_path / "pwned"
+  _crafted_torchscript(path, marker)
+  had_torch = "torch" in sys.modules
+  for load in (lambda: oc.read_state_dict(str(path)),
+               lambda: oc.load(str(path)),
+               lambda: convert_lib.load("openai", str(path)),
+               lambda: convert_lib.load("open_clip", str(path), arch="ViT-B-32")):
+    with pytest.raises(ValueError) as e:
+      load()
+    msg = str(e.value)
+    assert "TorchScript archive" in msg and "constants.pkl" in msg
+    assert "runs the TorchScript code" in msg
+    assert "--allow_torchscript" in msg and "allow_torchscript=True" in msg
+  assert not marker.exists()
+  assert ("torch" in sys.modules) == had_torch  # torch was not imported.
+
+
+def test_convert_cli_refuses_torchscript(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  path, marker = tmp_path / "model.pt", tmp_path / "pwned"
+  _crafted_torchscript(path, marker)
+  out = subprocess.run(
+      [sys.executable, "-m", "big_vl.convert", "--from=openai",
+       f"--src={path}", f"--out={tmp_path / 'out'}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode != 0
+  assert "--allow_torchscript" in out.stderr, out.stderr[-3000:]
+  assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.peer
+def test_peer_crafted_pickles_do_not_run(tmp_path):
+  """weights_only=True: a .bin pickle with a malicious __reduce__ is refused;
+  with --allow_torchscript a crafted archive still fails in torch's reader."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  torch = pytest.importorskip("torch")
+  marker = tmp_path / "pwned"
+  legacy = tmp_path / "legacy.bin"
+  legacy.write_bytes(pickle.dumps(_Payload(str(marker))))
+  zipped = tmp_path / "zipped.bin"
+  torch.save({"w": torch.zeros(2)}, zipped)
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with zipfile.ZipFile(zipped) as zf:
+    members = {n: zf.read(n) for n in zf.namelist()}
+  data_pkl = next(n for n in members if n.endswith("/data.pkl"))
+  members[data_pkl] = pickle.dumps(_Payload(str(marker)))
+  with zipfile.ZipFile(zipped, "w") as zf:
+    for n, data in members.items():
+      zf.writestr(n, data)
+  for path in (legacy, zipped):
+    with pytest.raises(pickle.UnpicklingError):
+      oc.read_state_dict(str(path))
+  assert not marker.exists()
+
+
+def test_every_torch_load_is_weights_only():
+  """Static: each torch.load in big_vl passes weights_only=True, and
+  torch.jit.load appears only behind read_state_dict's allow_torchscript."""
+  import ast  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(oc.__file__))
+  loads, jit_loads = [], []
+  for folder, _, files in os.walk(root):
+    for name in files:
+      if not name.endswith(".py"):
+        continue
+      path = os.path.join(folder, name)
+      with open(path) as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"):
+          continue
+        owner = ast.unparse(node.func.value)
+        where = f"{os.path.relpath(path, root)}:{node.lineno}"
+        if owner == "torch":
+          kwargs = {k.arg: ast.unparse(k.value) for k in node.keywords}
+          assert kwargs.get("weights_only") == "True", where
+          loads.append(where)
+        elif owner == "torch.jit":
+          jit_loads.append(where)
+  assert len(loads) == 2, loads  # open_clip and hf_bert.
+  assert [w.split(":")[0] for w in jit_loads] == ["convert/open_clip.py"]

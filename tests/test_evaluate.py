@@ -88,7 +88,10 @@ def test_evaluate_matches_the_trainer_and_writes_results(trained, tmp_path):
       "acc1": final["zeroshot/demo_shapes/top1"],
       "acc5": final["zeroshot/demo_shapes/top5"],
       "mean_per_class_recall": final[
-          "zeroshot/demo_shapes/mean_per_class_recall"]}, abs=1e-6)
+          "zeroshot/demo_shapes/mean_per_class_recall"],
+      "skipped": 0}, abs=1e-6)  # no corrupt record in the demo data
+  assert final["zeroshot/demo_shapes/skipped"] == 0
+  assert final["retrieval/demo_shapes/skipped"] == 0
   rt = mine["demo_shapes_run-step2_two_towers_en_zeroshot_retrieval.json"]
   expected = {}
   for k in (1, 5, 10):  # image->text is "text retrieval" in CLIP_benchmark.

@@ -195,8 +195,173 @@ def test_retrieval_evaluator_on_listing(tmp_path):
   np.testing.assert_array_equal(last["text_to_image"], [0, 0, 1, 1, 2])
   want = retrieval.recall_at_k(last["zimg"], last["ztxt"],
                                last["text_to_image"])
-  assert got == {f"retrieval/{ev.name}/{k}": v for k, v in want.items()}
+  assert got == {**{f"retrieval/{ev.name}/{k}": v for k, v in want.items()},
+                 # missing.png's row, reported:
+                 f"retrieval/{ev.name}/skipped": 1,
+                 f"retrieval/{ev.name}/skipped/missing_file": 1}
   assert got[f"retrieval/{ev.name}/txt2img_r@1"] < 1  # "red" for blue image
   ev.plot_examples(str(tmp_path / "r.png"),
                    registry.get("tokenizer", "clip_bpe")(), k=2)
   assert (tmp_path / "r.png").exists()
+
+
+# -- corrupt records are skipped and reported (issue 17) --
+
+_COLOURS = ("red", "green", "blue")
+
+
+def _png(channel, size=4):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rgb = [0, 0, 0]
+  rgb[channel] = 255
+  buf = io.BytesIO()
+  Image.new("RGB", (size, size), tuple(rgb)).save(buf, "PNG")
+  return buf.getvalue()
+
+
+@pytest.fixture
+def colour_data():
+  """A "mem:" source kind of coloured squares (label = colour channel).
+
+  `mem:colours` splits: "train": 18 good + 1 undecodable image; "test": 5
+  good, 1 mislabelled (a red square labelled green) and 1 undecodable.
+  """
+  good = lambda n: [{"image": _png(i % 3), "label": np.int64(i % 3)}
+                    for i in range(n)]
+  garbage = {"image": b"not a png", "label": np.int64(0)}
+  data = {"train": good(18) + [garbage],
+          "test": good(5) + [{"image": _png(0), "label": np.int64(1)},
+                             garbage]}
+  registry.get("source", "tfds")  # load the built-in table first
+  registry._TABLES["source"]["mem"] = (  # pylint: disable=protected-access
+      lambda name, split, **kw: data[split])
+  yield "mem:colours"
+  del registry._TABLES["source"]["mem"]  # pylint: disable=protected-access
+
+
+def _colour_predict_fn():
+  """Fake model: an image's embedding is its mean colour; a text's is the
+  one-hot colour its first word names."""
+  tok = registry.get("tokenizer", "clip_bpe")()
+  ids = jax.numpy.asarray([tok.tokenize([c], 8)[0][1] for c in _COLOURS])
+
+  def predict_fn(params, image=None, text=None):
+    del params
+    zimg = None if image is None else image.mean(axis=(1, 2))
+    ztxt = None if text is None else (
+        text[:, 1:2] == ids[None, :]).astype(jax.numpy.float32)
+    return zimg, ztxt, {}
+
+  return predict_fn
+
+
+def _mesh():
+  from big_vl import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.make_mesh([("data", -1)])
+
+
+PP_IMG = "decode|resize(4)|value_range(0,1)|keep('image','label')"
+
+
+def test_zeroshot_reports_skipped_records(colour_data, tmp_path):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from big_vl import results  # pylint: disable=g-import-not-at-top
+  ev = registry.get("evaluator", "zeroshot")(
+      _colour_predict_fn(), mesh=_mesh(), data=colour_data, split="test",
+      pp_img=PP_IMG, pp_txt="tokenize(max_len=8)", templates=["{}"],
+      class_names=list(_COLOURS), batch_size=8)
+  warnings = []
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    got = dict(ev.run(None))
+  # 6 usable records, 5 right: 5/6 (the undecodable one is not a miss, and
+  # does not vanish: it is reported).
+  assert got["zeroshot/colours/top1"] == pytest.approx(5 / 6)
+  assert got["zeroshot/colours/skipped"] == 1
+  assert got["zeroshot/colours/skipped/decode"] == 1
+  assert len(warnings) == 1 and "zeroshot/colours" in warnings[0]
+  assert "1 (decode=1) of 7 records" in warnings[0]
+  # The CLIP_benchmark JSON holds the counts; aggregating still works.
+  (path,) = results.write(got, str(tmp_path), model="m", pretrained="p")
+  record = json.load(open(path))
+  assert record["dataset"] == "colours"
+  assert record["metrics"]["skipped"] == 1
+  assert record["metrics"]["skipped/decode"] == 1
+  assert record["metrics"]["acc1"] == pytest.approx(5 / 6)
+  table = results.aggregate(str(tmp_path), "markdown")
+  assert "skipped/decode" in table.splitlines()[0]
+
+
+def test_probes_report_skipped_records_of_both_splits(colour_data):
+  for kind, extra, key in (
+      ("linear_probe", {}, "top1"),
+      ("fewshot", {"shots": (1,), "seeds": 1, "probe": False}, "1shot_ridge")):
+    ev = registry.get("evaluator", kind)(
+        _colour_predict_fn(), mesh=_mesh(), data=colour_data, pp=PP_IMG,
+        batch_size=8, steps=50, **extra)
+    got = dict(ev.run(None))
+    # Train and test each had one undecodable image.
+    assert got[f"{kind}/colours/skipped"] == 2, kind
+    assert got[f"{kind}/colours/skipped/decode"] == 2, kind
+    assert got[f"{kind}/colours/{key}"] == pytest.approx(5 / 6), kind
+
+
+def test_retrieval_dataset_reports_skipped_records(colour_data):
+  records = [{"image": _png(c), "captions": [_COLOURS[c], f"{_COLOURS[c]} x"]}
+             for c in range(3)]
+  records += [{"image": b"junk", "captions": ["red", "red"]},
+              {"image": _png(0), "captions": ["red", ""]}]  # an empty one
+  registry._TABLES["source"]["mem"] = (  # pylint: disable=protected-access
+      lambda name, split, **kw: records)
+  ev = registry.get("evaluator", "retrieval")(
+      _colour_predict_fn(), mesh=_mesh(), data=colour_data, split="test",
+      pp=("decode|resize(4)|value_range(0,1)|"
+          "tokenize(max_len=8, key='captions', out='texts')|"
+          "keep('image','texts')"), batch_size=8)
+  got = dict(ev.run(None))
+  assert len(ev.last["zimg"]) == 3 and len(ev.last["ztxt"]) == 6
+  assert got["retrieval/colours/img2txt_r@1"] == 1.0
+  assert got["retrieval/colours/skipped"] == 2
+  assert got["retrieval/colours/skipped/decode"] == 1
+  assert got["retrieval/colours/skipped/bad_caption"] == 1
+
+
+def test_retrieval_listing_skips_bad_captions_and_counts_rows(tmp_path):
+  for c in range(3):
+    (tmp_path / f"{c}.png").write_bytes(_png(c))
+  rows = [{"image": "0.png", "caption": "red"},
+          {"image": "0.png", "caption": ""},          # bad_caption
+          {"image": "1.png", "caption": ["", "green"]},  # keeps "green"
+          {"image": "1.png", "caption": None},        # bad_caption
+          {"image": "2.png", "caption": "   "},       # bad_caption: 2.png
+          {"image": "missing.png", "caption": "blue"},  # missing_file
+          {"image": "missing.png", "caption": "navy"}]  # (its 2nd row)
+  listing = tmp_path / "pairs.jsonl"
+  listing.write_text("\n".join(json.dumps(r) for r in rows))
+  ev = registry.get("evaluator", "retrieval")(
+      _colour_predict_fn(), mesh=_mesh(), data=f"jsonl:{listing}",
+      pp_img="decode|resize(4)|value_range(0,1)|keep('image')",
+      pp_txt="tokenize(max_len=8)", batch_size=8)
+  got = dict(ev.run(None))
+  # Images 0.png ("red") and 1.png ("green"); 2.png has no usable caption.
+  assert len(ev.last["zimg"]) == 2 and len(ev.last["ztxt"]) == 2
+  np.testing.assert_array_equal(ev.last["text_to_image"], [0, 1])
+  assert got["retrieval/pairs/img2txt_r@1"] == 1.0
+  assert got["retrieval/pairs/skipped"] == 5  # of the 7 rows
+  assert got["retrieval/pairs/skipped/bad_caption"] == 3
+  assert got["retrieval/pairs/skipped/missing_file"] == 2
+
+
+def test_curves_leave_skip_counts_out(tmp_path, monkeypatch):
+  from big_vl import plots  # pylint: disable=g-import-not-at-top
+  figs = []
+  monkeypatch.setattr(plots, "save", lambda fig, path, dpi=100: figs.append(
+      fig))
+  rows = [{"step": 1, "train/loss": 2.0, "data/skipped": 1},
+          {"step": 2, "zeroshot/d/top1": 0.5, "zeroshot/d/skipped": 3,
+           "zeroshot/d/skipped/decode": 3}]
+  plots.plot_curves(rows, str(tmp_path / "c.png"))
+  axes = [ax for ax in figs[0].axes if ax.get_title()]
+  assert [ax.get_title() for ax in axes] == ["training", "zeroshot/d"]
+  assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["top1"]

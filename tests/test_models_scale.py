@@ -227,10 +227,11 @@ def test_tensor_parallel_rules_specs():
   assert sharding.match_rules(
       rules2d, "img/Transformer/encoderblock_0/MlpBlock_0/Dense_1/kernel") == (
           "model", "fsdp")
+  # A spec names one layer's dimensions; a scanned leaf's layer axis stays
+  # whole.
   assert sharding.match_rules(
-      rules2d, "opt/0/mu/txt/Encoder_0/encoderblock/"
-      "MultiHeadDotProductAttention_0/out/kernel") == (
-          None, "model", None, "fsdp")
+      rules2d, "txt/Encoder_0/encoderblock/"
+      "MultiHeadDotProductAttention_0/out/kernel") == ("model", None, "fsdp")
   # A mesh without the axis fails loudly.
   with pytest.raises(ValueError, match="axis 'model'"):
     sharding.tree_shardings(params, sharding.make_mesh([("data", -1)]),

@@ -35,7 +35,8 @@ def test_warmup_then_cosine_schedule():
   _, rsqrt = optim.make(_config(schedule=dict(name="rsqrt", timescale=100)),
                         _params(), 1000, 0)
   np.testing.assert_allclose(rsqrt(300), 0.1 / 2, rtol=1e-6)
-  with pytest.raises(ValueError, match="Unknown schedule"):
+  with pytest.raises(ValueError,
+                     match="config.schedule.name: unknown schedule"):
     optim.make(_config(schedule=dict(name="steps")), _params(), 10, 0)
 
 
@@ -143,4 +144,5 @@ def test_layer_decay_scales_each_block_by_its_depth(scan):
                              0.9 ** 4, rtol=1e-5)
   np.testing.assert_allclose(size(up["t"]), 1.0, rtol=1e-5)  # Not a tower.
   with pytest.raises(ValueError, match="no transformer blocks under 'b'"):
-    optim.make(_config(layer_decay={"b": 0.5}), {"b": jnp.ones(())}, 10, 0)
+    optim.make(_config(layer_decay={"b": 0.5}), {"b": {"w": jnp.ones(())}},
+               10, 0)

@@ -151,6 +151,10 @@ def test_eval_batches_cover_every_example_once(n, batch, procs):
   ids = [i for batches in per_process for b in batches
          for i, m in zip(b["id"], b[pipeline.MASK_KEY]) if m]
   assert sorted(ids) == [i for i in range(n) if i != 1]
+  # The failed record is not just masked out: its reason comes with it.
+  reasons = [r for batches in per_process for b in batches
+             for r in b[pipeline.SKIP_REASON_KEY] if r >= 0]
+  assert reasons == [pipeline.reason_index("decode")]
   for batches in per_process:
     for b in batches:
       assert b["image"].shape[0] == batch

@@ -303,6 +303,55 @@ def test_choice_empty_reason():
   assert e.value.reason == "missing_text"
 
 
+@pytest.mark.parametrize("value", ["", "  \t\n", b"", b" ", None,
+                                   np.array(b""), 3])
+def test_empty_or_null_caption_is_a_bad_caption(value):
+  """Never tokenized as "" (nor as "None", str(None))."""
+  for spec in ("tokenize(max_len=8)", "lower|tokenize(max_len=8)",
+               "sample_sentences(2, key='text')"):
+    with pytest.raises(pp.CorruptRecordError) as e:
+      pp.build(spec)({"text": value}, None)
+    assert e.value.reason == "bad_caption", spec
+  with pytest.raises(pp.CorruptRecordError) as e:
+    pp.build("tokenize(max_len=8)")({"text": b"\xff"}, None)
+  assert e.value.reason == "decode_text"  # not a raw UnicodeDecodeError
+
+
+def test_caption_lists_drop_empty_entries():
+  choice = pp.build("choice(key='captions', out='text')")
+  rng = np.random.default_rng(0)
+  values = [b"", b"a dog", None, b"  ", b"a cat"]
+  picked = {choice({"captions": values}, rng)["text"] for _ in range(50)}
+  assert picked == {b"a dog", b"a cat"}
+  assert choice({"captions": values}, None)["text"] == b"a dog"
+  assert pp.caption_list(values) == ["a dog", "a cat"]
+  for bad in ([b"", " ", None], None, "one string"):
+    with pytest.raises(pp.CorruptRecordError) as e:
+      pp.caption_list(bad)
+    assert e.value.reason == "bad_caption"
+  with pytest.raises(pp.CorruptRecordError) as e:
+    choice({"captions": [b"", b" "]}, rng)
+  assert e.value.reason == "bad_caption"
+  # All captions of a record tokenized together (retrieval): one bad entry
+  # skips the record (a batch needs the same number for every record).
+  tok = pp.build("tokenize(max_len=8, key='captions', out='texts')")
+  assert tok({"captions": [b"a", "b"]}, None)["texts"].shape == (2, 8)
+  with pytest.raises(pp.CorruptRecordError) as e:
+    tok({"captions": [b"a", b""]}, None)
+  assert e.value.reason == "bad_caption"
+
+
+def test_choice_refuses_a_single_string():
+  """A str/bytes caption (wds, csv, a TFDS Text feature) is a config error,
+  not a record to pick one character of (or to skip)."""
+  for value in ("a dog", b"a dog", np.array(b"a dog", dtype=object)):
+    with pytest.raises(TypeError, match=r"choice\(key='caption'\): 'caption' "
+                       r"is a single string .*a dog.*Drop `choice`"):
+      pp.get_choice(key="caption")({"caption": value}, np.random.default_rng(0))
+  assert pp.get_choice(key="caption")({"caption": ["a", "b"]}, None)[
+      "text"] == "a"
+
+
 # -- the DSL and the CLIP preset --
 
 

@@ -46,12 +46,34 @@ def test_rules_first_match_wins_and_fsdp_picks_largest_divisible_dim():
     sharding.tree_shardings(tree, mesh, [(".*kernel", ("model", None))])
 
 
-def test_match_rules_anchors_on_path_components():
+def test_match_rules_match_the_whole_parameter_path():
   rules = [("img/.*", "a"), ("t", "b")]
-  assert sharding.match_rules(rules, "params/img/x/kernel") == "a"
-  assert sharding.match_rules(rules, "params/t") == "b"
-  assert sharding.match_rules(rules, "params/txt/x") is None  # not "t" alone
-  assert sharding.match_rules(rules, "params/myimg/x") is None
+  assert sharding.match_rules(rules, "img/x/kernel") == "a"
+  assert sharding.match_rules(rules, "t") == "b"
+  assert sharding.match_rules(rules, "txt/x") is None  # not "t" alone
+  assert sharding.match_rules(rules, "myimg/x") is None
+  assert sharding.match_rules(rules, "txt/img/x") is None  # whole path
+
+
+def test_state_leaves_follow_their_parameter_and_bad_rules_fail():
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 4)])
+  params = {"img": {"head": {"kernel": jnp.zeros((8, 16))}},
+            "txt": {"head": {"kernel": jnp.zeros((8, 16))}}}
+  state = {"params": params, "ema": params, "step": jnp.zeros((), jnp.int32),
+           "opt": ({"count": jnp.zeros((8,), jnp.int32), "mu": params},)}
+  s = sharding.tree_shardings(state, mesh, [("img/.*", "fsdp")])
+  for tree in (s["params"], s["ema"], s["opt"][0]["mu"]):
+    assert tree["img"]["head"]["kernel"].spec == P(None, "fsdp")
+    assert tree["txt"]["head"]["kernel"].spec == P()
+  assert s["opt"][0]["count"].spec == P()  # No parameter's copy.
+  # A rule matching no parameter, or one that never applies, is an error.
+  with pytest.raises(ValueError, match=r"config\.sharding_rules: rule "
+                     r"'image/\.\*' matches no parameter.*img/\.\*"):
+    sharding.tree_shardings(state, mesh, [("image/.*", "fsdp")])
+  with pytest.raises(ValueError, match=r"rule #1 'img/head/kernel' never "
+                     r"applies.*taken by '\.\*'"):
+    sharding.tree_shardings(state, mesh, [(".*", "fsdp"),
+                                          ("img/head/kernel", "replicate")])
 
 
 def test_to_global_splits_batch_over_data_axes():

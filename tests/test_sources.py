@@ -431,3 +431,150 @@ def test_trainer_runs_on_wds_and_logs_skips_by_reason(tmp_path):
   assert rows[0]["data/skipped/decode"] == 2  # shards 0, 1 by sample 33
   for reason in pipeline.SKIP_REASONS:
     assert f"data/skipped/{reason}" in rows[-1]
+
+
+# -- empty captions (issue 17): skipped as "bad_caption" by every source --
+
+
+def _reasons_through_training(src, pp, **kwargs):
+  """(good records, {reason: count}) of one ordered epoch, as the trainer
+  sums them into data/skipped/<reason>."""
+  it = pipeline.make_train_iterator(src, pp=pp, batch_size=1, seed=0,
+                                    num_epochs=1, shuffle=False,
+                                    process_index=0, process_count=1,
+                                    **kwargs)
+  good, counts = [], collections.Counter()
+  for batch in it:
+    good.append(batch)
+    counts.update({r: n for r, n in pipeline.skipped_by_reason(
+        batch[pipeline.SKIPPED_BY_REASON_KEY]).items() if n})
+  return good, counts
+
+
+def _bad_caption_files(folder):
+  """jsonl and csv listings: rows 1-5 (jsonl) / 1-4 (csv) have no usable
+  caption; the last row is good (failures before it are reported)."""
+  for i in range(8):
+    (folder / f"{i}.png").write_bytes(_image(i))
+  jsonl = [{"image": "0.png", "caption": "a good one"},
+           {"image": "1.png", "caption": ""},
+           {"image": "2.png", "caption": "   \t"},
+           {"image": "3.png", "caption": None},
+           {"image": "4.png"},  # no caption column in this row
+           {"image": "5.png", "caption": ["", " "]},
+           {"image": "6.png", "caption": ["", "kept", None]},
+           {"image": "7.png", "caption": "last"}]
+  (folder / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in jsonl))
+  (folder / "bad.csv").write_text(
+      "filepath,title\n0.png,a good one\n1.png,\n2.png,   \n3.png\n"
+      "4.png,\"\"\n7.png,last\n")
+  return f"jsonl:{folder}/bad.jsonl", f"csv:{folder}/bad.csv"
+
+
+def test_jsonl_and_csv_skip_empty_null_and_missing_captions(tmp_path):
+  jsonl, csv_spec = _bad_caption_files(tmp_path)
+  for spec, bad, n_good in ((jsonl, (1, 2, 3, 4, 5), 3),
+                            (csv_spec, (1, 2, 3, 4), 2)):
+    src = sources.get(spec)
+    for i in bad:  # never "" nor the literal "None"
+      with pytest.raises(pipeline.pp_lib.CorruptRecordError) as e:
+        src[i]  # pylint: disable=pointless-statement
+      assert e.value.reason == "bad_caption", (spec, i)
+    assert src[0]["caption"] == src[0]["text"] == "a good one"
+    good, counts = _reasons_through_training(
+        src, "decode|keep('image','__key__')")
+    assert len(good) == n_good, spec
+    assert counts == {"bad_caption": len(bad)}, spec
+  # A list caption keeps its usable entries only.
+  assert sources.get(jsonl)[6]["caption"] == ["kept"]
+
+
+def test_wds_skips_empty_and_whitespace_captions(tmp_path):
+  def extra(tar, s):
+    if s == 0:
+      _add(tar, "e1.png", _image(1))
+      _add(tar, "e1.txt", b"")
+      _add(tar, "e2.png", _image(2))
+      _add(tar, "e2.txt", b"  \n\t ")
+  _, pattern = _write_shards(tmp_path, 1, 2, extra=extra)
+  src = sources.get(f"wds:{pattern}")
+  good, counts = _reasons_through_training(src, "decode|keep('image','text')")
+  assert [b["text"].tolist() for b in good] == [["caption 0 0 é"],
+                                                ["caption 0 1 é"]]
+  assert counts == {"bad_caption": 2}
+
+
+def test_tfds_caption_features_are_checked(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  captions = ["", "  ", "fine", "also fine"]
+  lists = [["a", "b"], ["c"], ["", " "], ["", "d", " "]]
+
+  class CaptionPairs(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({
+              "caption": tfds.features.Text(),
+              "captions": tfds.features.Sequence(tfds.features.Text()),
+              "url": tfds.features.Text()}))  # not a caption: unchecked
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(4):
+        yield i, {"caption": captions[i], "captions": lists[i], "url": ""}
+
+  CaptionPairs(data_dir=str(tmp_path),
+               file_format="array_record").download_and_prepare()
+  src = sources.get("tfds:caption_pairs:train", data_dir=str(tmp_path))
+  assert src.dataset_info.splits["train"].num_examples == 4
+  reasons = []
+  for i in range(4):
+    try:
+      src[i]  # pylint: disable=pointless-statement
+      reasons.append(None)
+    except pipeline.pp_lib.CorruptRecordError as e:
+      reasons.append(e.reason)
+  # (TFDS stores them shuffled) two empty captions, one `captions` list
+  # without a usable entry, one good record.
+  assert collections.Counter(reasons) == {"bad_caption": 3, None: 1}
+  it = pipeline.make_train_iterator(src, pp="keep('caption')", batch_size=1,
+                                    seed=0, shuffle=False)
+  first, second = next(it), next(it)  # the good record, epochs 1 and 2
+  assert first["caption"].tolist() == second["caption"].tolist() == [
+      b"also fine"]
+  # What was skipped between them: one epoch's 3 bad records.
+  assert pipeline.skipped_by_reason(
+      second[pipeline.SKIPPED_BY_REASON_KEY])["bad_caption"] == 3
+  assert second[pipeline.SKIPPED_KEY].tolist() == [3]
+  # The demo's training pp (choice, then tokenize): the good record's list
+  # ["", "d", " "] keeps its record and `choice` only ever draws "d".
+  pp = "choice(key='captions', out='text')|keep('text')"
+  it = pipeline.make_train_iterator(src, pp=pp, batch_size=1, seed=0)
+  assert [next(it)["text"].tolist() for _ in range(12)] == [[b"d"]] * 12
+  # Tokenizing the whole list (retrieval's pp) uses every entry: skipped.
+  with pytest.raises(ValueError, match="None of the first 16"):
+    pipeline.first_example(src, pipeline.pp_lib.build(
+        "tokenize(max_len=8, key='captions', out='texts')"))
+
+
+def test_mixture_skips_bad_captions_of_every_component(tmp_path):
+  jsonl, _ = _bad_caption_files(tmp_path)
+  def extra(tar, s):
+    del s
+    _add(tar, "e1.png", _image(1))
+    _add(tar, "e1.txt", b" ")
+  _, pattern = _write_shards(tmp_path, 1, 3, extra=extra)
+  for mix in ([(jsonl, 1), (jsonl, 1)], [(f"wds:{pattern}", 1), (jsonl, 1)]):
+    src = sources.get(mix)
+    it = pipeline.make_train_iterator(src, pp="decode|keep('image')",
+                                      batch_size=2, seed=0, process_index=0,
+                                      process_count=1)
+    counts = collections.Counter()
+    for _ in range(20):
+      counts.update(pipeline.skipped_by_reason(
+          next(it)[pipeline.SKIPPED_BY_REASON_KEY]))
+    assert counts["bad_caption"] > 0, mix
+    assert sum(counts.values()) == counts["bad_caption"], mix

@@ -74,6 +74,71 @@ def test_staged_dir_mirrors_changed_files_and_skips_excluded(bucket,
   assert local.sync() == []
 
 
+def test_staging_folders_are_private_per_run_and_never_deleted(bucket,
+                                                                tmp_path):
+  url = f"{bucket}/private"
+  storage.write(f"{url}/metrics.jsonl", '{"step": 1}\n')
+  root = tmp_path / "tmp"
+  base = root / f"big_vl_staging-{os.getuid()}"
+  first = storage.StagedDir(url, staging_root=str(root))
+  with open(os.path.join(first.local, "mine.txt"), "w") as f:
+    f.write("first run's, not yet uploaded")
+  # Another run (or process) staging the same URL on this machine gets a
+  # folder of its own and leaves the first one's files alone.
+  second = storage.StagedDir(url, staging_root=str(root))
+  inactive = storage.StagedDir(url, staging_root=str(root), active=False)
+  assert len({first.local, second.local, inactive.local}) == 3
+  for staged in (first, second, inactive):
+    assert os.path.dirname(staged.local) == str(base)
+    assert os.stat(staged.local).st_mode & 0o777 == 0o700
+  assert os.stat(base).st_mode & 0o777 == 0o700
+  with open(os.path.join(first.local, "mine.txt")) as f:
+    assert f.read() == "first run's, not yet uploaded"
+  assert sorted(os.listdir(second.local)) == ["metrics.jsonl"]
+  assert os.listdir(inactive.local) == []
+
+  # At exit a folder is removed only once all of it is uploaded.
+  second._cleanup(os.getpid())  # pylint: disable=protected-access
+  inactive._cleanup(os.getpid())  # pylint: disable=protected-access
+  first._cleanup(os.getpid())  # pylint: disable=protected-access
+  assert not os.path.exists(second.local)
+  assert not os.path.exists(inactive.local)
+  assert os.path.exists(os.path.join(first.local, "mine.txt"))
+  assert first.sync() == ["mine.txt"]
+  first._cleanup(os.getpid())  # pylint: disable=protected-access
+  assert not os.path.exists(first.local)
+
+
+def test_staging_base_must_be_this_users(tmp_path, monkeypatch):
+  """A base another user could have planted is refused, not used."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  # Default root: the temp dir; never the old shared /tmp/big_vl_staging.
+  base = storage.private_base()
+  assert base == str(tmp_path / f"big_vl_staging-{os.getuid()}")
+  os.chmod(base, 0o755)  # Too open: tightened.
+  assert storage.private_base() == base
+  assert os.stat(base).st_mode & 0o777 == 0o700
+
+  other = tmp_path / "elsewhere"
+  other.mkdir()
+  fake_uid = os.getuid() + 1
+  monkeypatch.setattr(os, "getuid", lambda: fake_uid)
+  planted = tmp_path / f"big_vl_staging-{fake_uid}"
+  planted.symlink_to(other)
+  with pytest.raises(PermissionError, match=r"is a symlink.*set TMPDIR"):
+    storage.private_base()
+  with pytest.raises(PermissionError, match="is a symlink"):
+    storage.StagedDir("gs://b/run", active=False)
+  planted.unlink()
+  planted.mkdir()  # Owned by the real uid, i.e. not by "this" user.
+  with pytest.raises(PermissionError,
+                     match=rf"owned by uid \d+, not this user \(uid "
+                     rf"{fake_uid}\)"):
+    storage.private_base()
+  assert os.listdir(other) == []
+
+
 def _config(**overrides):
   config = config_lib.load_config_module("configs/demo.py").get_config(
       "runlocal")

@@ -94,3 +94,73 @@ def test_sweep_runs_tables_and_skips_finished_runs(demo_data, tmp_path):
                     log=lambda *_: None)
   assert [r["status"] for r in again] == ["skipped", "skipped"]
   assert [r["train/loss"] for r in again] == [r["train/loss"] for r in rows]
+
+  # The same root with a longer run: its finished variants are not this
+  # sweep's results; refused, naming the key.
+  config_path.write_text(SWEEP_CONFIG.replace("total_steps = 3",
+                                              "total_steps = 4"))
+  with pytest.raises(ValueError, match=r"(?s)Refusing to run the sweep.*"
+                     r"lr=0\.001 \(finished.*config\.total_steps: 3 -> 4"):
+    sweep.run(str(config_path), str(root), train_fn=must_not_train,
+              log=lambda *_: None)
+
+
+def _fake_train(config, workdir):
+  """Writes what the trainer writes first (config.json); 'finishes'."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  return {"step": config.total_steps, "losses": {1: 1.0},
+          "final": {"zeroshot/demo_shapes/top1": 0.5}}
+
+
+# The fake runs write no loss curves, so the plot's legend is empty.
+@pytest.mark.filterwarnings("ignore:No artists with labels")
+def test_sweep_refuses_variants_trained_with_another_config(tmp_path):
+  root = str(tmp_path / "sweep")
+  quiet = lambda *_: None
+  rows = sweep.run(DEMO + ":runlocal", root, train_fn=_fake_train, log=quiet)
+  assert [r["status"] for r in rows] == ["trained"] * 4
+
+  def must_not_train(config, workdir):
+    raise AssertionError(f"trained in {workdir} with another config")
+
+  # The :runlocal root reused for the full sweep: refused before anything
+  # runs, naming every variant and the keys that differ.
+  with pytest.raises(ValueError) as e:
+    sweep.run(DEMO, root, train_fn=must_not_train, log=quiet)
+  message = str(e.value)
+  assert message.startswith(f"Refusing to run the sweep in {root}: 4 "
+                            "variant workdir(s)")
+  first = os.path.join(root, "lr=0.001,loss.name=softmax,model.bias_init=None")
+  assert ("  lr=0.001,loss.name=softmax,model.bias_init=None (finished, "
+          f"{first}):\n") in message
+  assert "    config.total_steps: 20 -> 800\n" in message
+  assert "    config.model.out_dim: 64 -> 128\n" in message
+  assert "delete those variant folders to retrain them" in message
+
+  # Keys that cannot change results (here the log cadence) do not count:
+  # the finished variants are reported as they are.
+  path, _ = config_lib.parse_config_arg(DEMO)
+  relogged = tmp_path / "relogged.py"
+  relogged.write_text(
+      f"from big_vl import config as config_lib\n"
+      f"_demo = config_lib.load_config_module({path!r})\n"
+      "get_sweep = _demo.get_sweep\n\n"
+      "def get_config(arg=None):\n"
+      "  config = _demo.get_config('runlocal')\n"
+      "  config.log_steps = 7\n"
+      "  return config\n")
+  again = sweep.run(str(relogged), root, train_fn=must_not_train, log=quiet)
+  assert [r["status"] for r in again] == ["skipped"] * 4
+
+  # An interrupted variant (checkpoints, no final row) counts too.
+  os.remove(os.path.join(first, sweep.FINAL_FILE))
+  os.makedirs(os.path.join(first, "checkpoints", "10"))
+  changed = tmp_path / "changed.py"
+  changed.write_text(relogged.read_text().replace(
+      "config.log_steps = 7", "config.wd = 0.5"))
+  with pytest.raises(ValueError) as e:
+    sweep.run(str(changed), root, train_fn=must_not_train, log=quiet)
+  assert ("  lr=0.001,loss.name=softmax,model.bias_init=None (interrupted, "
+          f"{first}):\n    config.wd: 0.1 -> 0.5\n") in str(e.value)

@@ -32,7 +32,6 @@ from big_vl import registry
 from big_vl.data import tokenizers
 from big_vl.data.tokenizers import ClipBpeTokenizer
 
-HAS_FTFY = importlib.util.find_spec("ftfy") is not None
 HAS_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
 PARITY_FIXTURE = os.path.join(os.path.dirname(__file__), "data",
                               "clip_tokenizer_parity.npz")
@@ -95,7 +94,6 @@ def test_encode_matches_open_clip(tok, text, expected):
   assert tok.encode(text) == expected
 
 
-@pytest.mark.skipif(not HAS_FTFY, reason="ftfy not installed")
 @pytest.mark.parametrize("text,expected", OPEN_CLIP_FTFY_PAIRS)
 def test_encode_matches_open_clip_with_ftfy(tok, text, expected):
   assert tok.encode(text) == expected
@@ -500,7 +498,7 @@ def _sp_sentences(num=400, seed=0):
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory):
   """A 96-piece unigram model with T5's ids: pad 0, eos 1, unk 2, no bos."""
-  sentencepiece = pytest.importorskip("sentencepiece")
+  import sentencepiece  # pylint: disable=g-import-not-at-top
   prefix = str(tmp_path_factory.mktemp("spm") / "tiny")
   sentencepiece.SentencePieceTrainer.train(
       sentence_iterator=iter(_sp_sentences()), model_prefix=prefix,

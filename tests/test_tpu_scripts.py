@@ -11,9 +11,11 @@ WHERE = ["--name=big-vl-v4", "--zone=us-central2-b"]
 SSH = ("gcloud compute tpus tpu-vm ssh big-vl-v4 --zone=us-central2-b "
        "--worker=all --command=")
 SYNC = [
-    "# archive the project's files into /tmp/big_vl_code_big-vl-v4.tgz",
-    "gcloud compute tpus tpu-vm scp /tmp/big_vl_code_big-vl-v4.tgz "
-    "big-vl-v4:big_vl_code.tgz --zone=us-central2-b --worker=all",
+    "# archive the files git ls-files -c lists into a new private directory "
+    "(mktemp -d): /tmp/big_vl_code.XXXXXXXXXX/big_vl_code.tgz",
+    "gcloud compute tpus tpu-vm scp /tmp/big_vl_code.XXXXXXXXXX/"
+    "big_vl_code.tgz big-vl-v4:big_vl_code.tgz --zone=us-central2-b "
+    "--worker=all",
     SSH + "'mkdir -p ~/big_vl && tar -xzf ~/big_vl_code.tgz -C ~/big_vl'",
 ]
 EXAMPLES = {
@@ -56,7 +58,7 @@ def _dry_run(script, *args):
   else:
     cmd.append("--dry-run")
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                       check=True)
+                       check=True, env={**os.environ, "TMPDIR": "/tmp"})
   return out.stdout.splitlines()
 
 
@@ -90,6 +92,101 @@ def test_missing_or_unknown_flags_are_clear_errors():
   out = run("launch.sh", *WHERE, "--config=c.py", "--workdir=w", "--lr=1",
             "--dry-run")
   assert out.returncode == 2 and "trainer flags go after --" in out.stderr
+
+
+@pytest.mark.parametrize("script,args,where", [
+    ("launch.sh", ["--config=c.py", "--workdir=gs://b/r", "--run=x;reboot"],
+     "(--run)"),
+    ("launch.sh", ["--config=c.py", "--workdir=gs://b/my run$(id)"],
+     "(the --workdir's last component; pass --run=RUN)"),
+    ("launch.sh", ["--config=c.py", "--workdir=gs://b/r", "--run=.."],
+     "(--run)"),
+    ("tail.sh", ["--run=a b"], "(--run)"),
+    ("tail.sh", ["--run=$(touch /tmp/x)"], "(--run)"),
+    ("tail.sh", ["--run=../x"], "(--run)"),
+])
+def test_run_names_outside_the_safe_set_are_refused(script, args, where):
+  out = subprocess.run(
+      ["bash", os.path.join(ROOT, "tpu_scripts", script), *WHERE, *args,
+       "--dry-run"], capture_output=True, text=True, timeout=60)
+  assert out.returncode == 2, out
+  assert out.stdout == ""  # Nothing was printed (or run) before the check.
+  assert f"{where} may use only letters, digits and . _ -" in out.stderr
+
+
+def test_safe_run_names_are_kept_and_quoted():
+  lines = _dry_run("tail.sh", "--run=clip.B-16_v2")
+  assert lines == [
+      "gcloud compute tpus tpu-vm ssh big-vl-v4 --zone=us-central2-b "
+      "--worker=0 --command='tail -n 100 -f ~/big_vl_logs/clip.B-16_v2.log'"]
+  for script in ("launch.sh", "tail.sh"):
+    with open(os.path.join(ROOT, "tpu_scripts", script)) as f:
+      assert "~/big_vl_logs/$(printf '%q' \"$RUN_NAME\").log" in f.read()
+
+
+def _fake_project(tmp_path):
+  """A git clone-alike holding tpu_scripts/, a tracked and an untracked file,
+  and a `gcloud` stand-in that lists the archive it is asked to copy."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  project = tmp_path / "project"
+  shutil.copytree(os.path.join(ROOT, "tpu_scripts"), project / "tpu_scripts")
+  (project / "requirements.txt").write_text("jax==0.10.2\n")
+  (project / "tracked.py").write_text("x = 1\n")
+  (project / "gone.py").write_text("y = 1\n")
+  (project / ".gitignore").write_text("ignored.txt\n")
+  git = ["git", "-C", str(project), "-c", "user.email=t@t", "-c",
+         "user.name=t"]
+  subprocess.run([*git[:3], "init", "-q"], check=True)
+  subprocess.run([*git, "add", "."], check=True)
+  subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+  (project / "gone.py").unlink()  # Tracked, deleted in the working tree.
+  (project / "secret_notes.txt").write_text("token\n")  # Untracked.
+  (project / "ignored.txt").write_text("big\n")
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(
+      '#!/bin/sh\nif [ "$4" = scp ]; then echo "archive $5"; '
+      'stat -c "mode %a" "$(dirname "$5")"; tar -tzf "$5" | sort | '
+      'sed "s/^/member /"; fi\n')
+  (bin_dir / "gcloud").chmod(0o755)
+  tmp = tmp_path / "tmp"
+  tmp.mkdir()
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+         "TMPDIR": str(tmp)}
+  return project, env, tmp
+
+
+@pytest.mark.parametrize("script,args", [
+    ("setup.sh", []),
+    ("launch.sh", ["--config=configs/demo.py", "--workdir=gs://b/run1"])])
+def test_sync_code_uploads_tracked_files_from_a_private_dir(tmp_path, script,
+                                                            args):
+  project, env, tmp = _fake_project(tmp_path)
+  cmd = ["bash", str(project / "tpu_scripts" / script), *WHERE, *args]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                       env=env, check=True)
+  lines = out.stdout.splitlines()
+  archive = lines[0].removeprefix("archive ")
+  assert archive.startswith(f"{tmp}/big_vl_code.")
+  assert archive.endswith("/big_vl_code.tgz")
+  assert archive != f"{tmp}/big_vl_code.{WHERE[0][7:]}"  # Not predictable.
+  assert lines[1] == "mode 700"
+  members = [l.removeprefix("member ") for l in lines[2:]]
+  assert "tracked.py" in members and "tpu_scripts/lib.sh" in members
+  assert "secret_notes.txt" not in members and "ignored.txt" not in members
+  assert "gone.py" not in members
+  assert ("1 untracked file(s) not uploaded (git ls-files -o "
+          "--exclude-standard; --include-untracked uploads them)"
+          in out.stderr)
+  assert not os.listdir(tmp)  # The private directory is removed on exit.
+
+  out = subprocess.run(cmd + ["--include-untracked"], capture_output=True,
+                       text=True, timeout=60, env=env, check=True)
+  members = [l.removeprefix("member ") for l in out.stdout.splitlines()[2:]]
+  assert "secret_notes.txt" in members and "tracked.py" in members
+  assert "ignored.txt" not in members
+  assert "not uploaded" not in out.stderr
+  assert not os.listdir(tmp)
 
 
 def test_slurm_template_runs_the_trainer_on_every_task(tmp_path):

@@ -154,11 +154,16 @@ def test_checkpoint_restores_on_another_mesh(demo_data, tmp_path):
               sharding_rules=[(".*", "fsdp")], total_steps=6, ckpt_steps=100)
   full = train_lib.train(_config(**fsdp), str(tmp_path / "full"))
   train_lib.train(_config(**fsdp), str(tmp_path / "cut"), stop_after_steps=3)
-  # Resume the (2 x 4, FSDP) checkpoint on one device, fully replicated.
+  # Resume the (2 x 4, FSDP) checkpoint on one device, fully replicated
+  # (a changed config.mesh / sharding_rules: allowed explicitly).
   single = _config(mesh=[("data", 1)], sharding_rules=[(".*", "replicate")],
                    total_steps=6, ckpt_steps=100)
+  with pytest.raises(ValueError,
+                     match=r"(?s)config\.mesh: .*--allow_config_change"):
+    train_lib.train(single, str(tmp_path / "cut"), devices=jax.devices()[:1])
   resumed = train_lib.train(single, str(tmp_path / "cut"),
-                            devices=jax.devices()[:1])
+                            devices=jax.devices()[:1],
+                            allow_config_change=True)
   assert sorted(resumed["losses"]) == [4, 5, 6]
   for step in (4, 5, 6):
     np.testing.assert_allclose(resumed["losses"][step], full["losses"][step],
@@ -227,7 +232,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(
   bad = _config(total_steps=6, ckpt_steps=ckpt_steps, lr=float("nan"))
   with pytest.raises(train_lib.NonFiniteLossError,
                      match=r"at step 3:.*last good checkpoint is step 2"):
-    train_lib.train(bad, str(tmp_path))
+    train_lib.train(bad, str(tmp_path), allow_config_change=True)
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
   assert ckpt.latest_step() == 2
   ckpt.close()

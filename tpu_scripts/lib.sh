@@ -10,6 +10,7 @@ set -euo pipefail
 
 BIG_VL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NAME="" ZONE="" PROJECT="" DRY_RUN=0
+INCLUDE_UNTRACKED=0  # sync_code: also upload untracked (not ignored) files
 EXTRA=()  # flags a script parses itself
 
 parse_common() {
@@ -28,6 +29,17 @@ parse_common() {
 }
 
 die() { echo "$(basename "$0"): $*" >&2; exit 2; }
+
+# Refuses a run (log) name that is not a plain file name: it goes into a
+# command run by the workers' shells (quoted there too, with printf %q).
+check_run_name() {
+  local name="$1" where="$2"
+  if [[ ! "$name" =~ ^[A-Za-z0-9._-]+$ || "$name" == "." || "$name" == ".." ]]
+  then
+    die "run name $(printf '%q' "$name") ($where) may use only letters," \
+        "digits and . _ - (it names ~/big_vl_logs/RUN.log on the workers)"
+  fi
+}
 
 # The --zone (and --project) flags every gcloud command gets.
 where() {
@@ -64,15 +76,36 @@ ssh_workers() {
     --command="$command"
 }
 
-# Copies the project's files (tracked and untracked, not ignored) to
-# ~/big_vl on every worker.
+# Copies the project's files to ~/big_vl on every worker: the files git
+# tracks (as they are in the working tree), plus untracked, not ignored ones
+# only with --include-untracked (INCLUDE_UNTRACKED=1), so a stray local file
+# (credentials, notes, data) is not uploaded by accident. The archive is
+# built in a new private directory (mktemp -d, mode 0700), removed on exit.
+SYNC_DIR=""
 sync_code() {
-  local archive="/tmp/big_vl_code_${NAME}.tgz"
+  local listing=(-c) untracked
+  if (( INCLUDE_UNTRACKED )); then listing=(-c -o --exclude-standard); fi
+  untracked="$(cd "$BIG_VL_ROOT" && git ls-files -o --exclude-standard | wc -l)"
+  if (( ! INCLUDE_UNTRACKED && untracked > 0 )); then
+    echo "$(basename "$0"): note: $untracked untracked file(s) not uploaded" \
+         "(git ls-files -o --exclude-standard; --include-untracked uploads" \
+         "them)" >&2
+  fi
+  local archive
   if (( ! DRY_RUN )); then
-    (cd "$BIG_VL_ROOT" && git ls-files -co --exclude-standard -z \
-      | tar --null -czf "$archive" -T -)
+    SYNC_DIR="$(mktemp -d "${TMPDIR:-/tmp}/big_vl_code.XXXXXXXXXX")"
+    chmod 700 "$SYNC_DIR"
+    trap 'rm -rf "$SYNC_DIR"' EXIT
+    archive="$SYNC_DIR/big_vl_code.tgz"
+    (cd "$BIG_VL_ROOT" && git ls-files -z "${listing[@]}" \
+      | while IFS= read -r -d '' f; do
+          # A tracked file deleted in the working tree is not archived.
+          if [[ -e "$f" || -L "$f" ]]; then printf '%s\0' "$f"; fi
+        done | tar --null -czf "$archive" -T -)
   else
-    echo "# archive the project's files into $archive"
+    archive="${TMPDIR:-/tmp}/big_vl_code.XXXXXXXXXX/big_vl_code.tgz"
+    echo "# archive the files git ls-files ${listing[*]} lists into a new" \
+         "private directory (mktemp -d): $archive"
   fi
   run gcloud compute tpus tpu-vm scp "$archive" "$NAME:big_vl_code.tgz" \
     $(where) --worker=all

@@ -15,4 +15,5 @@ for arg in "${EXTRA[@]+"${EXTRA[@]}"}"; do
   esac
 done
 [[ -n "$RUN_NAME" ]] || die "--run=RUN is required (the launch's log name)"
-ssh_workers "$WORKER" "tail -n 100 -f ~/big_vl_logs/$RUN_NAME.log"
+check_run_name "$RUN_NAME" "--run"
+ssh_workers "$WORKER" "tail -n 100 -f ~/big_vl_logs/$(printf '%q' "$RUN_NAME").log"

@@ -42,9 +42,13 @@ POSITIONS = ("end", "middle", "front")
 
 def _placeholder_id(tokenize):
   """The token id of the placeholder word under `tokenize`."""
-  empty = set(np.asarray(tokenize([""]))[0].tolist())
+  # The template's ids (start / end / padding): those two one-word texts
+  # share (an empty text is not tokenized: `tokenize` skips it as a bad
+  # caption).
+  a, b = np.asarray(tokenize(["a", "b"]))
+  template = set(a.tolist()) & set(b.tolist())
   word = set(np.asarray(tokenize([PLACEHOLDER]))[0].tolist())
-  ids = word - empty
+  ids = word - template
   if len(ids) != 1:
     raise ValueError(f"The tokenizer splits {PLACEHOLDER!r} into "
                      f"{len(ids)} new tokens; prompt learning needs one.")

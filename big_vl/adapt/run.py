@@ -129,17 +129,40 @@ def _jsonable(tree):
   return json.loads(json.dumps(tree, default=float))
 
 
+BASE_TO_NEW_KEYS = {"shots", "methods"}
+
+
+def check_config(config):
+  """Checks an adaptation config at every depth before any work.
+
+  The top level against `KNOWN_KEYS`, `config.methods` against `METHODS`,
+  each `config.hparams.METHOD` block against that method's signature (minus
+  `task`) and `config.base_to_new` against its keys.
+
+  Raises:
+    ValueError: naming the dotted key, e.g. `config.hparams.coop.stpes`.
+  """
+  config_lib.check_keys(config, KNOWN_KEYS)
+  unknown = set(config.get("methods", None) or ()) - set(METHODS)
+  if unknown:
+    raise ValueError(f"config.methods: unknown methods {sorted(unknown)}; "
+                     f"known: {sorted(METHODS)}.")
+  hparams = config.get("hparams", None) or {}
+  config_lib.check_keys(hparams, set(METHODS), "config.hparams")
+  for method, block in hparams.items():
+    config_lib.check_signature(block, METHODS[method],
+                               f"config.hparams.{method}", skip=("task",))
+  config_lib.check_keys(config.get("base_to_new", None) or {},
+                        BASE_TO_NEW_KEYS, "config.base_to_new")
+
+
 def run(config, workdir, *, log=print):
   """Runs (or resumes) every method x shots x seed; writes the outputs.
 
   Returns:
     {"runs": [records], "base_to_new": [records]}.
   """
-  config_lib.check_keys(config, KNOWN_KEYS)
-  unknown = set(config.methods) - set(METHODS)
-  if unknown:
-    raise ValueError(f"Unknown methods {sorted(unknown)}; known: "
-                     f"{sorted(METHODS)}.")
+  check_config(config)
   workdir = storage.absolute(workdir)
   staged = storage.StagedDir(workdir, exclude=("features.npz",))
   local = staged.local

@@ -24,7 +24,7 @@ SOURCES = ("open_clip", "openai", "big_vision", "hf_bert")
 
 
 def load(source, src, *, arch=None, image_size=None, max_len=None,
-         pool_type=None, tokenizer_model=None):
+         pool_type=None, tokenizer_model=None, allow_torchscript=False):
   """Reads a checkpoint of family `source`.
 
   Args:
@@ -35,6 +35,10 @@ def load(source, src, *, arch=None, image_size=None, max_len=None,
     max_len: hf_bert text length.
     pool_type: hf_bert pooling.
     tokenizer_model: big_vision SentencePiece model path.
+    allow_torchscript: open_clip/openai: read TorchScript archives (OpenAI's
+      released .pt files). Off by default, since `torch.jit.load` runs code
+      stored in the file; torch pickles are always read with
+      `weights_only=True`.
 
   Returns:
     (model_config, params, preprocessing).
@@ -42,7 +46,8 @@ def load(source, src, *, arch=None, image_size=None, max_len=None,
   # pylint: disable=g-import-not-at-top
   if source in ("open_clip", "openai"):
     from big_vl.convert import open_clip as conv
-    model_config, params = conv.load(src, arch, image_size=image_size)
+    model_config, params = conv.load(src, arch, image_size=image_size,
+                                     allow_torchscript=allow_torchscript)
     return model_config, params, conv.preprocessing(model_config)
   if source == "big_vision":
     from big_vl.convert import big_vision as conv

@@ -2,7 +2,8 @@ r"""Converts a released checkpoint into a big_vl checkpoint folder.
 
     python -m big_vl.convert --from open_clip --src model.safetensors \
         --arch ViT-B-32 --out workdirs/vit_b32
-    python -m big_vl.convert --from openai --src ViT-B-32.pt --out ...
+    python -m big_vl.convert --from openai --src ViT-B-32.pt \
+        --allow_torchscript --out ...
     python -m big_vl.convert --from big_vision --src siglip.npz \
         [--tokenizer_model=spm.model] --out ...
     python -m big_vl.convert --from hf_bert --src all-MiniLM-L6-v2/ \
@@ -42,6 +43,10 @@ _POOL_TYPE = flags.DEFINE_string(
 _TOKENIZER_MODEL = flags.DEFINE_string(
     "tokenizer_model", None, "big_vision: SentencePiece model of the text "
     "tower, recorded in the preprocessing.")
+_ALLOW_TORCHSCRIPT = flags.DEFINE_bool(
+    "allow_torchscript", False, "open_clip/openai: read a TorchScript "
+    "archive (OpenAI's released .pt files). Off by default: torch.jit.load "
+    "runs code stored in the file, so pass it only for files you trust.")
 
 
 def _arch():
@@ -60,7 +65,8 @@ def main(argv):
   model_config, params, preprocessing = convert_lib.load(
       _FROM.value, _SRC.value, arch=_arch(), image_size=_IMAGE_SIZE.value,
       max_len=_MAX_LEN.value, pool_type=_POOL_TYPE.value,
-      tokenizer_model=_TOKENIZER_MODEL.value)
+      tokenizer_model=_TOKENIZER_MODEL.value,
+      allow_torchscript=_ALLOW_TORCHSCRIPT.value)
   source = {"from": _FROM.value, "src": os.path.abspath(_SRC.value)}
   if _ARCH.value:
     source["arch"] = _ARCH.value

@@ -861,23 +861,44 @@ def _to_numpy(value):
   return value
 
 
-def read_state_dict(path):
+def _refuse_torchscript(path):
+  raise ValueError(
+      f"{path} is a TorchScript archive (it holds constants.pkl, as OpenAI's "
+      "released CLIP .pt files do). Loading one runs the TorchScript code "
+      "stored in the file (torch.jit.load), so a crafted file can run "
+      "arbitrary code on this machine. Only if you trust where the file "
+      "came from, pass --allow_torchscript (python -m big_vl.convert) or "
+      "allow_torchscript=True (big_vl.convert.load / open_clip.load / "
+      "read_state_dict); better, convert a .safetensors copy of it.")
+
+
+def read_state_dict(path, *, allow_torchscript=False):
   """Reads an open_clip / OpenAI checkpoint file as numpy arrays.
 
   Args:
     path: a `.safetensors` file (read without torch), a torch `.bin` /
       `.pt` / `.pth` state dict (possibly inside {"state_dict": ...}, keys
-      possibly prefixed "module."), or an OpenAI TorchScript `.pt` archive.
+      possibly prefixed "module."; read with `weights_only=True`, which
+      refuses pickled code), or an OpenAI TorchScript `.pt` archive.
+    allow_torchscript: read TorchScript archives too. Off by default:
+      `torch.jit.load` runs code stored in the file. The check looks at the
+      zip's member names only, before torch is imported.
 
   Returns:
     (state_dict, is_openai): name -> numpy array, and whether the file was
     an OpenAI TorchScript archive (those models use QuickGELU).
+
+  Raises:
+    ValueError: `path` is a TorchScript archive and not `allow_torchscript`.
   """
   if str(path).endswith(".safetensors"):
     return {k: _to_numpy(v) for k, v in st_numpy.load_file(path).items()
             }, False
+  is_torchscript = _is_torchscript(path)
+  if is_torchscript and not allow_torchscript:
+    _refuse_torchscript(path)
   torch = _torch()
-  if _is_torchscript(path):
+  if is_torchscript:
     state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     # TorchScript keeps non-persistent buffers (the causal attn_mask).
     state_dict = {k: v for k, v in state_dict.items()
@@ -914,7 +935,7 @@ def _sibling_config(path):
   return None
 
 
-def load(path, arch=None, *, image_size=None):
+def load(path, arch=None, *, image_size=None, allow_torchscript=False):
   """Reads an open_clip / OpenAI CLIP checkpoint file into big_vl params.
 
   Args:
@@ -924,11 +945,14 @@ def load(path, arch=None, *, image_size=None):
       infers the architecture from the shapes (QuickGELU for OpenAI
       TorchScript archives, GELU otherwise).
     image_size: resample the image position embedding to this size.
+    allow_torchscript: read TorchScript archives (OpenAI's .pt), which runs
+      code stored in the file; see `read_state_dict`.
 
   Returns:
     (model_config, params) as `convert`.
   """
-  state_dict, is_openai = read_state_dict(path)
+  state_dict, is_openai = read_state_dict(
+      path, allow_torchscript=allow_torchscript)
   if arch is None:
     arch = _sibling_config(path)
   if arch is None and is_openai:

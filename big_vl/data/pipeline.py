@@ -29,7 +29,9 @@ same for any number of threads.
                        #  "_skipped_by_reason": i32[64, len(SKIP_REASONS)]}
 
 Evaluation: `eval_batches` visits every example exactly once, padded to
-full batches with a `_mask`, the same number of batches on every process.
+full batches with a `_mask`, the same number of batches on every process;
+a record that fails is masked out with its reason in `_skip_reason`, so
+evaluators report it (`<evaluator>/<dataset>/skipped`).
 """
 
 import concurrent.futures
@@ -48,9 +50,14 @@ from big_vl.data import wds as wds_lib
 SKIPPED_KEY = "_skipped"
 SKIPPED_BY_REASON_KEY = "_skipped_by_reason"
 MASK_KEY = "_mask"
+# Eval batches: int32[batch], the SKIP_REASONS index of a failed record's
+# reason, -1 for used rows and padding.
+SKIP_REASON_KEY = "_skip_reason"
 # Reasons counted separately; any other reason is counted as "other".
 # "decode", "missing_image", "missing_text", "decode_text" come from pp ops,
-# "missing_file" from jsonl/csv sources, "read_error" from unreadable shards.
+# "missing_file" from jsonl/csv sources, "read_error" from unreadable shards,
+# "bad_caption" (null / empty / whitespace-only caption, `pp.caption_text`)
+# from every source's caption field and from `tokenize`.
 SKIP_REASONS = ("decode", "missing_file", "missing_image", "missing_text",
                 "decode_text", "bad_caption", "read_error", "other")
 ERROR_KEY = wds_lib.ERROR_KEY
@@ -561,8 +568,10 @@ def eval_batches(source, *, pp, batch_size, process_index=None,
 
   Yields:
     dicts of numpy arrays `[batch_size, ...]` plus `_mask` (bool; False for
-    padding rows and for records that failed preprocessing). Every process
-    yields the same number of batches.
+    padding rows and for records that failed preprocessing) and
+    `_skip_reason` (int32; the `SKIP_REASONS` index of a failed record's
+    reason, -1 for other rows). Every process yields the same number of
+    batches.
   """
   process_index, process_count = _process_index_count(process_index,
                                                       process_count)
@@ -579,18 +588,26 @@ def eval_batches(source, *, pp, batch_size, process_index=None,
 
   def emit(rows):
     mask = np.zeros([batch_size], bool)
+    reasons = np.full([batch_size], -1, np.int32)
     full = []
     for i in range(batch_size):
       row = rows[i] if i < len(rows) else None
+      if isinstance(row, int):  # A failed record: its reason's index.
+        reasons[i], row = row, None
       mask[i] = row is not None
       full.append(row if row is not None else template)
     batch = {k: np.stack([np.asarray(r[k]) for r in full]) for k in template}
     batch[MASK_KEY] = mask
+    batch[SKIP_REASON_KEY] = reasons
     return batch
 
   for element in ds:
-    failed = element is None or ERROR_KEY in element
-    rows.append(None if failed else element)
+    if element is None:
+      rows.append(reason_index("decode"))
+    elif ERROR_KEY in element:
+      rows.append(reason_index(element[ERROR_KEY]))
+    else:
+      rows.append(element)
     if len(rows) == batch_size:
       yield emit(rows)
       done += 1

@@ -57,7 +57,9 @@ class CorruptRecordError(ValueError):
 
   The pipeline skips such records and counts them by `reason`:
   "decode" (undecodable bytes), "missing_image" (absent or empty image
-  field), "missing_text" (no caption to choose from).
+  field), "missing_text" (no caption to choose from), "bad_caption" (a
+  null, empty or whitespace-only caption, see `caption_text`),
+  "decode_text" (text bytes that are not UTF-8).
 
   Args:
     message: what is wrong, for logs.
@@ -686,17 +688,42 @@ def get_choice(key="captions", out="text", index=0):
 
   With an rng the element is drawn uniformly; without one (evaluation), the
   element at `index` is taken.
+
+  Raises (from the op):
+    TypeError: `key` holds one string (str/bytes, e.g. a WebDataset or
+      CSV caption, or a TFDS `Text` feature), not a sequence: indexing it
+      would pick one character (or byte). A config error, not a corrupt
+      record, so it stops the run instead of being skipped.
+    CorruptRecordError: reason "missing_text" for an empty sequence,
+      "bad_caption" when no entry is a usable caption (empty, whitespace-only
+      and null entries are never picked; see `caption_list`).
   """
 
   def op(example, rng):
     values = example[key]
+    if isinstance(values, (str, bytes, np.str_, np.bytes_)) or (
+        isinstance(values, np.ndarray) and values.ndim == 0):
+      raise TypeError(
+          f"choice(key={key!r}): {key!r} is a single string "
+          f"({_short(values)}), not a list of captions, so choice would "
+          "pick one character of it. Drop `choice` and tokenize the field "
+          f"directly (`tokenize(max_len=N, key={key!r}, out={out!r})`), or "
+          "use `sample_sentences(k, key=...)` to draw sentences of a long "
+          "caption.")
     if len(values) == 0:
       raise CorruptRecordError(f"{key!r} is empty", reason="missing_text")
+    values = caption_list(values, key, decode=False)  # never an empty one
     i = index if rng is None else int(rng.integers(len(values)))
     example[out] = values[i]
     return example
 
   return op
+
+
+def _short(value, n=40):
+  """repr of a value, cut to about `n` characters, for error messages."""
+  text = repr(value.item() if isinstance(value, np.ndarray) else value)
+  return text if len(text) <= n else text[:n] + "..."
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -718,9 +745,7 @@ def get_sample_sentences(k, key="long_caption", out="texts"):
 
   def op(example, rng):
     sentences = [x.strip() for x in _SENTENCE_END.split(
-        _to_str(example[key]).strip()) if x.strip()]
-    if not sentences:
-      raise CorruptRecordError(f"{key!r} is empty", reason="missing_text")
+        caption_text(example[key], key).strip()) if x.strip()]
     n = len(sentences)
     if rng is None:
       picks = [i % n for i in range(k)]
@@ -732,10 +757,90 @@ def get_sample_sentences(k, key="long_caption", out="texts"):
   return op
 
 
-def _to_str(value):
+def _what(value):
+  """A short description of a non-text value, for messages."""
+  return "null" if value is None else f"a {type(value).__name__}"
+
+
+def caption_text(value, key="text"):
+  """A caption as a str; a `CorruptRecordError` if it is not a usable one.
+
+  The one definition of a usable caption. It is applied where big_vl knows
+  a field is a caption: by the sources to their caption field (jsonl/csv
+  rows, a WebDataset sample's `.txt`, TFDS features named in
+  `sources.CAPTION_FIELDS`) and by the pp ops that consume text (`tokenize`,
+  `sample_sentences`), so that a record with an empty caption is skipped
+  and counted (reason "bad_caption") by every source, in training and in
+  evaluation, instead of being trained on as "" (or as "None").
+
+  Args:
+    value: str, UTF-8 bytes, or a 0-d numpy array of either.
+    key: the field's name, for the message.
+
+  Returns:
+    The text as a str (decoded; not stripped).
+
+  Raises:
+    CorruptRecordError: reason "bad_caption" for None (a JSON null, a
+      missing column, a short CSV row), a value that is not text, or a text
+      that is empty or only whitespace; reason "decode_text" for bytes that
+      are not UTF-8.
+  """
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    value = value.item()
   if isinstance(value, (bytes, np.bytes_)):
-    return bytes(value).decode("utf-8")
+    try:
+      value = bytes(value).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise CorruptRecordError(f"{key!r} is not UTF-8: {e}",
+                               reason="decode_text") from e
+  if not isinstance(value, str):
+    raise CorruptRecordError(f"{key!r} is {_what(value)}, not a caption",
+                             reason="bad_caption")
+  if not value.strip():
+    raise CorruptRecordError(f"{key!r} is an empty caption ({value!r})",
+                             reason="bad_caption")
   return str(value)
+
+
+def caption_list(values, key="captions", decode=True):
+  """The usable captions of a list of captions, the others dropped.
+
+  A record with several captions (the demo data's `captions`, a jsonl list)
+  keeps its record as long as one caption is usable: empty, whitespace-only
+  and null entries are dropped (`caption_text` decides).
+
+  Args:
+    values: a sequence (list, tuple, 1-d numpy array) of captions.
+    key: the field's name, for the message.
+    decode: return the captions as str (False: the entries as they are).
+
+  Returns:
+    A list of the usable captions, in the original order.
+
+  Raises:
+    CorruptRecordError: reason "bad_caption" when no entry is usable (or
+      `values` is None or not a sequence); "decode_text" when no entry is
+      usable and one is not UTF-8.
+  """
+  if not hasattr(values, "__len__") or isinstance(values, (
+      str, bytes, dict)) or (isinstance(values, np.ndarray) and
+                             values.ndim != 1):
+    raise CorruptRecordError(f"{key!r} is {_what(values)}, not a list of "
+                             "captions", reason="bad_caption")
+  good, first_error = [], None
+  for i, value in enumerate(values):
+    try:
+      text = caption_text(value, f"{key}[{i}]")
+      good.append(text if decode else value)
+    except CorruptRecordError as e:
+      first_error = first_error or e
+  if not good:
+    if first_error is not None and first_error.reason == "decode_text":
+      raise first_error
+    raise CorruptRecordError(f"{key!r} has no usable caption "
+                             f"({len(values)} entries)", reason="bad_caption")
+  return good
 
 
 @registry.register("pp", "tokenize")
@@ -757,6 +862,13 @@ def get_tokenize(max_len, key="text", out=None, tokenizer="clip_bpe",
 
   Returns:
     op(example, rng).
+
+  Raises (from the op):
+    CorruptRecordError: reason "bad_caption" for a null, empty or
+      whitespace-only text, or a list with such an entry (all entries of a
+      list are used, so the record is skipped; `choice` draws among the
+      usable ones); "decode_text" for bytes that are not UTF-8 (see
+      `caption_text`).
   """
   tok = registry.get("tokenizer", tokenizer)(**tokenizer_kw)
   out = out or key
@@ -764,24 +876,31 @@ def get_tokenize(max_len, key="text", out=None, tokenizer="clip_bpe",
   def op(example, rng):
     del rng
     value = example[key]
-    if isinstance(value, (str, bytes, np.bytes_, np.str_)):
-      example[out] = tok.tokenize([_to_str(value)], max_len)[0]
+    if not isinstance(value, (list, tuple, np.ndarray)) or (
+        isinstance(value, np.ndarray) and value.ndim == 0):
+      example[out] = tok.tokenize([caption_text(value, key)], max_len)[0]
     else:
-      example[out] = tok.tokenize([_to_str(v) for v in value], max_len)
+      # Every caption of the list is used (e.g. retrieval), and a batch
+      # needs the same number for each record: one bad entry skips it.
+      example[out] = tok.tokenize(
+          [caption_text(v, f"{key}[{i}]") for i, v in enumerate(value)],
+          max_len)
     return example
 
   return op
 
 
 def _lower(value):
-  """Lower-cases a str or UTF-8 bytes, keeping the type."""
+  """Lower-cases a str or UTF-8 bytes, keeping the type (other values, e.g.
+  None, stay as they are, for `tokenize` to skip as "bad_caption", not to
+  become "none")."""
   if isinstance(value, (bytes, np.bytes_)):
     try:
       return bytes(value).decode("utf-8").lower().encode("utf-8")
     except UnicodeDecodeError as e:
       raise CorruptRecordError(f"text is not UTF-8: {e}",
                                reason="decode_text") from e
-  return str(value).lower()
+  return value.lower() if isinstance(value, str) else value
 
 
 @registry.register("pp", "lower")
@@ -802,7 +921,7 @@ def get_lower(key="text"):
   def op(example, rng):
     del rng
     value = example[key]
-    if isinstance(value, (str, bytes, np.bytes_, np.str_)):
+    if not isinstance(value, (list, tuple, np.ndarray)):
       example[key] = _lower(value)
     elif isinstance(value, np.ndarray) and value.ndim == 0:
       example[key] = _lower(value.item())

@@ -47,8 +47,70 @@ SHIPPED_BUILDERS = {
 }
 
 
+# TFDS features checked as captions (`pp.caption_text`) when they are Text
+# (or a Sequence of Text): a record whose caption is empty, or whose list of
+# captions has no usable entry, is skipped with reason "bad_caption".
+CAPTION_FIELDS = ("caption", "captions", "text", "texts")
+
+
 def _image_keys(features):
   return [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+
+
+def _caption_keys(features):
+  """(scalar Text keys, Sequence-of-Text keys) among CAPTION_FIELDS."""
+  scalars, lists = [], []
+  for k in CAPTION_FIELDS:
+    f = features[k] if k in features else None
+    if isinstance(f, tfds.features.Text):
+      scalars.append(k)
+    elif isinstance(f, tfds.features.Sequence) and isinstance(
+        f.feature, tfds.features.Text):
+      lists.append(k)
+  return scalars, lists
+
+
+class CaptionChecked:
+  """A random-access source whose caption fields are checked on read.
+
+  `source[i]` raises `pp.CorruptRecordError` (reason "bad_caption", see
+  `pp.caption_text`) for a record whose caption field in `scalar_keys` is
+  null / empty / whitespace-only, or whose list field in `list_keys` has no
+  usable caption. A list with some usable entries is returned unchanged
+  (`choice` draws among the usable ones; `tokenize` of the whole list skips
+  the record). Other attributes (`dataset_info`, ...) are the source's.
+
+  Args:
+    source: the random-access source.
+    scalar_keys: fields holding one caption.
+    list_keys: fields holding a list of captions.
+  """
+
+  def __init__(self, source, scalar_keys=(), list_keys=()):
+    self._source = source
+    self.scalar_keys, self.list_keys = tuple(scalar_keys), tuple(list_keys)
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    record = self._source[i]
+    for k in self.scalar_keys:
+      pp_lib.caption_text(record[k], k)
+    for k in self.list_keys:
+      pp_lib.caption_list(record[k], k)
+    return record
+
+  def __getitems__(self, indices):
+    return [self[i] for i in indices]
+
+  def __getattr__(self, name):
+    if name.startswith("__") or name == "_source":  # e.g. while unpickling
+      raise AttributeError(name)
+    return getattr(self._source, name)
+
+  def __repr__(self):
+    return f"CaptionChecked({self._source!r})"
 
 
 @registry.register("source", "tfds")
@@ -62,7 +124,9 @@ def tfds_source(name, *, split, data_dir=None):
 
   Returns:
     A random-access `tfds` data source; `source.dataset_info` has features,
-    class names and split sizes.
+    class names and split sizes. Caption features (`CAPTION_FIELDS`) are
+    checked on read (`CaptionChecked`): a record with an empty caption is
+    skipped and counted as "bad_caption".
   """
   parts = name.split(":")[0].split("/")
   if parts[0] in SHIPPED_BUILDERS:
@@ -74,14 +138,17 @@ def tfds_source(name, *, split, data_dir=None):
   decoders = {k: tfds.decode.SkipDecoding()
               for k in _image_keys(builder.info.features)}
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir,
-                            decoders=decoders or None)
+    source = tfds.data_source(name, split=split, data_dir=data_dir,
+                              decoders=decoders or None)
   except (NotImplementedError, ValueError) as e:
     raise ValueError(
         f"Cannot read TFDS dataset {name!r} split {split!r} as a random-access "
         f"source ({e}). big_vl reads array_record files: prepare it with "
         f"`tfds build {name} --file_format=array_record` or "
         f"`builder.download_and_prepare(file_format='array_record')`.") from e
+  scalars, lists = _caption_keys(builder.info.features)
+  return CaptionChecked(source, scalars, lists) if scalars or lists else \
+      source
 
 
 def _check_array_record(builder, name):
@@ -104,6 +171,12 @@ def _check_array_record(builder, name):
         "; delete or move the old folder first), or convert the existing "
         "files with `tfds convert_format --dataset_version_dir="
         f"{builder.data_path} --out_file_format=array_record`.")
+
+
+def _path_cell(value):
+  """An image path cell as a str ("" for a null or missing one: the read
+  then fails as "missing_file")."""
+  return "" if value is None else str(value)
 
 
 def _read_text(path):
@@ -132,7 +205,12 @@ class CaptionFileSource:
     len(src); src[0] == {"image": b"\xff\xd8...", "caption": "a red circle",
                          "text": "a red circle", "__key__": "img/0.jpg"}
     A missing image file raises `pp.CorruptRecordError` with reason
-    "missing_file"; the pipeline skips and counts such records.
+    "missing_file"; a row whose caption is empty, whitespace-only, a JSON
+    null, absent from the row, or missing from a short CSV row raises one
+    with reason "bad_caption" (see `pp.caption_text`); the pipeline skips
+    and counts such records. A jsonl caption may be a list of captions:
+    empty entries are dropped (the record is skipped if none is left) and
+    "caption" / "text" are the list.
   """
 
   IMAGE_KEYS = ("image", "filepath")
@@ -159,8 +237,11 @@ class CaptionFileSource:
       if rows and key not in columns:
         raise ValueError(f"{self.path}: no column {key!r}; columns: "
                          f"{sorted(columns)}{self._hint}")
-    self._rows = [(str(r.get(self.image_key, "")),
-                   str(r.get(self.caption_key, ""))) for r in rows]
+    # Captions are kept as read (None for a null, a missing column or a
+    # short CSV row) and checked on read, so a bad one is skipped, never
+    # turned into "" or "None".
+    self._rows = [(_path_cell(r.get(self.image_key)), r.get(self.caption_key))
+                  for r in rows]
 
   def _pick(self, columns, candidates, what):
     for c in candidates:
@@ -175,8 +256,21 @@ class CaptionFileSource:
   def __len__(self):
     return len(self._rows)
 
+  def caption(self, i):
+    """Row i's caption (a str, or a list of str for a jsonl list).
+
+    Raises:
+      pp.CorruptRecordError: reason "bad_caption" (or "decode_text").
+    """
+    value = self._rows[i][1]
+    where = f"{self.path} row {i + 1} {self.caption_key}"
+    if isinstance(value, (list, tuple)):
+      return pp_lib.caption_list(value, where)
+    return pp_lib.caption_text(value, where)
+
   def __getitem__(self, i):
-    name, caption = self._rows[i]
+    name = self._rows[i][0]
+    caption = self.caption(i)  # Checked first: no image read for a bad one.
     path = name if os.path.isabs(name) or "://" in name else os.path.join(
         self.root, name)
     try:

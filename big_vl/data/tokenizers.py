@@ -33,8 +33,8 @@ CLIP's byte-level BPE text tokenizer (OpenAI CLIP / open_clip compatible).
 the merge list vendored in `big_vl/data/assets/bpe_simple_vocab_16e6.txt.gz`
 (MIT, see `assets/LICENSE-clip-bpe.txt`).
 
-Text goes through CLIP's cleaning (`ftfy.fix_text` when ftfy is installed,
-HTML-unescaping twice, whitespace collapsing, lower-casing), is split into
+Text goes through CLIP's cleaning (`ftfy.fix_text`: ftfy is a required
+dependency, as in open_clip, since ids differ without it; HTML-unescaping twice, whitespace collapsing, lower-casing), is split into
 words by CLIP's pre-tokenisation regex, each word's UTF-8 bytes are mapped to
 printable unicode symbols and merged pairwise by merge rank, the last symbol
 carrying the `</w>` end-of-word marker. As in open_clip, the literal strings
@@ -110,10 +110,13 @@ import regex
 
 from big_vl import registry
 
-try:  # Optional: CLIP cleans text with ftfy; without it that step is skipped.
+try:  # Required: CLIP cleans text with ftfy (open_clip does too).
   import ftfy as _ftfy
-except ImportError:  # pragma: no cover - exercised only without ftfy.
-  _ftfy = None
+except ImportError as e:  # pragma: no cover - exercised only without ftfy.
+  raise ImportError(
+      "big_vl.data.tokenizers needs ftfy (pinned in requirements.txt: pip "
+      "install -r requirements.txt): CLIP's text cleaning runs ftfy.fix_text, "
+      "and without it token ids differ from open_clip's.") from e
 
 VOCAB_SIZE = 49408
 NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48894
@@ -160,11 +163,10 @@ def clean_text(text: str) -> str:
     text: raw text.
 
   Returns:
-    `text` fixed by ftfy (if installed), HTML-unescaped twice, with runs of
+    `text` fixed by ftfy, HTML-unescaped twice, with runs of
     whitespace collapsed to one space, stripped and lower-cased.
   """
-  if _ftfy is not None and not (
-      text.isascii() and _FTFY_SENSITIVE_ASCII.search(text) is None):
+  if not (text.isascii() and _FTFY_SENSITIVE_ASCII.search(text) is None):
     text = _ftfy.fix_text(text)
   text = html.unescape(html.unescape(text))
   return " ".join(text.split()).lower()

@@ -36,8 +36,9 @@ tar streams cannot seek, so skipping means reading through (no decoding).
 
 Records that cannot be used are yielded as `{"__error__": reason, ...}`
 (the pipeline counts them as skipped by reason): a sample without an image
-("missing_image"), without a caption ("missing_text") or with one that is not
-UTF-8 ("decode_text"), or a shard that fails to read ("read_error", once per
+("missing_image"), without a caption ("missing_text"), with an empty or
+whitespace-only `KEY.txt` ("bad_caption", see `pp.caption_text`) or one that
+is not UTF-8 ("decode_text"), or a shard that fails to read ("read_error", once per
 failed shard; its remaining samples are lost, deterministically). A shard cut
 exactly between two tar headers just ends early: `tarfile` treats a short
 header after the first one as the end of the archive.
@@ -56,6 +57,8 @@ from etils import epath
 import grain
 import jax
 import numpy as np
+
+from big_vl.data import pp as pp_lib
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 ERROR_KEY = "__error__"
@@ -158,9 +161,9 @@ def _make_sample(key, files, url):
   if "txt" not in files:
     return {**out, ERROR_KEY: "missing_text"}
   try:
-    text = files["txt"].decode("utf-8")
-  except UnicodeDecodeError:
-    return {**out, ERROR_KEY: "decode_text"}
+    text = pp_lib.caption_text(files["txt"], f"{key}.txt")
+  except pp_lib.CorruptRecordError as e:  # Empty, or not UTF-8.
+    return {**out, ERROR_KEY: e.reason}
   meta = None
   if "json" in files:
     try:

@@ -9,8 +9,19 @@ An evaluator is built from its config block plus a `predict_fn`:
 model's apply. Batches are padded to the global eval batch with a mask, so a
 split of any size is evaluated on every example exactly once, on any mesh and
 any number of processes.
+
+Records that cannot be used (an undecodable image, a missing file, an empty
+caption: the pipeline's skip reasons) are left out of the metrics, never
+silently: `run_over` counts them by reason in a `Skipped` and logs a
+warning, and every evaluator yields `<evaluator>/<dataset>/skipped` (the
+total, always) and `<evaluator>/<dataset>/skipped/<reason>` (each reason
+that occurred) with its metrics.
 """
 
+import collections
+import re
+
+from absl import logging
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -32,8 +43,65 @@ def local_batch_size(global_batch_size, mesh):
   return global_batch_size // jax.process_count()
 
 
+class Skipped:
+  """Records an evaluation could not use, counted by reason.
+
+  Attributes:
+    by_reason: collections.Counter {reason: count} (reasons of
+      `pipeline.SKIP_REASONS`).
+    records: [(index, reason)] of the records `run_over` skipped, index
+      being the position in its source.
+    seen: records read (used and skipped).
+  """
+
+  def __init__(self):
+    self.by_reason = collections.Counter()
+    self.records = []
+    self.seen = 0
+
+  @property
+  def total(self):
+    return sum(self.by_reason.values())
+
+  def add(self, reason, count=1):
+    if count:
+      self.by_reason[reason] += int(count)
+
+  def merge(self, other):
+    """Adds the counts (and records) of another `Skipped` (e.g. another
+    split)."""
+    self.by_reason.update(other.by_reason)
+    self.records += other.records
+    self.seen += other.seen
+
+  def describe(self):
+    """'2 (missing_file=1, decode=1)': the total and the reasons."""
+    reasons = ", ".join(f"{r}={n}" for r, n in self._ordered())
+    return f"{self.total}" + (f" ({reasons})" if reasons else "")
+
+  def _ordered(self):
+    order = {r: i for i, r in enumerate(pipeline.SKIP_REASONS)}
+    return sorted(((r, n) for r, n in self.by_reason.items() if n),
+                  key=lambda rn: (order.get(rn[0], len(order)), rn[0]))
+
+  def metrics(self, prefix):
+    """[(f"{prefix}/skipped", total), (f"{prefix}/skipped/<reason>", n) for
+    each reason that occurred], as evaluators yield them."""
+    return [(f"{prefix}/skipped", self.total)] + [
+        (f"{prefix}/skipped/{r}", n) for r, n in self._ordered()]
+
+  def warn(self, what):
+    """Logs a warning naming the count and the reasons (if any skipped)."""
+    if self.total:
+      of = f" of {self.seen}" if self.seen else ""
+      logging.warning(
+          "%s: skipped %s%s records that could not be used; the metrics "
+          "leave them out (and report them as .../skipped).", what,
+          self.describe(), of)
+
+
 def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
-             with_index=False):
+             with_index=False, skipped=None):
   """Applies a jitted `fn(params, batch) -> dict` to every example once.
 
   Args:
@@ -44,16 +112,19 @@ def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
     fn: jitted function of (params, global batch dict) returning a dict of
       arrays with leading dimension = batch.
     params: model parameters (global arrays).
-    desc: unused label (kept for progress messages).
+    desc: what is evaluated, for the warning about skipped records (e.g.
+      "zeroshot/imagenet"; default: the source's repr).
     with_index: also return "index": int64[N], the position in `source` of
       each returned example (so callers can tell which records failed).
+    skipped: a `Skipped` to add the failed records to (their reasons and
+      indices), or None.
 
   Returns:
     dict of numpy arrays: the outputs of `fn` for every valid example (padding
     and failed records removed), gathered from all processes, in source
-    order (the same on any number of processes).
+    order (the same on any number of processes). Failed records are logged
+    (a warning with their count and reasons) and added to `skipped`.
   """
-  del desc
   local = local_batch_size(batch_size, mesh)
   nproc = jax.process_count()
   outputs = {}
@@ -62,6 +133,7 @@ def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
     gbatch = sharding.to_global(batch, mesh)
     out = fn(params, gbatch)
     out[pipeline.MASK_KEY] = gbatch[pipeline.MASK_KEY]
+    out[pipeline.SKIP_REASON_KEY] = gbatch[pipeline.SKIP_REASON_KEY]
     out = multihost_utils.process_allgather(out, tiled=True)
     for k, v in out.items():
       outputs.setdefault(k, []).append(np.asarray(v))
@@ -73,6 +145,17 @@ def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
   result = {k: np.concatenate(v) for k, v in outputs.items()}
   mask = result.pop(pipeline.MASK_KEY)
   index = result.pop("_index")
+  reasons = result.pop(pipeline.SKIP_REASON_KEY)
+  counts = Skipped()
+  counts.seen = len(source)
+  failed = np.flatnonzero(reasons >= 0)
+  for r in failed[np.argsort(index[failed], kind="stable")]:
+    reason = pipeline.SKIP_REASONS[int(reasons[r])]
+    counts.add(reason)
+    counts.records.append((int(index[r]), reason))
+  counts.warn(desc or repr(source))
+  if skipped is not None:
+    skipped.merge(counts)
   # Valid rows, put back in source order (several processes interleave).
   rows = np.flatnonzero(mask)
   rows = rows[np.argsort(index[rows], kind="stable")]
@@ -147,6 +230,16 @@ def l2_normalize(x, axis=-1, eps=1e-12):
 
 
 def dataset_label(spec):
-  """Short dataset name for metric keys: 'tfds:big_vl_demo_shapes' -> 'demo_shapes'."""
-  name = spec.split(":", 1)[-1].split(":")[0].split("/")[0]
+  """Short dataset name for metric keys: 'tfds:big_vl_demo_shapes' ->
+  'demo_shapes'; a path kind's file name without its extension
+  ('jsonl:/data/coco_val.jsonl?sep=,' -> 'coco_val')."""
+  kind, _, rest = spec.partition(":")
+  if kind in ("jsonl", "csv", "wds"):
+    parts = rest.partition("?")[0].split("::")[0].rstrip("/").split("/")
+    for part in reversed(parts):  # 'd/{000..009}.tar' -> 'd'
+      stem = re.sub(r"\{[^{}]*\}", "", part).split(".")[0].strip("-_")
+      if stem:
+        return stem
+    return kind
+  name = rest.split(":")[0].split("/")[0] if rest else spec
   return name.removeprefix("big_vl_")

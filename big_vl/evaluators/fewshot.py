@@ -26,7 +26,9 @@ Config block:
         shots=(1, 2, 4, 8, 16), seeds=3, batch_size=256)
 
 Metrics: fewshot/<dataset>/<k>shot (probe, mean over seeds),
-<k>shot_std, <k>shot_ridge, <k>shot_ridge_std.
+<k>shot_std, <k>shot_ridge, <k>shot_ridge_std, and fewshot/<dataset>/skipped:
+records of the train and test splits left out (undecodable, missing, ...),
+with skipped/<reason> for each reason seen (see `common.Skipped`).
 """
 
 import numpy as np
@@ -214,8 +216,12 @@ class Evaluator:
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""
-    x_train, y_train = self.features(params, self.train_split)
-    x_test, y_test = self.features(params, self.test_split)
+    prefix = f"fewshot/{self.name}"
+    skipped = common.Skipped()
+    x_train, y_train = self.features(params, self.train_split, desc=prefix,
+                                     skipped=skipped)
+    x_test, y_test = self.features(params, self.test_split, desc=prefix,
+                                   skipped=skipped)
     if self.normalize:
       x_train = common.l2_normalize(x_train)
       x_test = common.l2_normalize(x_test)
@@ -224,4 +230,5 @@ class Evaluator:
     results = fewshot_results(x_train, y_train, x_test, y_test,
                               num_classes=num_classes, **self.options)
     for k, v in results.items():
-      yield f"fewshot/{self.name}/{k}", v
+      yield f"{prefix}/{k}", v
+    yield from skipped.metrics(prefix)

@@ -17,7 +17,9 @@ Config block:
         batch_size=256)
 
 Metrics: linear_probe/<dataset>/top1 and linear_probe/<dataset>/wd (the
-chosen weight decay).
+chosen weight decay), and linear_probe/<dataset>/skipped: records of the
+train and test splits left out (undecodable, missing, ...), with
+skipped/<reason> for each reason seen (see `common.Skipped`).
 """
 
 import functools
@@ -169,11 +171,16 @@ class FeatureExtractor:
   def source(self, split):
     return sources.get(self.data, split=split, data_dir=self.data_dir)
 
-  def __call__(self, params, split):
-    """(f32[N, D] features, int[N] labels) of `split`."""
+  def __call__(self, params, split, *, desc=None, skipped=None):
+    """(f32[N, D] features, int[N] labels) of `split`.
+
+    Records that fail are left out, logged under `desc` and added to
+    `skipped` (a `common.Skipped`), see `common.run_over`.
+    """
     out = common.run_over(self.source(split), pp=self.pp,
                           batch_size=self.batch_size, mesh=self.mesh,
-                          fn=self._fn, params=params)
+                          fn=self._fn, params=params,
+                          desc=desc and f"{desc} ({split})", skipped=skipped)
     return out["z"].astype(np.float32), out["label"].astype(np.int64)
 
 
@@ -221,7 +228,10 @@ class Evaluator:
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""
-    x_train, y_train = self.features(params, self.train_split)
+    prefix = f"linear_probe/{self.name}"
+    skipped = common.Skipped()
+    x_train, y_train = self.features(params, self.train_split, desc=prefix,
+                                     skipped=skipped)
     if self.normalize:
       x_train = common.l2_normalize(x_train)
     num_classes = num_classes_of(self.features.source(self.train_split),
@@ -230,8 +240,10 @@ class Evaluator:
         x_train, y_train, num_classes=num_classes, wds=self.wds,
         val_fraction=self.val_fraction, seed=self.seed, steps=self.steps)
     # The test split is read only now, after the choice of wd.
-    x_test, y_test = self.features(params, self.test_split)
+    x_test, y_test = self.features(params, self.test_split, desc=prefix,
+                                   skipped=skipped)
     if self.normalize:
       x_test = common.l2_normalize(x_test)
-    yield f"linear_probe/{self.name}/top1", accuracy(probe, x_test, y_test)
-    yield f"linear_probe/{self.name}/wd", float(wd)
+    yield f"{prefix}/top1", accuracy(probe, x_test, y_test)
+    yield f"{prefix}/wd", float(wd)
+    yield from skipped.metrics(prefix)

@@ -37,10 +37,17 @@ Two kinds of data:
         pp_img="decode|resize(224)|value_range(-1,1)|keep('image')",
         pp_txt="tokenize(max_len=77)", batch_size=256)
 
-  Images that cannot be read are dropped with their captions.
+  Images that cannot be read are dropped with their captions; rows whose
+  caption is empty, whitespace-only or null are dropped (reason
+  "bad_caption"; empty entries of a list are dropped, the row only if none
+  is left), and an image left without a caption is dropped.
 
 Metrics: retrieval/<dataset>/img2txt_r@{1,5,10}, txt2img_r@{1,5,10},
-img2txt_mean_rank, txt2img_mean_rank.
+img2txt_mean_rank, txt2img_mean_rank (over the records that could be used),
+and retrieval/<dataset>/skipped: records left out (dataset examples, or
+listing rows), with skipped/<reason> for each reason seen (see
+`common.Skipped`). With a dataset's pp, an example one of whose captions is
+empty is left out (`tokenize` of the list, reason "bad_caption").
 """
 
 import collections
@@ -53,6 +60,7 @@ import jax
 import numpy as np
 
 from big_vl import plots, registry
+from big_vl.data import pp as pp_lib
 from big_vl.data import sources
 from big_vl.evaluators import common
 
@@ -114,32 +122,43 @@ def recall_at_k(img_emb, txt_emb, txt_to_img, ks=(1, 5, 10), chunk=1024):
 
 
 def _as_captions(value):
-  """A caption cell -> list of captions (a list, or a JSON list string)."""
+  """A caption cell -> list of usable captions (a list, or a JSON list
+  string: empty entries dropped).
+
+  Raises:
+    pp.CorruptRecordError: reason "bad_caption" for a null, empty or
+      whitespace-only cell (or a list without a usable entry).
+  """
   if isinstance(value, (list, tuple)):
-    return [str(v) for v in value]
-  value = "" if value is None else str(value)
-  if value.startswith("["):
+    return pp_lib.caption_list(value)
+  if isinstance(value, str) and value.startswith("["):
     try:
       parsed = json.loads(value)
       if isinstance(parsed, list):
-        return [str(v) for v in parsed]
+        return pp_lib.caption_list(parsed)
     except ValueError:
       pass
-  return [value]
+  return [pp_lib.caption_text(value, "caption")]
 
 
-def read_listing(spec, source):
+def read_listing(spec, source, skipped=None):
   """Groups a jsonl/csv listing's rows by image path.
+
+  Rows without a usable caption (null, empty, whitespace-only; see
+  `pp.caption_text`) are left out and counted in `skipped` by reason; an
+  image with no usable row is left out.
 
   Args:
     spec: the "jsonl:FILE[?..]" / "csv:FILE[?sep=..]" spec.
     source: the `sources.CaptionFileSource` opened from it (for its file and
       column names).
+    skipped: a `common.Skipped` for the rows left out (None: not counted).
 
   Returns:
-    (first_rows, captions, caption_image): row index in `source` of each
-    distinct image (in order of first appearance), all captions, and the
-    image index of each caption.
+    (first_rows, captions, caption_image, image_rows): row index in `source`
+    of each distinct image (its first row with a usable caption; in order of
+    first appearance), all captions, the image index of each caption, and
+    the number of rows of each image.
   """
   kind, _, rest = spec.partition(":")
   query = rest.partition("?")[2]
@@ -153,16 +172,24 @@ def read_listing(spec, source):
     rows = list(csv.DictReader(text.splitlines(), delimiter=sep))
   groups = collections.OrderedDict()
   for i, row in enumerate(rows):
+    try:
+      row_captions = _as_captions(row.get(source.caption_key))
+    except pp_lib.CorruptRecordError as e:
+      if skipped is not None:
+        skipped.add(e.reason)
+      continue
     path = str(row.get(source.image_key, ""))
-    first, caps = groups.setdefault(path, (i, []))
-    del first
-    caps.extend(_as_captions(row.get(source.caption_key)))
-  first_rows, captions, caption_image = [], [], []
-  for j, (first, caps) in enumerate(groups.values()):
+    _, caps, count = groups.setdefault(path, (i, [], [0]))
+    caps.extend(row_captions)
+    count[0] += 1
+  first_rows, captions, caption_image, image_rows = [], [], [], []
+  for j, (first, caps, count) in enumerate(groups.values()):
     first_rows.append(first)
     captions.extend(caps)
     caption_image.extend([j] * len(caps))
-  return first_rows, captions, np.asarray(caption_image, np.int64)
+    image_rows.append(count[0])
+  return (first_rows, captions, np.asarray(caption_image, np.int64),
+          image_rows)
 
 
 class _Rows:
@@ -239,10 +266,11 @@ class Evaluator:
     self._image_fn = jax.jit(image_fn, static_argnums=2)
     self._text_fn = common.text_fn(predict_fn)
 
-  def _embed_dataset(self, params):
+  def _embed_dataset(self, params, skipped):
     fn = lambda p, b: self._fn(p, b, self.keep_images)
     out = common.run_over(self.source, pp=self.pp, batch_size=self.batch_size,
-                          mesh=self.mesh, fn=fn, params=params)
+                          mesh=self.mesh, fn=fn, params=params,
+                          desc=f"retrieval/{self.name}", skipped=skipped)
     n, c, d = out["ztxt"].shape
     last = {"zimg": out["zimg"], "ztxt": out["ztxt"].reshape(n * c, d),
             "text_to_image": np.repeat(np.arange(n), c),
@@ -251,12 +279,23 @@ class Evaluator:
       last["image"] = out["image"]
     return last
 
-  def _embed_listing(self, params):
-    first_rows, captions, caption_image = read_listing(self.data, self.source)
+  def _embed_listing(self, params, skipped):
+    prefix = f"retrieval/{self.name}"
+    rows = common.Skipped()
+    first_rows, captions, caption_image, image_rows = read_listing(
+        self.data, self.source, rows)
+    rows.seen = len(self.source)
+    rows.warn(f"{prefix} (captions)")
     fn = lambda p, b: self._image_fn(p, b, self.keep_images)
+    images = common.Skipped()
     out = common.run_over(_Rows(self.source, first_rows), pp=self.pp_img,
                           batch_size=self.batch_size, mesh=self.mesh, fn=fn,
-                          params=params, with_index=True)
+                          params=params, with_index=True,
+                          desc=f"{prefix} (images)", skipped=images)
+    # A listing's records are its rows: an image that fails takes its rows.
+    for j, reason in images.records:
+      rows.add(reason, image_rows[j])
+    skipped.merge(rows)
     # Renumber the images that could be read; drop the others' captions.
     new_index = np.full(len(first_rows), -1, np.int64)
     new_index[out["index"]] = np.arange(len(out["index"]))
@@ -275,12 +314,14 @@ class Evaluator:
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""
-    last = (self._embed_listing(params) if self.listing
-            else self._embed_dataset(params))
+    skipped = common.Skipped()
+    last = (self._embed_listing(params, skipped) if self.listing
+            else self._embed_dataset(params, skipped))
     self.last = last
     for k, v in recall_at_k(last["zimg"], last["ztxt"],
                             last["text_to_image"]).items():
       yield f"retrieval/{self.name}/{k}", v
+    yield from skipped.metrics(f"retrieval/{self.name}")
 
   def plot_examples(self, path, tokenizer, num_queries=6, k=5, seed=0):
     """Writes a PNG of text queries and their top-k images from the last run.

@@ -17,7 +17,10 @@ Config block (all keys are constructor arguments):
 "cifar10", ...; see `prompts`); class names default to the dataset's
 ClassLabel names.
 
-Metrics: zeroshot/<dataset>/top1, top5, mean_per_class_recall.
+Metrics: zeroshot/<dataset>/top1, top5, mean_per_class_recall (over the
+records that could be used), and zeroshot/<dataset>/skipped (records left
+out: undecodable, missing, ...) with skipped/<reason> for each reason seen
+(see `common.Skipped`).
 """
 
 import jax
@@ -114,11 +117,15 @@ class Evaluator:
         predict_fn=self.predict_fn, params=params, fn=self._text_fn)
     weights = classifier(encode, common.pp_tokenizer(self.pp_txt),
                          self.class_names, self.templates)
+    prefix = f"zeroshot/{self.name}"
+    skipped = common.Skipped()
     out = common.run_over(self.source, pp=self.pp_img,
                           batch_size=self.batch_size, mesh=self.mesh,
-                          fn=self._image_fn, params=params)
+                          fn=self._image_fn, params=params, desc=prefix,
+                          skipped=skipped)
     logits = out["z"] @ weights
     metrics = classification_metrics(logits, out["label"],
                                      len(self.class_names))
     for k, v in metrics.items():
-      yield f"zeroshot/{self.name}/{k}", v
+      yield f"{prefix}/{k}", v
+    yield from skipped.metrics(prefix)

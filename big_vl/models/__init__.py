@@ -17,7 +17,11 @@ store:
     zimg, ztxt, aux = model.apply({"params": params}, image, text)
 """
 
+from big_vl import config as config_lib
 from big_vl import registry
+
+# Dataclass fields of every flax linen module that are not config keys.
+_MODULE_SKIP = ("parent", "name")
 
 
 def get(model_config):
@@ -38,3 +42,33 @@ def get(model_config):
                 else model_config)
   name = kwargs.pop("name", "two_towers")
   return registry.get("model", name)(**kwargs)
+
+
+def check_config(model_name, model_config, where="config.model"):
+  """Checks a model config's keys against the model's fields, at any depth.
+
+  The top level is checked against the registered model class's fields;
+  blocks the class names in its `sub_configs(model_config)` (two_towers:
+  `image` against `vit.ViT` or `vitamin.ViTamin` by `arch`, `text` against
+  `text_transformer.TextTransformer`) against their modules' fields.
+
+  Args:
+    model_name: the registered model name (`config.model_name`).
+    model_config: the model's mapping of constructor arguments.
+    where: the dotted path of `model_config` in messages.
+
+  Raises:
+    ValueError: naming `where.KEY` (or `where.BLOCK.KEY`) for an unknown
+      key, with the closest known ones, or an unknown model name.
+  """
+  try:
+    cls = registry.get("model", model_name)
+  except KeyError as e:
+    raise ValueError(f"config.model_name: {e.args[0]}") from None
+  config_lib.check_signature(model_config, cls, where, skip=_MODULE_SKIP)
+  for key, module, extra in getattr(cls, "sub_configs", lambda _: [])(
+      model_config or {}):
+    block = (model_config or {}).get(key)
+    if block is not None:
+      config_lib.check_signature(block, module, f"{where}.{key}",
+                                 skip=_MODULE_SKIP, extra=extra)

@@ -90,6 +90,19 @@ class Model(nn.Module):
   token_features: bool = False
   token_keep: float = 1.0
 
+  @staticmethod
+  def sub_configs(model_config):
+    """[(key, module class, keys the model itself reads)] of the blocks in
+    a model config (what `big_vl.models.check_config` checks each against).
+    """
+    image = _as_dict(model_config.get("image"))
+    arch = image.get("arch", "vit")
+    if arch not in IMAGE_ARCHS:
+      raise ValueError(f"config.model.image.arch: unknown {arch!r}; known: "
+                       f"{sorted(IMAGE_ARCHS)}.")
+    return [("image", IMAGE_ARCHS[arch], ("arch",)),
+            ("text", text_transformer.TextTransformer, ())]
+
   def _tower_kwargs(self, cfg, name):
     kw = _as_dict(cfg)
     if kw.get("num_classes") not in (None, 0, self.out_dim):
