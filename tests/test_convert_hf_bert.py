@@ -474,6 +474,10 @@ def test_minilm_matches_sentence_transformers(minilm):
   assert (ids[10] != 0).all() and ids[10, -1] == 102  # cut, [SEP] last
   fn = pp.get_preprocess_fn(prep["pp_txt"])
   for text, row in zip(PEER_SENTENCES, ids):
+    if not text.strip():  # An empty caption is a skipped record in pp.
+      with pytest.raises(pp.CorruptRecordError):
+        fn({"text": text.encode()})
+      continue
     np.testing.assert_array_equal(fn({"text": text.encode()})["text"], row)
 
   z, _ = _embed(model_config, params, ids)
