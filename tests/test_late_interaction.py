@@ -146,8 +146,11 @@ def test_filip_config_trains_the_same_ring_dense_and_accumulated(tmp_path,
   del demo_data
   from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top
   from big_vl import train  # pylint: disable=g-import-not-at-top
+  # The ring equals the dense loss in values and gradients on two meshes
+  # (the loss-level tests above); here the trainer runs the dense loss and
+  # the ring with GradCache (2 micro-batches), which must train the same.
   losses_by_impl = {}
-  for impl in ("ring", "dense", "ring_accum2"):
+  for impl in ("dense", "ring_accum2"):
     config = config_lib.load_config_module(os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         "configs", "filip.py")).get_config("runlocal,token_keep=0.5")
@@ -158,8 +161,6 @@ def test_filip_config_trains_the_same_ring_dense_and_accumulated(tmp_path,
       config.grad_accum_steps = 2
     result = train.train(config, str(tmp_path / impl))
     losses_by_impl[impl] = [result["losses"][s] for s in range(1, 9)]
-  np.testing.assert_allclose(losses_by_impl["ring"], losses_by_impl["dense"],
-                             rtol=1e-4)
   np.testing.assert_allclose(losses_by_impl["ring_accum2"],
-                             losses_by_impl["ring"], rtol=1e-4)
-  assert losses_by_impl["ring"][-1] < losses_by_impl["ring"][0]
+                             losses_by_impl["dense"], rtol=1e-4)
+  assert losses_by_impl["dense"][-1] < losses_by_impl["dense"][0]
