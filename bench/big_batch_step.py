@@ -47,7 +47,7 @@ def make_config(batch, accum, impl):
   config.model.image.variant = "mu/8"
   config.model.text.vocab_size = 1000
   config.model.text.max_len = 8
-  config.loss.impl = impl
+  config.objectives.contrastive.impl = impl
   config.grad_accum_steps = accum
   config.mesh = (("data", 8),)
   return config

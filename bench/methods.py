@@ -91,7 +91,7 @@ def variants(row, steps, batch):
   """[(name, config, scoring)] of a row; scoring "cosine" or "late"."""
   if row == "siglip":
     clip, sig = base(steps, 16), base(steps, 16)
-    sig.loss.name = "sigmoid"
+    sig.objectives.contrastive.loss = "sigmoid"
     sig.model.bias_init = -10.0
     return [("clip_b16", clip, "cosine"), ("siglip_b16", sig, "cosine")]
   if row == "filip":

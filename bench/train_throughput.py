@@ -105,7 +105,8 @@ def big_vl_config(arch, batch, dtype="float32"):
   config.model = ml_collections.ConfigDict(model)
   if dtype != "float32":
     config.model.dtype = dtype
-  config.loss = ml_collections.ConfigDict(dict(name="softmax"))
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0)))
   config.input = ml_collections.ConfigDict(dict(batch_size=batch))
   config.lr = OPTIM["lr"]
   config.wd = OPTIM["wd"]

@@ -5,17 +5,22 @@ gradients of per-micro-batch losses is NOT the full-batch gradient. GradCache
 (Gao et al., 2021, https://arxiv.org/abs/2101.06983) gets the exact
 full-batch gradient with the activation memory of one micro-batch:
 
-1. Embed every micro-batch without a gradient tape (a `lax.map` over
-   micro-batches) and assemble the full-batch `zimg`, `ztxt` (and any
-   per-example aux entries the loss reads, e.g. token features).
-2. Compute the loss on the full batch and its gradient with respect to those
-   embeddings and to the parameter-only aux entries (temperature `t`, bias
-   `b`, ...), which come from `model.apply(params, None, None)`.
+1. Run the model on every micro-batch without a gradient tape (a `lax.map`
+   over micro-batches) and assemble the full-batch outputs the objectives
+   read (`zimg`, `ztxt`, token features, ...).
+2. Compute the objectives on the full batch and their gradient with respect
+   to those outputs and to the parameter-only outputs (temperature `t`,
+   bias `b`, ...), which are the model's outputs for an empty batch.
 3. Re-run each micro-batch's forward pass under `jax.vjp` with the cached
-   embedding gradients as cotangents and sum the parameter gradients (a
+   output gradients as cotangents and sum the parameter gradients (a
    `lax.scan`, so one micro-batch of activations is alive at a time). The
-   gradient of the parameter-only aux entries is pulled back once, through
-   the towerless apply, so `t` and `b` are counted exactly once.
+   gradient of the parameter-only outputs is pulled back once, through the
+   empty-batch forward, so `t` and `b` are counted exactly once.
+
+Several objectives (`objectives.Combined`) share the one cached pass. An
+objective that reads an output that is neither per example nor
+parameter-only (say, a `[L, V]` table computed from the whole batch) cannot
+be split this way and is refused with an error naming it.
 
 Micro-batch `i` holds rows `i::k` of the global batch. With the batch sharded
 contiguously over the devices along dimension 0, that takes `1/k` of every
@@ -30,18 +35,18 @@ so with dropout > 0 a k-step update is a different (equally valid) sample,
 not bit-equal to the k=1 update; with dropout 0 they agree to float
 rounding.
 
-Example (inside a jitted train step):
+Example (inside a jitted train step; `forward(p, batch, rng)` gives the
+model's outputs dict, `objective(outputs, batch, *, mesh)` the loss):
 
-    (loss, (metrics, aux)), grads = accumulate.value_and_grad(
-        model, loss_fn, params, batch, rng, steps=4, mesh=mesh)
+    (loss, (metrics, outputs)), grads = accumulate.value_and_grad(
+        forward, objective, params, batch, rng, steps=4, mesh=mesh)
 """
-
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from big_vl import objectives
 from big_vl import sharding
 
 
@@ -126,137 +131,115 @@ def merge(y, mesh=None):
   return x
 
 
-class _RecordReads(Mapping):
-  """A read-only view of a dict that records which keys were read."""
-
-  def __init__(self, data, seen):
-    self._data, self._seen = data, seen
-
-  def __getitem__(self, key):
-    value = self._data[key]
-    self._seen.add(key)
-    return value
-
-  def __iter__(self):
-    return iter(self._data)
-
-  def __len__(self):
-    return len(self._data)
-
-
-def _aux_keys_read(loss_fn, zimg, ztxt, aux, mesh):
-  """Which keys of `aux` `loss_fn` reads (traced abstractly, no compute)."""
-  seen = set()
-  jax.eval_shape(
-      lambda zi, zt, a: loss_fn(zi, zt, _RecordReads(a, seen), mesh=mesh),
-      zimg, ztxt, aux)
-  return seen
-
-
-def value_and_grad(model, loss_fn, params, batch, rng, *, steps, mesh=None):
+def value_and_grad(forward, objective, params, batch, rng, *, steps,
+                   mesh=None):
   """Full-batch loss and parameter gradient from `steps` micro-batches.
 
   Equals `jax.value_and_grad(loss_of, has_aux=True)(params)` with
-  `loss_of(p) = loss_fn(*model.apply({"params": p}, image, text, train=True,
-  ...), mesh=mesh)` on the whole batch, up to float rounding (and dropout
-  masks, see the module docstring), while keeping the activations of only
-  one micro-batch alive.
+  `loss_of(p) = objective(forward(p, batch, rng), batch, mesh=mesh)` on the
+  whole batch, up to float rounding (and dropout masks, see the module
+  docstring), while keeping the activations of only one micro-batch alive.
 
   Args:
-    model: a two-tower style linen module: `apply({"params": p}, image, text,
-      train=True, rngs=...) -> (zimg, ztxt, aux)`, where aux entries that
-      depend only on the params (e.g. "t", "b") are also returned by
-      `apply({"params": p}, None, None)`.
-    loss_fn: `(zimg, ztxt, aux, *, mesh) -> (loss, metrics)`.
+    forward: `(params, batch, rng) -> outputs dict`, the model's outputs
+      (`big_vl.models.outputs_fn`) in training mode with dropout rng `rng`;
+      `forward(params, {}, None)` must give the entries that depend on the
+      params only ("t", "b", ...).
+    objective: `(outputs, batch, *, mesh) -> (loss, metrics)`, e.g. an
+      `objectives.Combined` (several objectives share one cached pass).
     params: the parameters to differentiate (any float dtype; gradients are
       summed over micro-batches in float32 or wider).
-    batch: dict with "image" [B, ...] and "text" [B, ...].
+    batch: dict of arrays with the global batch on dimension 0 ("image",
+      "text", ...).
     rng: the step's dropout rng; micro-batch i uses `fold_in(rng, i)`.
     steps: number of micro-batches k; must divide the per-device batch.
     mesh: the Mesh the batch is sharded over, or None.
 
   Returns:
-    `((loss, (metrics, aux)), grads)` like `jax.value_and_grad(...,
-    has_aux=True)`: loss and metrics of the full batch, aux with the
-    parameter-only entries and the per-example entries the loss read, and
-    grads shaped like `params`, accumulated and returned in float32 (or the
-    params' dtype if wider), e.g. float32 gradients for bfloat16 params.
+    `((loss, (metrics, outputs)), grads)` like `jax.value_and_grad(...,
+    has_aux=True)`: loss and metrics of the full batch, the outputs with
+    the parameter-only entries and the per-example entries the objective
+    read, and grads shaped like `params`, accumulated and returned in
+    float32 (or the params' dtype if wider), e.g. float32 gradients for
+    bfloat16 params.
 
   Raises:
-    ValueError: if `steps` does not divide the per-device batch, or the
-      loss reads a tower aux entry without a leading batch dimension.
+    ValueError: if `steps` does not divide the per-device batch, or an
+      objective reads an output that is neither per example (leading batch
+      dimension) nor parameter-only (it cannot be split; the error names
+      the objective).
   """
-  image, text = batch["image"], batch["text"]
-  global_batch = image.shape[0]
+  global_batch = jax.tree.leaves(batch)[0].shape[0]
   check_steps(global_batch, steps, mesh)
-  micro = {"image": split(image, steps, mesh),
-           "text": split(text, steps, mesh)}
+  micro = jax.tree.map(lambda x: split(x, steps, mesh), batch)
   index = jnp.arange(steps)
 
-  def forward(p, mb, i):
-    """One micro-batch: (zimg, ztxt, per-example aux) with its own rng."""
-    zimg, ztxt, aux = model.apply(
-        {"params": p}, mb["image"], mb["text"], train=True,
-        rngs={"dropout": jax.random.fold_in(rng, i)})
-    return zimg, ztxt, aux
+  def forward_micro(p, mb, i):
+    """One micro-batch's outputs with its own dropout rng."""
+    return forward(p, mb, jax.random.fold_in(rng, i))
 
-  def param_aux(p):
-    """The aux entries that depend on the params only ("t", "b", ...)."""
-    return model.apply({"params": p}, None, None, train=True)[2]
+  def param_outputs(p):
+    """The outputs that depend on the params only ("t", "b", ...)."""
+    return forward(p, {}, None)
 
-  # Which per-example aux entries the loss needs: shapes only, no compute.
-  scalar_keys = set(jax.eval_shape(param_aux, params))
+  # Which per-example outputs the objective needs: shapes only, no compute.
+  scalar_keys = set(jax.eval_shape(param_outputs, params))
   mb0 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                      micro)
-  zimg_s, ztxt_s, aux_s = jax.eval_shape(forward, params, mb0, 0)
+  out_s = jax.eval_shape(forward_micro, params, mb0, 0)
   m = global_batch // steps
   full_shape = lambda s: jax.ShapeDtypeStruct((global_batch, *s.shape[1:]),
                                               s.dtype)
-  example_s = {k: v for k, v in aux_s.items() if k not in scalar_keys}
+  example_s = {k: v for k, v in out_s.items() if k not in scalar_keys}
   batched = lambda v: bool(v.shape) and v.shape[0] == m
-  full_aux_s = {**{k: v for k, v in aux_s.items() if k in scalar_keys},
+  full_out_s = {**{k: v for k, v in out_s.items() if k in scalar_keys},
                 **{k: full_shape(v) for k, v in example_s.items()
                    if batched(v)},
                 **{k: v for k, v in example_s.items() if not batched(v)}}
-  read = _aux_keys_read(loss_fn, full_shape(zimg_s), full_shape(ztxt_s),
-                        full_aux_s, mesh)
+  batch_s = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         batch)
+  parts = getattr(objective, "parts", None) or (objective,)
+  read = set()
+  for part in parts:
+    keys, _ = objectives.fields_read(part, full_out_s, batch_s, mesh)
+    for k in sorted(keys):
+      if k in example_s and not batched(example_s[k]):
+        name = getattr(part, "name", None)
+        raise ValueError(
+            "grad accumulation (config.grad_accum_steps > 1): "
+            + (f"objective {name!r} (loss {part.loss!r})" if name else
+               "the objective")
+            + f" reads the model output {k!r} of shape "
+            f"{example_s[k].shape}, which neither leads with the "
+            f"micro-batch dimension ({m}) nor depends on the params only, "
+            "so it cannot be assembled over micro-batches (GradCache). Use "
+            "grad_accum_steps=1 for this objective.")
+    read |= keys
   example_keys = sorted(k for k in example_s if k in read)
-  for k in example_keys:
-    if not batched(example_s[k]):
-      raise ValueError(
-          f"grad accumulation: the loss reads model aux entry {k!r} of shape "
-          f"{example_s[k].shape}, which neither leads with the micro-batch "
-          f"dimension ({m}) nor comes from model.apply(params, None, None), "
-          "so it cannot be assembled over micro-batches; use "
-          "grad_accum_steps=1 or return it per example.")
 
   def embed(p, mb, i):
     """(float outputs to differentiate, other outputs) of one micro-batch."""
-    zimg, ztxt, aux = forward(p, mb, i)
-    ex_float, ex_other = _partition_float({k: aux[k] for k in example_keys})
-    return (zimg, ztxt, ex_float), ex_other
+    out = forward_micro(p, mb, i)
+    return _partition_float({k: out[k] for k in example_keys})
 
-  # 1. Embeddings of every micro-batch, without a gradient tape.
-  (zimg, ztxt, ex_float), ex_other = jax.lax.map(
+  # 1. Outputs of every micro-batch, without a gradient tape.
+  ex_float, ex_other = jax.lax.map(
       lambda xs: embed(params, xs[0], xs[1]), (micro, index))
-  zimg, ztxt, ex_float, ex_other = jax.tree.map(
-      lambda y: merge(y, mesh), (zimg, ztxt, ex_float, ex_other))
+  ex_float, ex_other = jax.tree.map(lambda y: merge(y, mesh),
+                                    (ex_float, ex_other))
 
-  # 2. Full-batch loss; gradient w.r.t. embeddings and param-only aux.
-  p_aux_out, param_aux_vjp, p_other = jax.vjp(
-      lambda p: _partition_float(param_aux(p)), params, has_aux=True)
+  # 2. Full-batch loss; gradient w.r.t. the outputs and param-only entries.
+  p_out, param_vjp, p_other = jax.vjp(
+      lambda p: _partition_float(param_outputs(p)), params, has_aux=True)
 
-  def full_loss(zi, zt, exf, paf):
-    aux = {**p_other, **paf, **ex_other, **exf}
-    return loss_fn(zi, zt, aux, mesh=mesh)
+  def full_loss(exf, paf):
+    return objective({**p_other, **paf, **ex_other, **exf}, batch, mesh=mesh)
 
-  (loss, metrics), (g_zimg, g_ztxt, g_ex, g_pa) = jax.value_and_grad(
-      full_loss, argnums=(0, 1, 2, 3), has_aux=True)(
-          zimg, ztxt, ex_float, p_aux_out)
+  (loss, metrics), (g_ex, g_pa) = jax.value_and_grad(
+      full_loss, argnums=(0, 1), has_aux=True)(ex_float, p_out)
 
   # 3. Re-run each micro-batch with its cached cotangents; sum the grads.
-  cotangents = jax.tree.map(lambda g: split(g, steps, mesh),
-                            (g_zimg, g_ztxt, g_ex))
+  cotangents = jax.tree.map(lambda g: split(g, steps, mesh), g_ex)
   acc_dtype = lambda x: jnp.promote_types(x.dtype, jnp.float32)
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, acc_dtype(x)), params)
 
@@ -267,7 +250,7 @@ def value_and_grad(model, loss_fn, params, batch, rng, *, steps, mesh=None):
     return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, g), None
 
   acc, _ = jax.lax.scan(body, zeros, (micro, index, cotangents))
-  (g_params_aux,) = param_aux_vjp(g_pa)
-  grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, g_params_aux)
-  aux = {**p_other, **p_aux_out, **ex_other, **ex_float}
-  return (loss, (metrics, aux)), grads
+  (g_params_out,) = param_vjp(g_pa)
+  grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, g_params_out)
+  outputs = {**p_other, **p_out, **ex_other, **ex_float}
+  return (loss, (metrics, outputs)), grads

@@ -189,16 +189,17 @@ def signature_keys(fn, skip=()):
 def check_signature(block, fn, where, *, skip=(), extra=()):
   """Checks a config block against the signature of the callable it feeds.
 
-  For example the loss block `config.loss = dict(name="softmax",
-  temprature=2)` against `losses.softmax_loss` fails with
-  "config.loss.temprature: unknown config key. ... Known keys of
-  config.loss: block_size, impl, label_smoothing, name."
+  For example the objective block `config.objectives.contrastive =
+  dict(loss="softmax", weight=1.0, temprature=2)` against
+  `losses.softmax_loss` fails with "config.objectives.contrastive.temprature:
+  unknown config key. ... Known keys of config.objectives.contrastive:
+  block_size, impl, label_smoothing, loss, weight."
 
   Args:
     block: the block (ConfigDict or dict); None or empty checks nothing
       but the required arguments.
     fn: the function or class that receives the block as keyword arguments.
-    where: the block's dotted path in messages, e.g. "config.loss".
+    where: the block's dotted path in messages, e.g. "config.optim".
     skip: `fn`'s arguments that the caller fills in (not config keys).
     extra: keys the caller reads itself (e.g. "name", "type", "every").
 

@@ -15,7 +15,8 @@ column per text); padding tokens never count. Select it with
                                            #  aux["txt/ztokens"], txt/mask
     config.model.token_keep = 0.5          # optional: top half of the patch
                                            #  tokens by projected norm
-    config.loss = dict(name="filip", impl="ring", global_weight=0.0)
+    config.objectives = dict(filip=dict(loss="filip", weight=1.0,
+                                        impl="ring", global_weight=0.0))
 
 Memory: the token similarities of a pair of blocks are
 `[B_img, B_txt, N, L]`. `impl="dense"` builds them for the whole global

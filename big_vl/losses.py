@@ -9,8 +9,11 @@ batch (row i of each is a positive pair), `aux` is the model's aux dict with
 the temperature `t` (and the bias `b` for sigmoid), and `metrics` is a dict of
 scalars to log.
 
-Select one by name in a config: `config.loss = dict(name="sigmoid")`; every
-other key of `config.loss` is passed as an option (`get(**config.loss)`).
+Select one by name as an objective of a config (big_vl/objectives.py):
+`config.objectives = dict(contrastive=dict(loss="sigmoid", weight=1.0,
+impl="ring"))`; every other key of the block is passed as an option (`get`).
+The trainer calls them through `objectives`, with the model's outputs dict
+as `aux`.
 
 Two implementations of each loss, chosen with the `impl` option:
 
@@ -61,14 +64,17 @@ def _check_impl(impl, name):
   if impl not in IMPLS:
     raise ValueError(
         f"Unknown impl {impl!r} for loss {name!r}; use one of {IMPLS} "
-        "(config.loss.impl).")
+        "(the `impl` option of its objective).")
 
 
-def get(name, **options):
+def get(name, where="config.loss", meta_keys=("name",), **options):
   """The loss `name` with `options` bound: `loss_fn(zimg, ztxt, aux, *, mesh)`.
 
   Args:
     name: registered loss name, e.g. "softmax" or "sigmoid".
+    where: the config block of the options, for messages (an objective's
+      is "config.objectives.NAME").
+    meta_keys: keys of that block that are not options (allowed, ignored).
     **options: keyword options of that loss, e.g. `impl="ring"`,
       `block_size=512`.
 
@@ -78,12 +84,13 @@ def get(name, **options):
   Raises:
     KeyError: for an unknown loss name.
     ValueError: for an option the loss does not take (named as
-      `config.loss.KEY`), if `impl` is given and is not one of `IMPLS`, or
+      `WHERE.KEY`), if `impl` is given and is not one of `IMPLS`, or
       `block_size` is given and is neither a positive int nor None.
   """
   fn = registry.get("loss", name)
-  config_lib.check_signature(options, fn, "config.loss", extra=("name",),
-                             skip=("zimg", "ztxt", "aux", "mesh"))
+  config_lib.check_signature(
+      options, fn, where, extra=meta_keys,
+      skip=("zimg", "ztxt", "aux", "outputs", "batch", "mesh"))
   if "impl" in options:
     _check_impl(options["impl"], name)
   if "block_size" in options:
@@ -140,7 +147,7 @@ def softmax_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
   _check_impl(impl, "softmax")
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1) "
-                     "(config.loss.label_smoothing).")
+                     "(the `label_smoothing` option of its objective).")
   loss, metrics = (_ring_softmax(zimg, ztxt, aux, mesh, block_size)
                    if impl == "ring" else _dense_softmax(zimg, ztxt, aux))
   if label_smoothing:
@@ -277,7 +284,7 @@ def _check_block_size(block_size):
   if value is None or value < 1:
     raise ValueError(
         f"block_size must be a positive int or None, got {block_size!r} "
-        "(config.loss.block_size).")
+        "(the `block_size` option of its objective).")
   return value
 
 

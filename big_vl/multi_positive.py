@@ -17,7 +17,8 @@ losses:
   loss over the B * K (pooled feature, sub-caption) pairs. It ties sentences
   to the image regions they describe.
 
-    config.loss = dict(name="dreamlip", grouping_weight=1.0)
+    config.objectives = dict(dreamlip=dict(loss="dreamlip", weight=1.0,
+                                           grouping_weight=1.0))
 
 With K = 1 and grouping_weight = 0 this is CLIP's softmax loss.
 `impl="dense"` builds the [B, B * K] logits (partitioned by XLA under a
@@ -109,7 +110,7 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
   if grouping_weight and "img/ztokens" not in aux:
     raise ValueError("The dreamlip grouping loss needs patch tokens: set "
                      "config.model.token_features = True (or "
-                     "config.loss.grouping_weight = 0).")
+                     "grouping_weight = 0 in its objective).")
   if impl == "ring":
     return _ring_dreamlip(zimg, ztxt, aux.get("img/ztokens"), t, mesh,
                           grouping_weight)

@@ -93,11 +93,11 @@ class Predictor:
     self.batch_size = batch_size
     self._img_fn = pp_lib.build(pp_img)
     self._txt_fn = pp_lib.build(pp_txt)
-    apply = lambda p, image=None, text=None: model.apply(
-        {"params": p}, image, text, train=False)
-    self._embed_img = jax.jit(lambda p, x: apply(p, image=x)[0])
-    self._embed_txt = jax.jit(lambda p, x: apply(p, text=x)[1])
-    self._aux = jax.jit(lambda p, x: apply(p, text=x)[2])
+    outputs = lambda p, batch: models.outputs_fn("two_towers")(
+        model, {"params": p}, batch, train=False)
+    self._embed_img = jax.jit(lambda p, x: outputs(p, {"image": x})["zimg"])
+    self._embed_txt = jax.jit(lambda p, x: outputs(p, {"text": x})["ztxt"])
+    self._aux = jax.jit(lambda p, x: outputs(p, {"text": x}))
 
   @classmethod
   def load(cls, path, *, step=None, pp_img=None, pp_txt=None, batch_size=64):

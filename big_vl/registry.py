@@ -1,4 +1,5 @@
-"""Name -> factory tables for models, losses, evaluators, data sources and pp ops.
+"""Name -> factory tables for models (and their `outputs` functions), losses,
+evaluators, data sources and pp ops.
 
 Components register where they are defined::
 
@@ -7,7 +8,7 @@ Components register where they are defined::
 
 and are looked up by the name a config gives::
 
-    loss_fn = registry.get("loss", config.loss.name)
+    loss_fn = registry.get("loss", "sigmoid")
 
 `get` imports the built-in component modules itself before looking a name up,
 so a name never fails because an import was forgotten.
@@ -15,7 +16,8 @@ so a name never fails because an import was forgotten.
 
 import importlib
 
-KINDS = ("model", "loss", "evaluator", "source", "pp", "tokenizer")
+KINDS = ("model", "outputs", "loss", "evaluator", "source", "pp",
+         "tokenizer")
 
 # Modules that define the built-in components. They are imported on lookup.
 BUILTIN_MODULES = (

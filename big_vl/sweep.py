@@ -4,7 +4,8 @@ A config file opts in with `get_sweep(arg=None)`, returning a list of
 override dicts with dotted keys, applied to `get_config(arg)`:
 
     def get_sweep(arg=None):
-      return [{"lr": lr, "loss.name": loss, "model.bias_init": bias}
+      return [{"lr": lr, "objectives.contrastive.loss": loss,
+               "model.bias_init": bias}
               for lr in (1e-3, 3e-3)
               for loss, bias in (("softmax", None), ("sigmoid", -10.0))]
 
@@ -43,6 +44,7 @@ from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import growth
 from big_vl import metrics as metrics_lib
+from big_vl import objectives as objectives_lib
 from big_vl import plots
 from big_vl import storage
 
@@ -52,13 +54,20 @@ FINAL_FILE = "sweep_final.json"
 def variant_name(overrides):
   """A folder name for one variant: `k=v` pairs joined by commas.
 
+  Keys of the `contrastive` objective are written in the `config.loss`
+  shorthand (`objectives.shorthand_key`), so both spellings of a variant
+  name the same folder (a finished variant is not rerun for the spelling).
+
   Example:
     >>> variant_name({"lr": 0.001, "loss.name": "sigmoid"})
+    'lr=0.001,loss.name=sigmoid'
+    >>> variant_name({"lr": 0.001, "objectives.contrastive.loss": "sigmoid"})
     'lr=0.001,loss.name=sigmoid'
   """
   if not overrides:
     return "base"
-  parts = [f"{k}={v}" for k, v in overrides.items()]
+  parts = [f"{objectives_lib.shorthand_key(k)}={v}"
+           for k, v in overrides.items()]
   return re.sub(r"[^\w.,=+\-]", "_", ",".join(parts))
 
 
@@ -77,7 +86,8 @@ def apply_overrides(config, overrides):
   """
   for key, value in overrides.items():
     node = config
-    *parents, leaf = key.split(".")
+    # `loss.name` and `objectives.contrastive.loss` work in either spelling.
+    *parents, leaf = objectives_lib.key_in(config, key).split(".")
     for part in parents:
       if part not in node:
         raise KeyError(f"Sweep override {key!r}: the config has no {part!r}.")
@@ -167,8 +177,11 @@ def saved_config_diff(workdir, config):
     if "config" not in meta:
       return "no saved config"
     saved, now = meta["config"], growth.stage_config(config, max(steps))
-  _, changed = config_lib.split_diff(config_lib.config_diff(saved, now),
-                                     config_lib.NO_EFFECT_KEYS)
+  # The `config.loss` shorthand and `config.objectives` compare equal.
+  _, changed = config_lib.split_diff(
+      config_lib.config_diff(objectives_lib.normalize_config(saved),
+                             objectives_lib.normalize_config(now)),
+      config_lib.NO_EFFECT_KEYS)
   return changed
 
 

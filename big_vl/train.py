@@ -60,6 +60,7 @@ from big_vl import growth
 from big_vl import losses
 from big_vl import metrics as metrics_lib
 from big_vl import models
+from big_vl import objectives as objectives_lib
 from big_vl import optim
 from big_vl import paths
 from big_vl import plots
@@ -76,6 +77,7 @@ from big_vl.data import sources
 # Keys the trainer reads; anything else in a config is a typo and an error.
 KNOWN_KEYS = {
     "seed", "mesh", "sharding_rules", "input", "model_name", "model", "loss",
+    "objectives",
     "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
     "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
     "grad_accum_steps", "param_compute_dtype", "results_dir", "model_init",
@@ -99,32 +101,24 @@ def check_config(config):
   Each block is checked against the signature of what consumes it, before
   any data or device work: the top level and `config.input` against the
   keys the trainer reads, `config.model` (and its `image` / `text` blocks)
-  against the model's fields (`models.check_config`), `config.loss`
-  against the loss's options, `config.optim` / `config.schedule` against
-  the optimiser's / schedule's (`optim.check_config`), each `config.evals`
+  against the model's fields (`models.check_config`), each of
+  `config.objectives` (or the shorthand `config.loss`) against its loss's
+  options and weight (`objectives.from_config`), `config.optim` /
+  `config.schedule` against the optimiser's / schedule's
+  (`optim.check_config`), each `config.evals`
   block against its evaluator's constructor (`check_evals`),
   `config.model_load` against `pretrained.merge`, and `config.growth`.
 
   Raises:
-    ValueError: naming the dotted key (e.g. `config.loss.temprature`), with
-      the closest known keys.
+    ValueError: naming the dotted key (e.g. `config.loss.temprature` or
+      `config.objectives.NAME.temprature`), with the closest known keys.
   """
   config_lib.check_keys(config, KNOWN_KEYS)
   param_compute_dtype(config)
   config_lib.check_keys(config.input, KNOWN_INPUT_KEYS, "config.input")
   device_pp_lib.build(config.input.get("device_pp", None))  # Unknown ops.
   check_model(config)
-  if "loss" not in config:
-    raise ValueError("config.loss is missing; e.g. config.loss = "
-                     "dict(name='softmax').")
-  loss = dict(config.loss or {})
-  if "name" not in loss:
-    raise ValueError(f"config.loss.name is missing; known losses: "
-                     f"{', '.join(registry.names('loss'))}.")
-  try:
-    losses.get(**loss)
-  except KeyError as e:
-    raise ValueError(f"config.loss.name: {e.args[0]}") from None
+  objectives_lib.from_config(config)
   optim.check_config(config)
   config_lib.check_signature(config.get("model_load", None), pretrained.merge,
                              "config.model_load", skip=("fresh", "loaded"))
@@ -156,6 +150,23 @@ def check_evals(config, where="config.evals"):
 def make_model(config):
   return models.get({"name": config.get("model_name", "two_towers"),
                      **config.model.to_dict()})
+
+
+def params_initializer(model, example):
+  """`rng -> params` of `model` for inputs shaped like one `example`.
+
+  Args:
+    model: the linen model (`make_model`).
+    example: one preprocessed example (arrays or ShapeDtypeStructs) with
+      "image" [H, W, C] and "text" [L] (or [K, L]).
+
+  Returns:
+    A function of a PRNG key; `jax.eval_shape` of it gives the params'
+    layout without computing anything.
+  """
+  image0 = jnp.zeros((1, *np.shape(example["image"])), jnp.float32)
+  text0 = jnp.zeros((1, *np.shape(example["text"])), jnp.int32)
+  return lambda rng: model.init({"params": rng}, image0, text0)["params"]
 
 
 MODEL_LOAD_KEYS = {"dont_load"}
@@ -209,21 +220,34 @@ def place_on(tree, shardings):
   return jax.tree.map(place, tree, shardings)
 
 
-def make_loss(config):
-  return losses.get(**config.loss.to_dict())
+def make_objective(config):
+  """`(outputs, batch, *, mesh) -> (loss, metrics)`: the weighted sum of the
+  config's objectives (`objectives.Combined`; either spelling)."""
+  return objectives_lib.combine(objectives_lib.from_config(config))
 
 
-def make_predict_fn(model):
-  """`(params, image=None, text=None) -> (zimg, ztxt, aux)` for evaluators."""
+def model_outputs_fn(config):
+  """The outputs function of `config.model_name`'s model kind."""
+  return models.outputs_fn(config.get("model_name", "two_towers"))
+
+
+def make_predict_fn(model, model_name="two_towers"):
+  """`(params, image=None, text=None) -> (zimg, ztxt, outputs)` for
+  evaluators, through the model kind's outputs function."""
+  outputs_fn = models.outputs_fn(model_name)
+
   def predict_fn(params, image=None, text=None):
-    return model.apply({"params": params}, image, text, train=False)
+    batch = {k: v for k, v in (("image", image), ("text", text))
+             if v is not None}
+    out = outputs_fn(model, {"params": params}, batch, train=False)
+    return out.get("zimg"), out.get("ztxt"), out
   return predict_fn
 
 
 def make_evaluators(config, model, mesh):
   """[(name, every_steps or None, evaluator)] from config.evals."""
   evaluators = []
-  predict_fn = make_predict_fn(model)
+  predict_fn = make_predict_fn(model, config.get("model_name", "two_towers"))
   for name, block in (config.get("evals", None) or {}).items():
     block = dict(block)
     kind = block.pop("type", name)
@@ -274,18 +298,25 @@ def cast_floating(tree, dtype):
       else x, tree)
 
 
-def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
-                    grad_accum_steps=1, compute_dtype=None, ema_momentum=None,
-                    device_pp=None):
+def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
+                    outputs_fn=None, grad_accum_steps=1, compute_dtype=None,
+                    ema_momentum=None, device_pp=None):
   """The pure train step `(state, batch) -> (state, metrics)`.
+
+  The batch goes through device pp, the model kind's outputs function and
+  the objectives: `train/loss` is their weighted sum, `train/NAME/loss` and
+  `train/NAME/METRIC` each objective's own numbers.
 
   Args:
     model: the linen model.
-    loss_fn: `(zimg, ztxt, aux, *, mesh) -> (loss, metrics)`.
+    objective: `(outputs, batch, *, mesh) -> (loss, metrics)`, e.g.
+      `make_objective(config)`.
     tx: the optax transformation.
     schedule: `step -> lr`, for the metrics.
     mesh: the Mesh the batch is sharded over.
     frozen: pytree of bools, True for frozen params (grad norm metric).
+    outputs_fn: the model kind's `outputs(model, variables, batch, *,
+      train, rngs)` (default: two_towers').
     grad_accum_steps: k > 1 computes the full-batch gradient from k
       micro-batches with `accumulate.value_and_grad` (GradCache).
     compute_dtype: if set (e.g. bfloat16), the forward and backward passes
@@ -301,6 +332,12 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
     The train step function (to be jitted).
   """
 
+  outputs_fn = outputs_fn or models.outputs_fn("two_towers")
+
+  def forward(params, batch, rng):
+    return outputs_fn(model, {"params": params}, batch, train=True,
+                      rngs=None if rng is None else {"dropout": rng})
+
   def train_step(state, batch):
     if device_pp is not None:
       batch = device_pp(batch)
@@ -308,18 +345,16 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
     compute_params = cast_floating(state["params"], compute_dtype)
 
     def loss_of(params):
-      zimg, ztxt, aux = model.apply({"params": params}, batch["image"],
-                                    batch["text"], train=True,
-                                    rngs={"dropout": step_rng})
-      loss, metrics = loss_fn(zimg, ztxt, aux, mesh=mesh)
-      return loss, (metrics, aux)
+      out = forward(params, batch, step_rng)
+      loss, metrics = objective(out, batch, mesh=mesh)
+      return loss, (metrics, out)
 
     if grad_accum_steps == 1:
-      (loss, (loss_metrics, aux)), grads = jax.value_and_grad(
+      (loss, (loss_metrics, out)), grads = jax.value_and_grad(
           loss_of, has_aux=True)(compute_params)
     else:
-      (loss, (loss_metrics, aux)), grads = accumulate.value_and_grad(
-          model, loss_fn, compute_params, batch, step_rng,
+      (loss, (loss_metrics, out)), grads = accumulate.value_and_grad(
+          forward, objective, compute_params, batch, step_rng,
           steps=grad_accum_steps, mesh=mesh)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads,
                          state["params"])
@@ -332,12 +367,13 @@ def make_train_step(model, loss_fn, tx, schedule, mesh, frozen, *,
         "train/lr": schedule(state["step"]),
         "train/grad_norm": grad_norm,
         "train/param_norm": param_norm,
-        "train/temperature": aux["t"],
         "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
                    & jnp.isfinite(param_norm)),
     }
-    if "b" in aux:
-      metrics["train/bias"] = aux["b"]
+    if "t" in out:
+      metrics["train/temperature"] = out["t"]
+    if "b" in out:
+      metrics["train/bias"] = out["b"]
     metrics.update({f"train/{k}": v for k, v in loss_metrics.items()})
     new_state = {"params": params, "opt": opt, "step": state["step"] + 1,
                  "rng": state["rng"]}
@@ -387,17 +423,18 @@ def build(config, mesh, example, total_steps, warmup_steps):
     A `Run`.
   """
   model = make_model(config)
-  loss_fn = make_loss(config)
+  objective = make_objective(config)
+  outputs_fn = model_outputs_fn(config)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(
       config.get("seed", 0)))
-  image0 = jnp.zeros((1, *np.shape(example["image"])), jnp.float32)
-  text0 = jnp.zeros((1, *np.shape(example["text"])), jnp.int32)
-  init_params = lambda rng: model.init({"params": rng}, image0, text0)[
-      "params"]
+  init_params = params_initializer(model, example)
   abstract_params = jax.eval_shape(init_params, init_rng)
   # Every rule list must match the params (big_vl/paths.py), before any
   # device work.
   paths.check_config_rules(config, abstract_params)
+  # Every objective's fields exist (an abstract trace, no device work).
+  check_objective_fields(objective, model, outputs_fn, abstract_params,
+                         example, config, mesh)
   tx, schedule = optim.make(config, abstract_params, total_steps,
                             warmup_steps)
   frozen = optim.frozen_mask(config, abstract_params)
@@ -416,7 +453,8 @@ def build(config, mesh, example, total_steps, warmup_steps):
   rules = config.get("sharding_rules", None) or ()
   state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
   train_step = jax.jit(
-      make_train_step(model, loss_fn, tx, schedule, mesh, frozen,
+      make_train_step(model, objective, tx, schedule, mesh, frozen,
+                      outputs_fn=outputs_fn,
                       grad_accum_steps=grad_accum_steps(config),
                       compute_dtype=param_compute_dtype(config),
                       ema_momentum=ema_momentum,
@@ -432,6 +470,53 @@ def build(config, mesh, example, total_steps, warmup_steps):
           jax.jit(init_state, out_shardings=state_shardings)(init_rng),
           config, state_shardings)),
       train_step=train_step)
+
+
+def check_objective_fields(objective, model, outputs_fn, abstract_params,
+                           example, config, mesh):
+  """Fails before any data or device work if an objective reads a model
+  output or batch field that this run does not have.
+
+  The step's batch (`config.input.batch_size` copies of `example`, after
+  device pp) and the model's outputs are traced abstractly
+  (`jax.eval_shape`); each objective's reads are recorded
+  (`objectives.fields_read`).
+
+  With `config.grad_accum_steps > 1`, every output an objective reads must
+  be per example or parameter-only (what GradCache can split).
+
+  Raises:
+    objectives.MissingFieldError: naming the objective and the field.
+    ValueError: naming the objective and the output GradCache cannot split.
+  """
+  size = config.input.batch_size
+  dtype = lambda v: v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+  batch = {k: jax.ShapeDtypeStruct((size, *np.shape(v)), dtype(v))
+           for k, v in example.items()}
+  device_pp = device_pp_lib.build(config.input.get("device_pp", None))
+  if device_pp is not None:
+    batch = jax.eval_shape(device_pp, batch)
+  outputs = jax.eval_shape(
+      lambda p, b: outputs_fn(model, {"params": p}, b, train=True,
+                              rngs={"dropout": jax.random.PRNGKey(0)}),
+      abstract_params, batch)
+  split = grad_accum_steps(config) > 1
+  if split:  # GradCache assembles per-example and param-only outputs only.
+    param_only = set(jax.eval_shape(
+        lambda p: outputs_fn(model, {"params": p}, {}, train=True),
+        abstract_params))
+  for part in getattr(objective, "parts", ()):
+    read, _ = objectives_lib.fields_read(part, outputs, batch, mesh)
+    for key in sorted(read):
+      shape = outputs[key].shape
+      if split and key not in param_only and shape[:1] != (size,):
+        raise ValueError(
+            f"config.grad_accum_steps={grad_accum_steps(config)}: "
+            f"objective {part.name!r} (loss {part.loss!r}) reads the model "
+            f"output {key!r} of shape {shape}, which neither leads with the "
+            f"batch ({size}) nor depends on the params only, so GradCache "
+            "cannot assemble it from micro-batches. Use grad_accum_steps=1 "
+            "for this objective.")
 
 
 def _with_ema(state):
@@ -473,13 +558,17 @@ def grow(config, stage, run, state, step, mesh, example, total, warmup,
     new_state["ema"] = params
   new_state = place_on(new_state, new_run.state_shardings)
   losses_ = {}
+  device_pp = device_pp_lib.build(config.input.get("device_pp", None))
+  if device_pp is not None:
+    batch = device_pp(batch)
   for key, (r, s, p) in (("growth/loss_before", (run, stage, inherited)),
                          ("growth/loss_after", (new_run, new_stage,
                                                 new_state["params"]))):
-    loss_fn = make_loss(s)
-    eval_loss = jax.jit(lambda p_, b_, r=r, loss_fn=loss_fn: loss_fn(
-        *r.model.apply({"params": p_}, b_["image"], b_["text"]),
-        mesh=mesh)[0])
+    objective, outputs_fn = make_objective(s), model_outputs_fn(s)
+    eval_loss = jax.jit(
+        lambda p_, b_, r=r, objective=objective, outputs_fn=outputs_fn:
+        objective(outputs_fn(r.model, {"params": p_}, b_), b_,
+                  mesh=mesh)[0])
     losses_[key] = float(eval_loss(p, batch))
   return new_stage, new_run, new_state, losses_
 
@@ -536,7 +625,11 @@ def check_resume_config(config, step, meta, *, allow_config_change=False,
   saved = meta.get("config")
   if saved is None:
     return None
-  diff = config_lib.config_diff(saved, growth.stage_config(config, step))
+  # Both spellings of the objectives compare equal (`config.loss` is the
+  # shorthand of `config.objectives.contrastive`).
+  diff = config_lib.config_diff(
+      objectives_lib.normalize_config(saved),
+      objectives_lib.normalize_config(growth.stage_config(config, step)))
   _, bad = config_lib.split_diff(diff, config_lib.RESUME_CHANGEABLE_KEYS)
   if bad and not allow_config_change:
     raise ValueError(
@@ -579,7 +672,8 @@ def _write_config(files, config, newest_step):
         old = json.load(f)
       except ValueError:
         old = None
-    if old is None or config_lib.config_diff(old, json.loads(text)):
+    if old is None or config_lib.config_diff(
+        objectives_lib.normalize_config(old), json.loads(text)):
       keep, n = os.path.join(files, f"config.until_step_{newest_step}.json"), 1
       while os.path.exists(keep):
         keep = os.path.join(files,
@@ -609,6 +703,8 @@ def train(config, workdir, *, devices=None, stop_after_steps=None,
     and "final" (metrics of the final evaluation, if the run finished).
   """
   check_config(config)
+  # One spelling from here on: `config.loss` becomes config.objectives.
+  config = objectives_lib.normalize_config(config)
   workdir = storage.absolute(workdir)
   is_main = jax.process_index() == 0
   # Checkpoints go to `workdir` itself; process 0's other files are written

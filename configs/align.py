@@ -1,7 +1,7 @@
 r"""ALIGN (Jia et al. 2021): noisy image-text pre-training with a BERT tower.
 
 The ALIGN recipe on big_vl's trainer: softmax contrastive loss in both
-directions with label smoothing 0.1 (`config.loss.label_smoothing`), a
+directions with label smoothing 0.1 (`config.objectives.contrastive.label_smoothing`), a
 learnable temperature initialised at 1.0, a BERT text encoder pooled at its
 [CLS] token followed by a linear projection to the shared space, and the
 LAMB optimiser. The paper's hyper-parameters: global batch 16,384, LAMB with
@@ -98,8 +98,9 @@ def get_config(arg=None):
       text=dict(BERT_BASE, max_len=arg.max_len, remat_policy="none",
                 scan=False),
       out_dim=640, temperature_init=1.0, bias_init=None, dtype="bfloat16"))
-  config.loss = ml_collections.ConfigDict(dict(
-      name="softmax", impl="ring", label_smoothing=0.1))
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0, impl="ring",
+                       label_smoothing=0.1)))
 
   config.total_steps = arg.steps
   config.warmup_steps = 10_000

@@ -103,7 +103,10 @@ def get_config(arg=None):
                 act="quick_gelu", remat_policy="none", scan=False),
       out_dim=paper["out_dim"], temperature_init=1 / 0.07, bias_init=None,
       dtype="bfloat16"))
-  config.loss = ml_collections.ConfigDict(dict(name="softmax", impl="ring"))
+  # The loss: one named objective (`train/contrastive/...` metrics); more
+  # objectives are summed with their weights (big_vl/objectives.py).
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0, impl="ring")))
 
   config.total_examples = arg.examples
   config.warmup_steps = 2000

@@ -61,7 +61,10 @@ def get_config(arg=None):
                 pool_type="eot", remat_policy="none", scan=False),
       out_dim=128, temperature_init=10.0, bias_init=None,
       dtype="float32"))
-  config.loss = ml_collections.ConfigDict(dict(name=arg.loss, impl="dense"))
+  # What the step minimises: named, weighted objectives (big_vl/
+  # objectives.py); metrics train/loss (the sum), train/contrastive/loss, ...
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss=arg.loss, weight=1.0, impl="dense")))
   if arg.loss == "sigmoid":
     config.model.bias_init = -10.0
 
@@ -93,6 +96,7 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   """Variants for `python -m big_vl.sweep`: lr x loss (4 runs)."""
   del arg
-  return [{"lr": lr, "loss.name": loss, "model.bias_init": bias}
+  return [{"lr": lr, "objectives.contrastive.loss": loss,
+           "model.bias_init": bias}
           for lr in (1e-3, 3e-3)
           for loss, bias in (("softmax", None), ("sigmoid", -10.0))]

@@ -36,6 +36,8 @@ sub-captions) falls from 8.63 at step 5 to 8.12 at step 20 (contrastive
 
 import os
 
+import ml_collections
+
 from big_vl import config as config_lib
 
 
@@ -58,6 +60,7 @@ def get_config(arg=None):
       f"tokenize(max_len={max_len}, key='texts', out='text')|"
       "keep('image','text')")
   config.model.token_features = True
-  config.loss = dict(name="dreamlip", impl="ring",
-                     grouping_weight=arg.grouping_weight)
+  config.objectives = ml_collections.ConfigDict(dict(
+      dreamlip=dict(loss="dreamlip", weight=1.0, impl="ring",
+                    grouping_weight=arg.grouping_weight)))
   return config

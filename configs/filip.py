@@ -37,6 +37,8 @@ evaluations stay at chance, as said above.
 
 import os
 
+import ml_collections
+
 from big_vl import config as config_lib
 
 
@@ -59,6 +61,7 @@ def get_config(arg=None):
   config.model.out_dim = 64 if arg.runlocal else 256
   config.model.token_features = True
   config.model.token_keep = arg.token_keep
-  config.loss = dict(name="filip", impl="ring",
-                     global_weight=arg.global_weight)
+  config.objectives = ml_collections.ConfigDict(dict(
+      filip=dict(loss="filip", weight=1.0, impl="ring",
+                 global_weight=arg.global_weight)))
   return config

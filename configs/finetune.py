@@ -94,7 +94,8 @@ def get_config(arg=None):
   config.layer_decay = ml_collections.ConfigDict(
       {} if arg.decay == 1 else {t: arg.decay for t in ("img", "txt")
                                  if t != arg.freeze})
-  config.loss = ml_collections.ConfigDict(dict(name="softmax", impl="dense"))
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0, impl="dense")))
 
   config.total_steps = arg.steps
   config.warmup_steps = max(arg.steps // 20, 1)

@@ -99,7 +99,8 @@ def get_config(arg=None):
   config.model_load = ml_collections.ConfigDict(dict(
       dont_load=("img/.*", "t")))
   config.frozen = ("txt/.*",)
-  config.loss = ml_collections.ConfigDict(dict(name="softmax", impl="dense"))
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0, impl="dense")))
 
   config.total_steps = arg.steps
   config.warmup_steps = max(arg.steps // 10, 1)

@@ -70,7 +70,8 @@ def get_config(arg=None):
                 remat_policy="none", scan=False),
       out_dim=768, temperature_init=10.0, bias_init=-10.0,
       dtype="bfloat16"))
-  config.loss = ml_collections.ConfigDict(dict(name="sigmoid", impl="ring"))
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="sigmoid", weight=1.0, impl="ring")))
 
   config.total_examples = arg.examples
   config.warmup_examples = arg.examples // 20

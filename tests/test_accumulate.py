@@ -94,6 +94,7 @@ def _assert_close_trees(a, b, atol, rtol):
     np.testing.assert_allclose(x, y, atol=atol, rtol=rtol, err_msg=path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["one", "eight"])
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
 def test_accumulated_step_equals_full_batch_step(loss, mesh,
@@ -116,6 +117,7 @@ def test_accumulated_step_equals_full_batch_step(loss, mesh,
     assert set(m_acc) == set(m_full)
 
 
+@pytest.mark.slow
 def test_bf16_param_compute_matches_fp32_and_keeps_fp32_master(
     full_batch_steps):
   before, full, m_full, _ = full_batch_steps("sigmoid", "eight")
@@ -137,6 +139,14 @@ def test_bf16_param_compute_matches_fp32_and_keeps_fp32_master(
                                rtol=2e-2)
 
 
+def _forward(model):
+  """GradCache's `forward(params, batch, rng)` of the two-tower model."""
+  outputs = train_lib.models.outputs_fn("two_towers")
+  return lambda p, b, rng: outputs(
+      model, {"params": p}, b, train=True,
+      rngs=None if rng is None else {"dropout": rng})
+
+
 def test_dropout_passes_share_rngs(full_batch_steps):
   """With dropout, GradCache equals the plain gradient of the same function.
 
@@ -149,7 +159,10 @@ def test_dropout_passes_share_rngs(full_batch_steps):
   del full_batch_steps
   k = 2
   config = _config("softmax", dropout=0.2)
-  model, loss_fn = train_lib.make_model(config), train_lib.make_loss(config)
+  model = train_lib.make_model(config)
+  objective = train_lib.make_objective(config)
+  loss_fn = lambda zimg, ztxt, aux: objective(
+      {**aux, "zimg": zimg, "ztxt": ztxt}, {})
   batch = jax.tree.map(jnp.asarray, _batch())
   params = model.init({"params": jax.random.PRNGKey(0)}, batch["image"][:1],
                       batch["text"][:1])["params"]
@@ -174,7 +187,7 @@ def test_dropout_passes_share_rngs(full_batch_steps):
   (loss_ref, _), g_ref = jax.jit(jax.value_and_grad(plain, has_aux=True))(
       params)
   (loss_acc, _), g_acc = jax.jit(lambda p: accumulate.value_and_grad(
-      model, loss_fn, p, batch, rng, steps=k))(params)
+      _forward(model), objective, p, batch, rng, steps=k))(params)
   np.testing.assert_allclose(loss_acc, loss_ref, rtol=1e-6)
   _assert_close_trees(g_acc, g_ref, atol=1e-5, rtol=1e-5)
   loss_one, _ = jax.jit(one_pass_rng)(params)
@@ -203,8 +216,11 @@ def test_loss_reading_per_example_aux_gets_the_full_batch_gradient():
 
   (loss_ref, _), g_ref = jax.jit(jax.value_and_grad(plain, has_aux=True))(
       params)
+  objective = lambda out, b, mesh=None: loss_fn(out["zimg"], out["ztxt"], out,
+                                                mesh=mesh)
   (loss_acc, (_, aux)), g_acc = jax.jit(lambda p: accumulate.value_and_grad(
-      model, loss_fn, p, batch, jax.random.PRNGKey(0), steps=4))(params)
+      _forward(model), objective, p, batch, jax.random.PRNGKey(0),
+      steps=4))(params)
   np.testing.assert_allclose(loss_acc, loss_ref, rtol=1e-6)
   _assert_close_trees(g_acc, g_ref, atol=1e-5, rtol=1e-5)
   assert aux["txt/mask"].shape == batch["text"].shape  # Assembled, in order.

@@ -36,6 +36,7 @@ def _run(name, tmp_path, monkeypatch, **env):
   return json.loads(lines[-1])
 
 
+@pytest.mark.slow
 def test_train_demo_notebook(tmp_path, monkeypatch, demo_data):
   del demo_data
   workdir = tmp_path / "demo"
@@ -47,6 +48,7 @@ def test_train_demo_notebook(tmp_path, monkeypatch, demo_data):
   assert (workdir / "curves.png").exists()
 
 
+@pytest.mark.slow
 def test_zeroshot_notebook(tmp_path, monkeypatch, demo_data):
   del demo_data
   out = _run("zeroshot_your_images.ipynb", tmp_path, monkeypatch,

@@ -98,18 +98,21 @@ def test_cli_rejects_unknown_override(tmp_path):
   assert "lr" in result.stderr and "fast" in result.stderr
 
 
+@pytest.mark.slow
 def test_align_runlocal_trains_with_lamb_and_label_smoothing(tmp_path,
                                                              demo_data):
   del demo_data
   config = config_lib.load_config_module("configs/align.py").get_config(
       "runlocal")
-  assert config.optim.name == "lamb" and config.loss.label_smoothing == 0.1
+  assert config.optim.name == "lamb" and (
+      config.objectives.contrastive.label_smoothing == 0.1)
   config.total_steps, config.log_steps, config.evals = 10, 1, {}
   result = train.train(config, str(tmp_path))
   losses = [result["losses"][s] for s in range(1, 11)]
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vitamin", "growclip"])
 def test_runlocal_trains(name, tmp_path, demo_data):
   del demo_data

@@ -16,8 +16,9 @@ MISSING_DATA = "tfds:no_such_dataset_anywhere"
 # (block, the typo to make, the dotted path the error must name, a known key
 # it must suggest).
 TYPOS = [
-    ("loss", lambda c: setattr(c.loss, "temprature", 2.0),
-     "config.loss.temprature", "impl"),
+    ("objectives", lambda c: setattr(c.objectives.contrastive, "temprature",
+                                     2.0),
+     "config.objectives.contrastive.temprature", "impl"),
     ("model.image", lambda c: setattr(c.model.image, "widht", 64),
      "config.model.image.widht", "width"),
     ("model.text", lambda c: setattr(c.model.text, "vocab_sise", 10),
@@ -63,9 +64,9 @@ def test_a_typo_in_each_block_names_its_dotted_path(block, typo, where, known,
 
 def test_unknown_names_and_missing_keys_in_blocks():
   config = _config()
-  config.loss.name = "sigmoidd"
-  with pytest.raises(ValueError, match=r"config\.loss\.name: Unknown loss "
-                     r"'sigmoidd'"):
+  config.objectives.contrastive.loss = "sigmoidd"
+  with pytest.raises(ValueError, match=r"config\.objectives\.contrastive\."
+                     r"loss: Unknown loss 'sigmoidd'"):
     train.check_config(config)
   config = _config()
   config.optim.name = "sgd"

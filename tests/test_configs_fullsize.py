@@ -30,6 +30,7 @@ import json
 import os
 import tarfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -37,6 +38,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from big_vl import config as config_lib
+from big_vl import growth
 from big_vl import pretrained
 from big_vl import train
 from big_vl.data import device_pp as device_pp_lib
@@ -112,7 +114,13 @@ def files(tmp_path_factory):
                            "out_dim": 16}, params,
       preprocessing={"pp_img": "clip_preprocess(224)",
                      "pp_txt": "tokenize(max_len=77)"})
+  # A demo runlocal run's params (what configs/finetune.py:runlocal loads).
+  demo = config_lib.load_config_module(os.path.join(
+      ROOT, "configs", "demo.py")).get_config("runlocal")
+  demo_run = pretrained.save(root / "demo_run", {
+      "name": "two_towers", **demo.model.to_dict()}, params)
   return {"bert": str(bert), "minilm": str(minilm), "lit": str(lit),
+          "demo_run": str(demo_run),
           "converted": str(converted), "tmp": root}
 
 
@@ -295,8 +303,10 @@ def _check_prompts(checks, pp_txt, templates, class_names, names, what):
 
 
 def _run_train(config, checks, tmp):
+  """Runs the training pp (+ device pp); returns the last example made."""
   block = config.input
   rng = np.random.default_rng(0)
+  out = None
   for spec, record, _ in _records(block.data, block.split, tmp):
     out = pp_lib.build(block.pp)(record, rng)
     assert set(out) == {"image", "text"}, (spec, sorted(out))
@@ -308,6 +318,7 @@ def _run_train(config, checks, tmp):
       checks.image({"image": np.asarray(batch["image"][0])},
                    "input.device_pp", pp=device)
     checks.tokens(out["text"], f"input.pp on {spec}")
+  return out
 
 
 def _run_eval(name, block, checks, tmp):
@@ -382,7 +393,8 @@ def test_fullsize_pp_runs_on_the_named_data(path, arg, files, demo_data,
   checks = Checks(config, where)
   if "input" in config:
     train.check_config(config)
-    _run_train(config, checks, tmp_path)
+    example = _run_train(config, checks, tmp_path)
+    _check_param_layout(f"{path}:{arg}", config, example)
     specs = [config.input.data] if isinstance(config.input.data, str) else [
         s for s, _ in sources.mixture_components(config.input.data)]
     if any(s.startswith("wds:") for s in specs):  # Streams have no length.
@@ -394,6 +406,125 @@ def test_fullsize_pp_runs_on_the_named_data(path, arg, files, demo_data,
     _run_adapt(config, checks, tmp_path)
   assert checks.count >= 2, f"{where}: no pp was checked"
   checks.same_image_size()
+
+
+# -- the parameter layout of every config, as a committed snapshot --
+#
+# tests/data/param_shapes.json holds, for each training config (full size
+# and runlocal; with growth, each stage), every parameter's "/"-joined path,
+# shape and dtype from `jax.eval_shape` of the model's init. Checkpoints,
+# converters and every path rule (frozen, lr/wd rules, sharding rules,
+# dont_load) name parameters by these paths, so a change of one is a visible
+# diff here. After an intended change, rewrite the snapshot with
+#   BIG_VL_UPDATE_PARAM_SHAPES=1 python -m pytest tests/test_configs_fullsize.py
+# and review `git diff tests/data/param_shapes.json`.
+
+PARAM_SHAPES = os.path.join(ROOT, "tests", "data", "param_shapes.json")
+UPDATE_PARAM_SHAPES = bool(os.environ.get("BIG_VL_UPDATE_PARAM_SHAPES"))
+# Runlocal arg sets of the training configs ({name}: the fixture files).
+RUNLOCAL_ARGS = {
+    "configs/demo.py": ["runlocal", "runlocal,loss=sigmoid"],
+    "configs/clip.py": ["runlocal"],
+    "configs/siglip.py": ["runlocal"],
+    "configs/align.py": ["runlocal"],
+    "configs/filip.py": ["runlocal"],
+    "configs/dreamlip.py": ["runlocal"],
+    "configs/growclip.py": ["runlocal"],
+    "configs/vitamin.py": ["runlocal"],
+    "configs/lit_fashion_mnist.py": ["runlocal,text={minilm}"],
+    "configs/finetune.py": ["runlocal,init={demo_run}"],
+}
+
+
+def param_layout(config, example):
+  """{stage: {path: "dtype[shape]"}}: the params of `config`'s model.
+
+  Args:
+    config: a training ConfigDict.
+    example: one preprocessed example ("image", "text") of its train pp.
+
+  Returns:
+    Stage "init", plus "after_step_S" after each growth event at step S.
+  """
+  stages = {"init": config}
+  for step, _ in growth.events(config):
+    stages[f"after_step_{step}"] = growth.stage_config(config, step + 1)
+  layout = {}
+  for stage, cfg in stages.items():
+    abstract = jax.eval_shape(
+        train.params_initializer(train.make_model(cfg), example),
+        jax.random.PRNGKey(0))
+    layout[stage] = {
+        "/".join(str(getattr(k, "key", k)) for k in path):
+            f"{leaf.dtype}{list(leaf.shape)}"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  return layout
+
+
+def _check_param_layout(case, config, example):
+  layout = param_layout(config, example)
+  snapshot = {}
+  if os.path.exists(PARAM_SHAPES):
+    with open(PARAM_SHAPES) as f:
+      snapshot = json.load(f)
+  if UPDATE_PARAM_SHAPES:
+    snapshot[case] = layout
+    with open(PARAM_SHAPES, "w") as f:
+      json.dump(snapshot, f, indent=1, sort_keys=True)
+      f.write("\n")
+    return
+  assert case in snapshot, (
+      f"{case}: no parameter layout in {PARAM_SHAPES}; record it with "
+      "BIG_VL_UPDATE_PARAM_SHAPES=1 (see the comment above this test).")
+  want = snapshot[case]
+  problems = []
+  for stage in sorted(set(want) | set(layout)):
+    old, new = want.get(stage, {}), layout.get(stage, {})
+    problems += [f"{stage}: {p} removed ({old[p]})" for p in sorted(
+        set(old) - set(new))]
+    problems += [f"{stage}: {p} added ({new[p]})" for p in sorted(
+        set(new) - set(old))]
+    problems += [f"{stage}: {p} {old[p]} -> {new[p]}" for p in sorted(
+        set(old) & set(new)) if old[p] != new[p]]
+  assert not problems, (
+      f"{case}: the parameter layout changed (checkpoints, converters and "
+      "path rules name these paths):\n  " + "\n  ".join(problems[:40])
+      + (f"\n  ... {len(problems) - 40} more" if len(problems) > 40 else ""))
+
+
+def _runlocal_cases():
+  for path, args in RUNLOCAL_ARGS.items():
+    for arg in args:
+      yield pytest.param(path, arg, id=f"{path}:{arg}")
+
+
+def test_runlocal_cases_are_training_configs():
+  assert set(RUNLOCAL_ARGS) <= set(CONFIG_FILES)
+  trains = {p for p in CONFIG_FILES
+            if not p.startswith(("configs/eval/", "configs/adapt/"))}
+  assert trains == set(RUNLOCAL_ARGS), sorted(trains ^ set(RUNLOCAL_ARGS))
+
+
+@pytest.mark.parametrize("path,arg", list(_runlocal_cases()))
+def test_runlocal_param_layout_matches_the_snapshot(path, arg, files,
+                                                    demo_data, tmp_path):
+  del demo_data
+  config = config_lib.load_config_module(os.path.join(ROOT, path)).get_config(
+      arg.format(**files))
+  rng = np.random.default_rng(0)
+  record = _records(config.input.data, config.input.split, tmp_path)[0][1]
+  _check_param_layout(f"{path}:{arg}", config,
+                      pp_lib.build(config.input.pp)(record, rng))
+
+
+def test_param_snapshot_has_no_stale_cases():
+  with open(PARAM_SHAPES) as f:
+    recorded = set(json.load(f))
+  fullsize = {f"{p}:{a}" for p, a in (c.values for c in _cases())}
+  runlocal = {f"{p}:{a}" for p, a in (c.values for c in _runlocal_cases())}
+  assert recorded <= fullsize | runlocal, sorted(
+      recorded - fullsize - runlocal)
+  assert runlocal <= recorded, sorted(runlocal - recorded)
 
 
 def test_choice_refuses_a_single_string():

@@ -91,6 +91,7 @@ def _run_config(**kw):
   return config
 
 
+@pytest.mark.slow
 def test_trainer_grows_keeps_the_loss_and_resumes(tmp_path, demo_data):
   del demo_data
   full = train.train(_run_config(), str(tmp_path / "full"))

@@ -141,6 +141,7 @@ def test_missing_token_features_is_a_clear_error():
     losses.get("filip")(None, None, {"t": 1.0})
 
 
+@pytest.mark.slow
 def test_filip_config_trains_the_same_ring_dense_and_accumulated(tmp_path,
                                                           demo_data):
   del demo_data
@@ -156,7 +157,7 @@ def test_filip_config_trains_the_same_ring_dense_and_accumulated(tmp_path,
         "configs", "filip.py")).get_config("runlocal,token_keep=0.5")
     config.total_steps, config.log_steps = 8, 1
     config.evals = {}
-    config.loss.impl = impl.split("_")[0]
+    config.objectives.filip.impl = impl.split("_")[0]
     if impl.endswith("accum2"):   # GradCache: 2 micro-batches per step
       config.grad_accum_steps = 2
     result = train.train(config, str(tmp_path / impl))

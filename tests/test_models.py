@@ -404,3 +404,34 @@ def test_two_towers_rejects_conflicting_num_classes():
   model = _two_towers(image={"variant": "mu/8", "num_classes": 7})
   with pytest.raises(ValueError, match="conflicts with out_dim"):
     model.init(jax.random.key(0), _image(), None)
+
+
+_PARAM_MODULES = {"Dense", "DenseGeneral", "LayerNorm", "RMSNorm", "Conv",
+                  "Embed", "MultiHeadDotProductAttention", "MlpBlock",
+                  "GeGluMlpBlock", "MAPHead", "Encoder", "EncoderBlock",
+                  "ViT", "TextTransformer", "ViTamin", "MBConv", "Stem"}
+
+
+def test_modules_with_params_are_named_explicitly():
+  """Path rules, checkpoints and converters name parameters by path: a
+  module built without `name=` gets a linen auto-number (`Dense_1`) that
+  shifts when a layer is added before it. Every such module in big_vl/models
+  is named (tests/data/param_shapes.json pins the resulting paths)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  folder = os.path.dirname(common.__file__)
+  unnamed = []
+  for file in sorted(os.listdir(folder)):
+    if not file.endswith(".py"):
+      continue
+    with open(os.path.join(folder, file)) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Call):
+        func = node.func
+        name = (func.attr if isinstance(func, ast.Attribute) else
+                func.id if isinstance(func, ast.Name) else None)
+        if name in _PARAM_MODULES and not any(
+            k.arg == "name" for k in node.keywords):
+          unnamed.append(f"models/{file}:{node.lineno} {name}(...)")
+  assert not unnamed, "give these modules a name=: " + ", ".join(unnamed)

@@ -243,6 +243,7 @@ def test_tensor_parallel_rules_specs():
     (True, (("data", 2), ("model", 4)), None),
     (True, (("fsdp", 2), ("model", 4)), "fsdp"),
 ])
+@pytest.mark.slow
 def test_tensor_parallel_matches_single_device(reference, scan, mesh_config,
                                                fsdp_axis, run_in_child):
   # Scanned + sharded programs can hit XLA:CPU's collective deadlock

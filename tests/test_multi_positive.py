@@ -104,6 +104,7 @@ def test_sample_sentences_and_the_long_caption_field():
       "texts"] == [s if s.endswith(".") else s + "." for s in sentences[:2]]
 
 
+@pytest.mark.slow
 def test_dreamlip_config_trains_the_same_with_accumulation(tmp_path,
                                                            demo_data):
   del demo_data

@@ -149,6 +149,7 @@ def reference(tmp_path_factory, demo_data):
   return _rows(workdir)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_one(reference, tmp_path):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
@@ -180,6 +181,7 @@ def test_two_processes_match_one_and_resume_on_one(reference, tmp_path):
   _assert_evals_close(_evals(_rows(workdir), 20), _evals(reference, 20))
 
 
+@pytest.mark.slow
 def test_a_dead_process_stops_the_job_which_then_resumes(tmp_path, demo_data):
   del demo_data
   workdir = str(tmp_path / "run")
@@ -250,6 +252,7 @@ def test_plan_joins_only_multi_process_jobs():
     plan("maybe", env={})
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_gs_workdir(reference, tmp_path):
   """As on a pod: every process writes the checkpoint to the bucket, process
   0 its files; a 1-process run resumes from the bucket on the next batch."""

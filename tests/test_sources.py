@@ -84,6 +84,7 @@ def _keys(batches):
   return [k for b in batches for k in b["__key__"].tolist()]
 
 
+@pytest.mark.slow
 def test_wds_splits_over_processes_and_workers_without_overlap(tmp_path):
   written, pattern = _write_shards(tmp_path, 8, 3)
   seen = []
@@ -367,6 +368,7 @@ def test_tfds_tfrecord_dataset_gets_a_clear_error(tmp_path):
     sources.get("tfds:tiny_pairs:train", data_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_wds_resumes_exactly_with_grain_workers(tmp_path):
   _, pattern = _write_shards(tmp_path, 4, 4)
   make = lambda: pipeline.make_train_iterator(

@@ -218,6 +218,7 @@ def test_training_on_a_gs_workdir_resumes_and_equals_a_local_run(
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sweep_on_a_gs_root_writes_tables_and_skips_finished_runs(
     bucket, tmp_path):
   config_path = tmp_path / "swept.py"

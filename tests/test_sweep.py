@@ -115,6 +115,7 @@ def _fake_train(config, workdir):
 
 
 # The fake runs write no loss curves, so the plot's legend is empty.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:No artists with labels")
 def test_sweep_refuses_variants_trained_with_another_config(tmp_path):
   root = str(tmp_path / "sweep")
@@ -164,3 +165,58 @@ def test_sweep_refuses_variants_trained_with_another_config(tmp_path):
     sweep.run(str(changed), root, train_fn=must_not_train, log=quiet)
   assert ("  lr=0.001,loss.name=softmax,model.bias_init=None (interrupted, "
           f"{first}):\n    config.wd: 0.1 -> 0.5\n") in str(e.value)
+
+
+SPELLING_CONFIG = '''
+import ml_collections
+from big_vl import config as config_lib
+
+_demo = config_lib.load_config_module(__DEMO__)
+OLD = __OLD__
+
+
+def get_config(arg=None):
+  config = _demo.get_config("runlocal")
+  config.total_steps = 2
+  config.warmup_steps = 1
+  config.log_steps = 1
+  config.ckpt_steps = 100
+  config.evals = ml_collections.ConfigDict()
+  config.model.image.depth = config.model.text.depth = 1
+  if OLD:  # The spelling of configs before config.objectives.
+    block = config.objectives.contrastive.to_dict()
+    with config.unlocked():
+      del config["objectives"]
+      config.loss = ml_collections.ConfigDict(dict(
+          name=block["loss"], impl=block["impl"]))
+  return config
+
+
+def get_sweep(arg=None):
+  key = "loss.name" if OLD else "objectives.contrastive.loss"
+  return [{key: "softmax"}, {key: "sigmoid", "model.bias_init": -10.0}]
+'''
+
+
+@pytest.mark.slow
+def test_a_finished_variant_is_not_rerun_for_the_spelling_alone(demo_data,
+                                                               tmp_path):
+  """Variants trained with `config.loss` / `loss.name` overrides are
+  finished for the same sweep written with `config.objectives`."""
+  del demo_data
+  path = tmp_path / "sweep_cfg.py"
+  path.write_text(SPELLING_CONFIG.replace("__DEMO__", repr(DEMO)).replace(
+      "__OLD__", "True"))
+  root = tmp_path / "root"
+  first = sweep.run(str(path), str(root), log=lambda _: None)
+  assert [r["status"] for r in first] == ["trained", "trained"]
+  names = sorted(p.name for p in root.iterdir() if p.is_dir())
+  path.write_text(SPELLING_CONFIG.replace("__DEMO__", repr(DEMO)).replace(
+      "__OLD__", "False"))
+  trained = []
+  again = sweep.run(str(path), str(root), log=lambda _: None,
+                    train_fn=lambda c, w: trained.append(w))
+  assert not trained
+  assert [r["status"] for r in again] == ["skipped", "skipped"]
+  assert sorted(p.name for p in root.iterdir() if p.is_dir()) == names
+  assert [r["train/loss"] for r in again] == [r["train/loss"] for r in first]

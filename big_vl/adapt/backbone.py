@@ -106,5 +106,6 @@ class Backbone:
       tokens: int32[N, L] token ids (pad mask and pooled position).
       embeddings: f32[N, L, width] token embeddings replacing the lookup.
     """
-    return self.model.apply({"params": params}, None, tokens,
-                            text_embeddings=embeddings)[1]
+    return models.outputs_fn("two_towers")(
+        self.model, {"params": params},
+        {"text": tokens, "text_embeddings": embeddings})["ztxt"]

@@ -7,6 +7,11 @@
 - `common`: pieces shared by the towers (size table, transformer encoder,
   MAP head, sin-cos position embeddings).
 
+`outputs_fn(name)` is the model kind's `outputs(model, variables, batch, *,
+train, rngs) -> dict`, the one way the trainer, GradCache, growth and the
+evaluators call a model (two_towers: "zimg", "ztxt", "t", "b"?, tower
+entries).
+
 `get(model_config)` builds a registered model from one self-describing dict,
 the form converters (`big_vl.convert`) return and converted checkpoints
 store:
@@ -42,6 +47,18 @@ def get(model_config):
                 else model_config)
   name = kwargs.pop("name", "two_towers")
   return registry.get("model", name)(**kwargs)
+
+
+def outputs_fn(model_name="two_towers"):
+  """The `outputs(model, variables, batch, *, train, rngs)` of a model kind.
+
+  Args:
+    model_name: the registered model name (`config.model_name`).
+
+  Returns:
+    The function giving the model's outputs dict for a batch dict.
+  """
+  return registry.get("outputs", model_name)
 
 
 def check_config(model_name, model_config, where="config.model"):

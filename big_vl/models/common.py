@@ -215,10 +215,10 @@ class MlpBlock(nn.Module):
                  bias_init=nn.initializers.normal(stddev=1e-6),
                  dtype=self.dtype)
     d = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, **inits)(x)
+    x = nn.Dense(self.mlp_dim, **inits, name="Dense_0")(x)
     x = get_activation(self.act)(x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return nn.Dense(d, **inits)(x)
+    return nn.Dense(d, **inits, name="Dense_1")(x)
 
 
 class GeGluMlpBlock(nn.Module):
@@ -242,11 +242,13 @@ class GeGluMlpBlock(nn.Module):
     inits = dict(kernel_init=nn.initializers.xavier_uniform(),
                  bias_init=nn.initializers.zeros, dtype=self.dtype)
     d = x.shape[-1]
-    x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)(x)
-    gate = get_activation(self.act)(nn.Dense(self.mlp_dim, **inits)(x))
-    x = gate * nn.Dense(self.mlp_dim, **inits)(x)
+    x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
+                     name="LayerNorm_0")(x)
+    gate = get_activation(self.act)(nn.Dense(self.mlp_dim, **inits,
+                                             name="Dense_0")(x))
+    x = gate * nn.Dense(self.mlp_dim, **inits, name="Dense_1")(x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return nn.Dense(d, **inits)(x)
+    return nn.Dense(d, **inits, name="Dense_2")(x)
 
 
 MLP_TYPES = ("mlp", "geglu")
@@ -298,8 +300,10 @@ class EncoderBlock(nn.Module):
       raise ValueError(f"Unknown norm_position {self.norm_position!r}; known: "
                        f"{NORM_POSITIONS}.")
     pre = self.norm_position == "pre"
-    norm_attn = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)
-    norm_mlp = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)
+    norm_attn = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
+                             name="LayerNorm_0")
+    norm_mlp = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
+                            name="LayerNorm_1")
     y = norm_attn(x) if pre else x
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
@@ -307,6 +311,7 @@ class EncoderBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         force_fp32_for_softmax=True,
         deterministic=True,
+        name="MultiHeadDotProductAttention_0",
     )(y, y, mask=mask)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + y if pre else norm_attn(x + y)
@@ -314,10 +319,12 @@ class EncoderBlock(nn.Module):
     if self.mlp_type == "geglu":
       y = GeGluMlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
                         dtype=self.dtype, act=self.act,
-                        norm_eps=self.norm_eps)(y, deterministic)
+                        norm_eps=self.norm_eps, name="GeGluMlpBlock_0")(
+                            y, deterministic)
     elif self.mlp_type == "mlp":
       y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
-                   dtype=self.dtype, act=self.act)(y, deterministic)
+                   dtype=self.dtype, act=self.act, name="MlpBlock_0")(
+                       y, deterministic)
     else:
       raise ValueError(f"Unknown mlp_type {self.mlp_type!r}; known: "
                        f"{MLP_TYPES}.")
@@ -574,9 +581,12 @@ class MAPHead(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         force_fp32_for_softmax=True,
         deterministic=True,
+        name="MultiHeadDotProductAttention_0",
     )(probe, x, mask=attn_mask)
-    y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, act=self.act)(y)
+    y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
+                     name="LayerNorm_0")(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, act=self.act,
+                     name="MlpBlock_0")(y)
     return x[:, 0]
 
 

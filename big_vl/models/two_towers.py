@@ -196,6 +196,47 @@ class Model(nn.Module):
     return l2_normalize(proj)
 
 
+@registry.register("outputs", "two_towers")
+def outputs(model, variables, batch, *, train=False, rngs=None):
+  """The two-tower model's outputs dict for a batch.
+
+  The one way the trainer, GradCache, growth and the evaluators' predict
+  functions call the model (`big_vl.models.outputs_fn("two_towers")`).
+
+  Args:
+    model: a `Model`.
+    variables: {"params": params}.
+    batch: a dict with "image" float [B, H, W, 3] and/or "text" int [B, L]
+      or [B, K, L] (a missing one is not run), optionally
+      "text_embeddings" (see `Model.__call__`); other fields are ignored.
+      An empty batch gives the entries that depend on the params only.
+    train: enables dropout.
+    rngs: e.g. {"dropout": key} when training with dropout.
+
+  Returns:
+    {"zimg": f32[B, out_dim], "ztxt": f32[B, out_dim] (or [B, K, out_dim]),
+    "t", "t_log", "b" (with bias_init), and the towers' "img/..." /
+    "txt/..." entries}; zimg / ztxt only for the inputs given.
+
+  Example (the model and inputs of the module docstring):
+    >>> out = outputs(model, {"params": params},
+    ...               {"image": image, "text": text})
+    >>> out["zimg"].shape, out["ztxt"].shape, out["t"].shape
+    ((4, 32), (4, 32), ())
+    >>> sorted(outputs(model, {"params": params}, {}))
+    ['b', 't', 't_log']
+  """
+  zimg, ztxt, aux = model.apply(
+      variables, batch.get("image"), batch.get("text"), train=train,
+      rngs=rngs, text_embeddings=batch.get("text_embeddings"))
+  out = dict(aux)
+  if zimg is not None:
+    out["zimg"] = zimg
+  if ztxt is not None:
+    out["ztxt"] = ztxt
+  return out
+
+
 def init_params(model, rng, image_shape=None, text_shape=None):
   """Initialises a two-tower model's params from input shapes.
 

@@ -1,0 +1,330 @@
+r"""Named, weighted objectives: what the train step minimises.
+
+A config names its objectives, each a registered loss with a weight and the
+loss's options:
+
+    config.objectives = dict(
+        contrastive=dict(loss="sigmoid", weight=1.0, impl="ring"),
+        tokens=dict(loss="filip", weight=0.5),
+    )
+
+The step minimises `sum_k weight_k * loss_k` and logs `train/loss` (the
+sum), `train/NAME/loss` and `train/NAME/METRIC` for each objective NAME.
+`config.loss = dict(name=..., **options)` is the one-objective shorthand:
+`normalize_config` turns it into `{"contrastive": {"loss": name, "weight":
+1.0, **options}}` before anything else reads the config, so both spellings
+take the same code path (and resume each other's checkpoints).
+
+An objective is `fn(outputs, batch, *, mesh) -> (scalar loss, metrics)`:
+`outputs` is the model's outputs dict (`big_vl.models.outputs_fn`; the
+two-tower model gives "zimg", "ztxt", "t", "b"?, "img/...", "txt/..."),
+`batch` the step's batch after device pp. A registered loss whose first
+argument is `outputs` is used as it is; the embedding losses of
+`big_vl.losses` (`loss(zimg, ztxt, aux, *, mesh, **options)`) read
+`outputs["zimg"]`, `outputs["ztxt"]` and take the outputs dict as `aux`.
+
+Example (the two-objective check of tests/test_objectives.py):
+
+    objs = objectives.build({"sig": {"loss": "sigmoid", "weight": 1.0},
+                             "soft": {"loss": "softmax", "weight": 0.5}})
+    total, metrics = objectives.combine(objs)(outputs, batch, mesh=mesh)
+    # total == l_sig + 0.5 * l_soft; metrics["sig/loss"], metrics[
+    # "soft/img2txt_acc"], ...
+"""
+
+import collections.abc
+import copy
+import inspect
+import math
+import numbers
+from typing import Any, Callable, NamedTuple
+
+import jax
+import ml_collections
+
+from big_vl import losses
+from big_vl import registry
+
+# The name `config.loss` becomes under `config.objectives`.
+SHORTHAND_NAME = "contrastive"
+# Keys of an objective's block that are not options of its loss.
+META_KEYS = ("loss", "weight")
+
+
+class Objective(NamedTuple):
+  """One named, weighted term of the training loss.
+
+  Attributes:
+    name: the key in `config.objectives` (metrics `train/NAME/...`).
+    loss: the registered loss name.
+    weight: its factor in the total loss (a finite float).
+    fn: `(outputs, batch, *, mesh) -> (loss, metrics)`.
+  """
+  name: str
+  loss: str
+  weight: float
+  fn: Callable[..., Any]
+
+
+def normalize_config(config):
+  """`config` with `config.loss` rewritten as `config.objectives`.
+
+  Args:
+    config: a ConfigDict (possibly locked) or a plain dict (e.g. a saved
+      config.json).
+
+  Returns:
+    The same type: `config` itself when it has no `loss` key, else an
+    unlocked copy whose `objectives` is `{"contrastive": {"loss": NAME,
+    "weight": 1.0, **options}}` (options in their original order) and
+    without `loss`.
+
+  Raises:
+    ValueError: when both `loss` and `objectives` are given, or
+      `config.loss` has no `name`.
+  """
+  if "loss" not in config:
+    return config
+  if "objectives" in config and config["objectives"] is not None:
+    raise ValueError(
+        "config.loss and config.objectives are both set; config.loss is the "
+        "one-objective shorthand of config.objectives.contrastive. Keep one "
+        "(config.objectives = {NAME: {'loss': ..., 'weight': ...}}).")
+  loss = config["loss"]
+  loss = dict(loss.to_dict() if hasattr(loss, "to_dict") else (loss or {}))
+  if "name" not in loss:
+    raise ValueError(
+        "config.loss.name is missing; e.g. config.loss = dict(name='softmax')"
+        f" (known losses: {', '.join(registry.names('loss'))}).")
+  block = {"loss": loss.pop("name"), "weight": 1.0, **loss}
+  if isinstance(config, ml_collections.ConfigDict):
+    out = copy.deepcopy(config)
+    out.unlock()
+    del out["loss"]
+    out.objectives = ml_collections.ConfigDict({SHORTHAND_NAME: block})
+    return out
+  out = {k: v for k, v in config.items() if k != "loss"}
+  out["objectives"] = {SHORTHAND_NAME: block}
+  return out
+
+
+_LONG = f"objectives.{SHORTHAND_NAME}."
+
+
+def shorthand_key(key):
+  """A dotted override key in the `config.loss` spelling, where it has one.
+
+  `objectives.contrastive.loss` -> `loss.name`, `objectives.contrastive.X`
+  -> `loss.X`; any other key is returned as it is. Sweeps name variant
+  folders with it, so a variant keeps its folder across the spelling
+  change.
+  """
+  if key.startswith(_LONG):
+    rest = key[len(_LONG):]
+    return "loss.name" if rest == "loss" else f"loss.{rest}"
+  return key
+
+
+def key_in(config, key):
+  """Override key `key` spelled for `config` (either spelling accepted).
+
+  `loss.name` / `loss.X` on a config with `objectives` become
+  `objectives.contrastive.loss` / `.X`, and back on a config with `loss`.
+  """
+  short = shorthand_key(key)
+  if not short.startswith("loss."):
+    return key
+  if "loss" in config:
+    return short
+  rest = short[len("loss."):]
+  return _LONG + ("loss" if rest == "name" else rest)
+
+
+def _takes_outputs(fn):
+  """True for a loss of the v2 form `fn(outputs, batch, *, mesh, ...)`."""
+  params = list(inspect.signature(fn).parameters)
+  return bool(params) and params[0] == "outputs"
+
+
+def _embedding_objective(fn):
+  """An objective reading `zimg`, `ztxt` and the outputs as `aux`."""
+
+  def objective(outputs, batch, *, mesh=None):
+    del batch
+    return fn(outputs["zimg"], outputs["ztxt"], outputs, mesh=mesh)
+
+  return objective
+
+
+def _check_weight(name, weight):
+  where = f"config.objectives.{name}.weight"
+  if (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
+      or not math.isfinite(weight)):
+    raise ValueError(f"{where}={weight!r} must be a finite number.")
+  return float(weight)
+
+
+def build(blocks, *, shorthand=False):
+  """The objectives a `config.objectives` mapping describes.
+
+  Args:
+    blocks: {name: {"loss": NAME, "weight": w, **options}} (a ConfigDict or
+      dict); every option is checked against the loss's signature.
+    shorthand: the mapping came from `config.loss` (`normalize_config`):
+      messages then name `config.loss.KEY`, as the user wrote it.
+
+  Returns:
+    A tuple of `Objective`s, in the mapping's order.
+
+  Raises:
+    ValueError: for an empty mapping, a block without `loss`, an unknown
+      loss (listing the known ones), a weight that is not a finite number,
+      or an option the loss does not take (`config.objectives.NAME.KEY`).
+  """
+  blocks = blocks.to_dict() if hasattr(blocks, "to_dict") else dict(
+      blocks or {})
+  if not blocks:
+    raise ValueError(
+        "config.objectives is empty: name at least one, e.g. "
+        "config.objectives = {'contrastive': {'loss': 'softmax', "
+        "'weight': 1.0}} (or the shorthand config.loss = {'name': ...}).")
+  out = []
+  for name, block in blocks.items():
+    where = "config.loss" if shorthand else f"config.objectives.{name}"
+    loss_key = "name" if shorthand else "loss"
+    if not isinstance(block, collections.abc.Mapping):
+      raise ValueError(f"{where} must be a dict like {{'loss': 'softmax', "
+                       f"'weight': 1.0}}, got {block!r}.")
+    block = dict(block)
+    if "loss" not in block:
+      raise ValueError(f"{where}.{loss_key} is missing; known losses: "
+                       f"{', '.join(registry.names('loss'))}.")
+    loss = block.pop("loss")
+    weight = _check_weight(name, block.pop("weight", 1.0))
+    try:
+      fn = losses.get(loss, where=where, meta_keys=(loss_key, "weight"),
+                      **block)
+    except KeyError as e:
+      raise ValueError(f"{where}.{loss_key}: {e.args[0]}") from None
+    if not _takes_outputs(registry.get("loss", loss)):
+      fn = _embedding_objective(fn)
+    out.append(Objective(name, loss, weight, fn))
+  return tuple(out)
+
+
+def from_config(config):
+  """The objectives of a training config, in either spelling.
+
+  Args:
+    config: a training ConfigDict with `objectives` or the shorthand `loss`.
+
+  Returns:
+    A tuple of `Objective`s (see `build`).
+
+  Raises:
+    ValueError: as `build` and `normalize_config`, or when neither key is
+      set.
+  """
+  if "loss" in config:
+    return build(normalize_config(config)["objectives"], shorthand=True)
+  if config.get("objectives", None) is None:
+    raise ValueError(
+        "config.objectives is missing: e.g. config.objectives = "
+        "{'contrastive': {'loss': 'softmax', 'weight': 1.0}} (or the "
+        "shorthand config.loss = {'name': 'softmax'}); known losses: "
+        f"{', '.join(registry.names('loss'))}.")
+  return build(config["objectives"])
+
+
+class Combined:
+  """`(outputs, batch, *, mesh) -> (total, metrics)` of several objectives.
+
+  total = sum_k weight_k * loss_k (one objective: its loss times its
+  weight); metrics hold "NAME/loss" and "NAME/METRIC" for every objective.
+  `parts` are the `Objective`s (GradCache and the start-up checks read
+  them one by one).
+  """
+
+  def __init__(self, objectives):
+    self.parts = tuple(objectives)
+
+  def __call__(self, outputs, batch, *, mesh=None):
+    total, metrics = None, {}
+    for obj in self.parts:
+      loss, part_metrics = obj.fn(outputs, batch, mesh=mesh)
+      term = loss if obj.weight == 1.0 else obj.weight * loss
+      total = term if total is None else total + term
+      metrics[f"{obj.name}/loss"] = loss
+      for key, value in part_metrics.items():
+        metrics[f"{obj.name}/{key}"] = value
+    return total, metrics
+
+
+def combine(objectives):
+  """A `Combined` of `objectives` (from `build`)."""
+  return Combined(objectives)
+
+
+class MissingFieldError(ValueError):
+  """An objective reads an output or batch field that does not exist."""
+
+
+class _Recorder(collections.abc.Mapping):
+  """A read-only view of a dict that records the keys read and explains a
+  missing one."""
+
+  def __init__(self, data, seen, what, objective):
+    self._data, self._seen = data, seen
+    self._what, self._objective = what, objective
+
+  def __getitem__(self, key):
+    if key not in self._data:
+      obj = self._objective
+      who = (f"config.objectives.{obj.name} (loss {obj.loss!r})"
+             if isinstance(obj, Objective) else "the objective")
+      raise MissingFieldError(
+          f"{who} reads the "
+          f"{self._what} field {key!r}, which this run does not have; the "
+          f"{self._what} has: {sorted(self._data)}. Check the model config "
+          "(e.g. model.token_features for token losses), the input pp or "
+          "the objective.")
+    self._seen.add(key)
+    return self._data[key]
+
+  def __contains__(self, key):
+    return key in self._data
+
+  def get(self, key, default=None):
+    return self[key] if key in self._data else default
+
+  def __iter__(self):
+    return iter(self._data)
+
+  def __len__(self):
+    return len(self._data)
+
+
+def fields_read(objective, outputs, batch, mesh=None):
+  """Which output and batch fields `objective` reads, traced abstractly.
+
+  Args:
+    objective: an `Objective`, or a bare `fn(outputs, batch, *, mesh)`.
+    outputs: the outputs dict, of arrays or ShapeDtypeStructs.
+    batch: the batch dict, of arrays or ShapeDtypeStructs.
+    mesh: the Mesh (ring losses trace their shard_map over it).
+
+  Returns:
+    (set of output keys, set of batch keys) read; nothing is computed.
+
+  Raises:
+    MissingFieldError: naming the objective and the field if it reads a
+      field that `outputs` / `batch` lack.
+  """
+  out_seen, batch_seen = set(), set()
+  fn = objective.fn if isinstance(objective, Objective) else objective
+  jax.eval_shape(
+      lambda o, b: fn(
+          _Recorder(o, out_seen, "model output", objective),
+          _Recorder(b, batch_seen, "batch", objective), mesh=mesh),
+      dict(outputs), dict(batch))
+  return out_seen, batch_seen
