@@ -49,6 +49,7 @@ from absl import flags
 flags.FLAGS.mark_as_parsed()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -97,7 +98,8 @@ def variants(row, steps, batch):
   if row == "filip":
     filip = base(steps, batch)
     filip.model.token_features = True
-    filip.loss = dict(name="filip", impl="ring", global_weight=0.0)
+    filip.objectives = ml_collections.ConfigDict(dict(filip=dict(
+        loss="filip", weight=1.0, impl="ring", global_weight=0.0)))
     return [("clip", base(steps, batch), "cosine"), ("filip", filip, "late")]
   if row == "dreamlip":
     long_len = 48
@@ -112,7 +114,8 @@ def variants(row, steps, batch):
         f"tokenize(max_len={MAX_LEN}, key='texts', out='text')|"
         "keep('image','text')")
     dream.model.token_features = True
-    dream.loss = dict(name="dreamlip", impl="dense", grouping_weight=1.0)
+    dream.objectives = ml_collections.ConfigDict(dict(dreamlip=dict(
+        loss="dreamlip", weight=1.0, impl="dense", grouping_weight=1.0)))
     return [("clip_long", clip_long, "cosine"), ("dreamlip", dream,
                                                  "cosine")]
   if row == "vitamin":

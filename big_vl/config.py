@@ -12,6 +12,8 @@ parsed by `parse_arg` against typed defaults:
 
 import ast
 import json
+import math
+import numbers
 import re
 
 import ml_collections
@@ -216,6 +218,94 @@ def check_signature(block, fn, where, *, skip=(), extra=()):
         f"{where}: missing required key(s) {', '.join(missing)} (for "
         f"{getattr(fn, '__qualname__', fn)}); known keys of {where}: "
         f"{', '.join(sorted(known | set(extra)))}.")
+
+
+# -- Numeric values with a domain --
+
+# (description, test) of each kind of numeric domain.
+_DOMAINS = {
+    "positive_int": ("a positive integer",
+                     lambda v: _is_int(v) and v > 0),
+    "non_negative_int": ("an integer >= 0",
+                         lambda v: _is_int(v) and v >= 0),
+    "positive": ("a number > 0", lambda v: _is_num(v) and v > 0),
+    "non_negative": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
+    "unit_open": ("a number in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1),
+    "unit_closed": ("a number in [0, 1]",
+                    lambda v: _is_num(v) and 0 <= v <= 1),
+    "unit_positive": ("a number in (0, 1]",
+                      lambda v: _is_num(v) and 0 < v <= 1),
+    "whole_positive": ("a positive whole number",
+                       lambda v: _is_num(v) and v > 0 and float(v) == int(v)),
+    "int": ("an integer", lambda v: _is_int(v)),
+}
+_DIM = r"width|depth|mlp_dim|num_heads|patch_size|out_dim|max_len|vocab_size"
+# 0 means "none" for these (a tower without a head, no token types).
+_COUNT = r"num_classes|type_vocab_size"
+# Dotted keys (regexes, `re.fullmatch`) of a training config and the domain
+# of their values. None is always allowed (an unset value); a list or tuple
+# is checked element by element. `train.check_config` applies it first.
+NUMERIC_DOMAINS = (
+    (r"seed", "int"),
+    (r"(input|evals\.[^.]+)\.batch_size", "positive_int"),
+    (r"input\.workers", "non_negative_int"),
+    (r"input\.read_threads", "positive_int"),
+    (r"(total|log|ckpt)_steps", "positive_int"),
+    (r"(total|log|ckpt)_(epochs)", "positive"),
+    (r"(total|log|ckpt)_examples", "whole_positive"),
+    (r"warmup_steps", "non_negative_int"),
+    (r"warmup_(epochs|examples)", "non_negative"),
+    (r"evals\.[^.]+\.every", "non_negative_int"),  # 0 / None: at the end
+    (r"keep_ckpts|grad_accum_steps", "positive_int"),
+    (r"lr|wd", "non_negative"),
+    (r"grad_clip_norm", "positive"),
+    (r"sync_every_s", "non_negative"),
+    (r"growth_ema", "unit_open"),
+    (r"layer_decay\..+", "positive"),
+    (r"model(\.(image|text))?\.(" + _DIM + r")", "positive_int"),
+    (r"model(\.(image|text))?\.(" + _COUNT + r")", "non_negative_int"),
+    (r"model(\.(image|text))?\.dropout", "unit_open"),
+    (r"model\.temperature_init", "positive"),
+    (r"model\.token_keep", "unit_positive"),
+    (r"optim\.(b1|b2)", "unit_open"),
+    (r"optim\.eps", "positive"),
+    (r"schedule\.end_frac", "unit_closed"),
+    (r"objectives\.[^.]+\.label_smoothing", "unit_open"),
+)
+
+
+def _is_num(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool) and (
+      math.isfinite(v))
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_domains(config, domains=NUMERIC_DOMAINS, where="config"):
+  """Checks every numeric value with a domain, naming the key.
+
+  Args:
+    config: a ConfigDict (or dict).
+    domains: (dotted-key regex, domain) pairs; the first match applies.
+    where: the config's name in messages.
+
+  Raises:
+    ValueError: e.g. "config.input.batch_size=0 must be a positive
+      integer." for the first value outside its domain.
+  """
+  flat = _flat(_plain(config) if not isinstance(config, dict) else config)
+  for key, value in flat.items():
+    for pattern, domain in domains:
+      if re.fullmatch(pattern, key):
+        description, ok = _DOMAINS[domain]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+          if v is not None and not ok(v):
+            raise ValueError(f"{where}.{key}={value!r} must be "
+                             f"{description}.")
+        break
 
 
 # -- Comparing a run's config with the one it was saved with --
@@ -441,7 +531,11 @@ def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   config.warmup_steps = max(steps // 10, 1)
   config.log_steps = 5
   config.ckpt_steps = steps
-  config.mesh = (("data", -1),)
+  # The config's mesh axes (its sharding rules name them), all devices on
+  # the first.
+  axes = [name for name, _ in (config.get("mesh", None) or ())] or ["data"]
+  config.mesh = tuple((name, -1 if i == 0 else 1)
+                      for i, name in enumerate(axes))
   config.evals = demo_evals(res, max_len, batch_size=64, split="test[:256]")
   return config
 

@@ -46,6 +46,7 @@ from big_vl import results as results_lib
 from big_vl import sharding
 from big_vl import storage
 from big_vl import train as train_lib
+from big_vl import workdir_lock
 
 KNOWN_KEYS = {"mesh", "sharding_rules", "evals", "model_name", "model",
               "model_label", "pretrained", "language"}
@@ -108,6 +109,17 @@ def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
     "files" (the result files written).
   """
   check_config(config)
+  # The output folder is held for the evaluation (a file, an unwritable
+  # folder or another run's live folder is refused before any work).
+  with workdir_lock.hold(output, "big_vl.evaluate",
+                         active=bool(output) and jax.process_index() == 0):
+    return _evaluate_holding(config, checkpoint, output=output, step=step,
+                             devices=devices, progress=progress)
+
+
+def _evaluate_holding(config, checkpoint, *, output, step, devices,
+                      progress):
+  """`evaluate` once the config is checked and the output folder held."""
   ckpt_dir = ckpt_lib.checkpoint_dir(checkpoint)
   latest, steps = ckpt_lib.latest_step(ckpt_dir)
   if step is None:
@@ -143,7 +155,7 @@ def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
 
   files = []
   if output and is_main:
-    staged = storage.StagedDir(output, exclude=())
+    staged = storage.StagedDir(output, exclude=(workdir_lock.LOCK_NAME,))
     with open(os.path.join(staged.local, "metrics.json"), "w") as f:
       json.dump({"step": step, "checkpoint": ckpt_dir, **metrics}, f,
                 indent=1)

@@ -132,12 +132,40 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
+def check_rule_axes(rules, mesh, where="config.sharding_rules"):
+  """Every mesh axis a sharding rule names must be an axis of `mesh`.
+
+  "fsdp" names the `fsdp` axis; a tuple spec names its non-None entries.
+  (A rule naming an absent axis used to replicate silently.)
+
+  Raises:
+    ValueError: naming the rule, the axis and the mesh's axes.
+  """
+  for regex, rule in rules:
+    if rule == "replicate":
+      continue
+    if rule == "fsdp":
+      axes = ("fsdp",)
+    elif isinstance(rule, (tuple, list)):
+      axes = tuple(a for a in rule if a is not None)
+    else:
+      raise ValueError(f"{where}: unknown sharding spec {rule!r} in rule "
+                       f"({regex!r}, {rule!r}); use 'replicate', 'fsdp' or a "
+                       "tuple of mesh axis names / None per dimension.")
+    missing = [a for a in axes if a not in mesh.axis_names]
+    if missing:
+      raise ValueError(
+          f"{where}: rule ({regex!r}, {rule!r}) names mesh axis "
+          f"{missing[0]!r}, but the mesh has only {tuple(mesh.axis_names)} "
+          f"(config.mesh); add the axis to config.mesh (e.g. "
+          f"(('{missing[0]}', -1),) or (('data', 2), ('{missing[0]}', 4))) "
+          "or change the rule.")
+
+
 def _spec_for(rule, shape, mesh, path):
   if rule == "replicate":
     return P()
   if rule == "fsdp":
-    if "fsdp" not in mesh.axis_names:
-      return P()
     n = mesh.shape["fsdp"]
     # Largest dimension that n divides; ties go to the last dimension.
     best = None
@@ -200,7 +228,8 @@ def tree_shardings(tree, mesh, rules, where="config.sharding_rules"):
 
   Raises:
     ValueError: for a rule that matches no parameter or never applies
-      (`big_vl.paths.check_rules`), or a spec that does not fit.
+      (`big_vl.paths.check_rules`), names an axis the mesh lacks
+      (`check_rule_axes`), or a spec that does not fit.
   """
   leaf_paths = tree_paths(tree)
   if isinstance(tree, dict) and "params" in tree:
@@ -208,6 +237,7 @@ def tree_shardings(tree, mesh, rules, where="config.sharding_rules"):
   else:
     params = set(jax.tree.leaves(leaf_paths))
   paths_lib.check_rules(where, list(rules), sorted(params), ordered=True)
+  check_rule_axes(rules, mesh, where)
 
   def one(path, leaf):
     param = paths_lib.param_path(path, params)

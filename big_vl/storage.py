@@ -163,7 +163,8 @@ class StagedDir:
     local: the local folder to write into.
   """
 
-  def __init__(self, target, *, active=True, exclude=("checkpoints",),
+  def __init__(self, target, *, active=True,
+               exclude=("checkpoints", ".big_vl.lock"),
                staging_root=None):
     self.target = absolute(target)
     self.active = active

@@ -47,6 +47,7 @@ from big_vl import metrics as metrics_lib
 from big_vl import objectives as objectives_lib
 from big_vl import plots
 from big_vl import storage
+from big_vl import workdir_lock
 
 FINAL_FILE = "sweep_final.json"
 
@@ -239,6 +240,13 @@ def run(config_spec, root, *, train_fn=None, log=print):
     train_fn = train_lib.train
   root = storage.absolute(root)
   todo = variants(config_spec)
+  # One sweep per root (each variant's run holds its own workdir too).
+  with workdir_lock.hold(root, "big_vl.sweep", log=log):
+    return _run_holding(root, todo, train_fn, log)
+
+
+def _run_holding(root, todo, train_fn, log):
+  """`run` once the root is held."""
   check_existing(root, todo)
   rows = []
   for i, (name, overrides, config) in enumerate(todo):
@@ -254,9 +262,8 @@ def run(config_spec, root, *, train_fn=None, log=print):
     if result.get("final") is None:
       raise RuntimeError(f"Sweep variant {name} stopped before its last "
                          "step; rerun the sweep to resume it.")
-    losses = result["losses"]
     row = {"name": name, "overrides": overrides, "step": result["step"],
-           "train/loss": losses[max(losses)] if losses else None,
+           "train/loss": last_train_loss(workdir, result["step"]),
            **{k: v for k, v in result["final"].items()
               if not k.startswith("eval_time/")}}
     storage.write(os.path.join(workdir, FINAL_FILE), json.dumps(
@@ -269,6 +276,19 @@ def run(config_spec, root, *, train_fn=None, log=print):
   log(f"[sweep] {len(rows)} variants; tables in {root}/sweep.md, "
       f"{root}/sweep.csv, plot in {root}/sweep.png")
   return rows
+
+
+def last_train_loss(workdir, step):
+  """The `train/loss` logged at `step` in the workdir's metrics.jsonl.
+
+  From the workdir, not from the last `train` call: a variant resumed after
+  its last step (interrupted during its final evaluation) trains no step in
+  that call but logged its loss before. None if no row holds it.
+  """
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  found = [r["train/loss"] for r in rows
+           if r.get("step") == step and "train/loss" in r]
+  return found[-1] if found else None
 
 
 def _columns(rows):

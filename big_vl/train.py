@@ -69,6 +69,7 @@ from big_vl import registry
 from big_vl import results as results_lib
 from big_vl import sharding
 from big_vl import storage
+from big_vl import workdir_lock
 from big_vl.data import device_pp as device_pp_lib
 from big_vl.data import pipeline
 from big_vl.data import pp as pp_lib
@@ -114,6 +115,8 @@ def check_config(config):
       `config.objectives.NAME.temprature`), with the closest known keys.
   """
   config_lib.check_keys(config, KNOWN_KEYS)
+  # Sizes, counts, durations, rates, probabilities, fractions, cadences.
+  config_lib.check_domains(config)
   param_compute_dtype(config)
   config_lib.check_keys(config.input, KNOWN_INPUT_KEYS, "config.input")
   device_pp_lib.build(config.input.get("device_pp", None))  # Unknown ops.
@@ -707,6 +710,17 @@ def train(config, workdir, *, devices=None, stop_after_steps=None,
   config = objectives_lib.normalize_config(config)
   workdir = storage.absolute(workdir)
   is_main = jax.process_index() == 0
+  # One run per workdir: process 0 holds it for the whole job; a second run
+  # on it fails here, naming this one (big_vl/workdir_lock.py).
+  with workdir_lock.hold(workdir, "big_vl.train", active=is_main, log=_warn):
+    return _train_holding(config, workdir, is_main, devices=devices,
+                          stop_after_steps=stop_after_steps,
+                          allow_config_change=allow_config_change)
+
+
+def _train_holding(config, workdir, is_main, *, devices, stop_after_steps,
+                   allow_config_change):
+  """`train` once the config is checked and the workdir is held."""
   # Checkpoints go to `workdir` itself; process 0's other files are written
   # to `files` (the workdir, or a local mirror of a URL workdir, uploaded by
   # `staged.sync()`).
@@ -831,7 +845,14 @@ def train(config, workdir, *, devices=None, stop_after_steps=None,
     return evs
 
   evaluators = evaluators_for(model)
-  writer = metrics_lib.MetricWriter(files, is_main=is_main)
+  # Rows an interrupted run logged after its last checkpoint are dropped
+  # (they are logged again as the steps are redone).
+  writer = metrics_lib.MetricWriter(
+      files, is_main=is_main, resume_step=start,
+      redo_prefixes=("growth/",) if start in growth_at else ())
+  if writer.dropped:
+    _log(f"metrics.jsonl: dropped {writer.dropped} rows logged after step "
+         f"{start} by the interrupted run; those steps are logged again.")
   sync_every_s = config.get("sync_every_s", 60)
   t_sync = time.time()
 

@@ -117,7 +117,9 @@ def get_config(arg=None):
   config.model_load = ml_collections.ConfigDict(dict(dont_load=()))
   config.grad_clip_norm = None
 
-  config.mesh = (("data", -1),)
+  # FSDP (ZeRO-3): params and optimiser moments split over every device,
+  # which also share the batch (`fsdp` is a batch axis of big_vl.sharding).
+  config.mesh = (("fsdp", -1),)
   config.sharding_rules = ((".*", "fsdp"),)
   config.evals = config_lib.fullsize_evals(
       image_pp, tokenize, every=10_000, imagenet=arg.imagenet, coco=arg.coco)

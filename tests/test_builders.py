@@ -19,18 +19,27 @@ FASHION_DIR = mnist_idx.DEBIAN_FASHION_MNIST_DIR
 
 @pytest.fixture(name="fashion_dir")
 def _fashion_dir():
-  """The real Fashion-MNIST IDX files; missing ones fail the test (no skip:
-  .ci/run installs them)."""
+  """The real Fashion-MNIST IDX files (tests marked `realdata`).
+
+  Missing files skip the test with the install hint, listed by `-rs`
+  (tests/skip_policy.py allows it for `realdata` only), so README's test
+  command passes on a machine with nothing but Python; .ci/run installs
+  the files and sets BIG_VL_REQUIRE_REAL_DATA=1, under which missing files
+  fail the test instead, so the real path stays proven. The builder logic is
+  also tested on IDX files the tests write (no marker).
+  """
   folder = os.environ.get(mnist_idx.ENV_VARS["fashion_mnist"]) or FASHION_DIR
   if not os.path.isdir(folder):
-    pytest.fail(
+    message = (
         f"Fashion-MNIST IDX files not found in {folder}: these tests read the "
         "real data. Install them with `sudo apt-get install "
         "dataset-fashion-mnist` (Debian/Ubuntu; .ci/run does this), or set "
         f"${mnist_idx.ENV_VARS['fashion_mnist']} to a folder holding "
         "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
-        "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz).",
-        pytrace=False)
+        "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz).")
+    if os.environ.get("BIG_VL_REQUIRE_REAL_DATA"):
+      pytest.fail(message, pytrace=False)
+    pytest.skip(message)
   return folder
 
 
@@ -179,6 +188,7 @@ def test_mnist_idx_rejects_inconsistent_files(tmp_path):
     mnist_idx.load_split(tmp_path, "train")
 
 
+@pytest.mark.realdata
 def test_real_fashion_mnist_test_split(tmp_path, fashion_dir):
   # Reads the real files and checks the test split's first examples without
   # building all 70k examples (that takes ~11 s; see the module docstring).
@@ -294,6 +304,7 @@ def test_image_folder_errors(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.realdata
 def test_real_fashion_mnist_full_build(tmp_path, fashion_dir):
   # ~11 s on a 2-core VM: all 70,000 examples.
   builder = _quiet(mnist_idx.prepare, str(tmp_path), source_dir=fashion_dir)

@@ -147,3 +147,59 @@ def test_signature_check_helper():
                                skip=("predict_fn", "mesh"))
   with pytest.raises(TypeError, match=r"\*\*kwargs"):
     config_lib.check_signature({}, lambda **kwargs: None, "config.x")
+
+
+# (override, value, the message's start): values outside their domain.
+BAD_VALUES = [
+    ("input.batch_size", 0, "config.input.batch_size=0 must be a positive "
+     "integer"),
+    ("input.batch_size", -4, "config.input.batch_size=-4 must be a positive "
+     "integer"),
+    ("total_steps", -5, "config.total_steps=-5 must be a positive integer"),
+    ("total_steps", 0, "config.total_steps=0 must be a positive integer"),
+    ("warmup_steps", -1, "config.warmup_steps=-1 must be an integer >= 0"),
+    ("log_steps", 0, "config.log_steps=0 must be a positive integer"),
+    ("lr", -1.0, "config.lr=-1.0 must be a number >= 0"),
+    ("lr", float("nan"), "config.lr=nan must be a number >= 0"),
+    ("wd", -0.1, "config.wd=-0.1 must be a number >= 0"),
+    ("grad_clip_norm", 0.0, "config.grad_clip_norm=0.0 must be a number > 0"),
+    ("keep_ckpts", 0, "config.keep_ckpts=0 must be a positive integer"),
+    ("input.workers", -1, "config.input.workers=-1 must be an integer >= 0"),
+    ("model.out_dim", 0, "config.model.out_dim=0 must be a positive integer"),
+    ("model.image.depth", -2, "config.model.image.depth=-2 must be a "
+     "positive integer"),
+    ("model.text.dropout", 1.5, "config.model.text.dropout=1.5 must be a "
+     "number in [0, 1)"),
+    ("model.temperature_init", 0.0, "config.model.temperature_init=0.0 must "
+     "be a number > 0"),
+    ("optim.b2", 1.0, "config.optim.b2=1.0 must be a number in [0, 1)"),
+    ("optim.eps", 0.0, "config.optim.eps=0.0 must be a number > 0"),
+    ("schedule.end_frac", 2.0, "config.schedule.end_frac=2.0 must be a "
+     "number in [0, 1]"),
+    ("evals.zeroshot.batch_size", 0, "config.evals.zeroshot.batch_size=0 "
+     "must be a positive integer"),
+    ("evals.zeroshot.every", -10, "config.evals.zeroshot.every=-10 must be "
+     "an integer >= 0"),
+    ("objectives.contrastive.label_smoothing", 1.0,
+     "config.objectives.contrastive.label_smoothing=1.0 must be a number in "
+     "[0, 1)"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD_VALUES,
+                         ids=[f"{k}={v}" for k, v, _ in BAD_VALUES])
+def test_values_outside_their_domain_are_refused_at_start_up(key, value,
+                                                             message,
+                                                             tmp_path):
+  config = _config()
+  *parents, leaf = key.split(".")
+  block = config
+  for part in parents:
+    block = block[part]
+  with config.unlocked():
+    block[leaf] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train.check_config(config)
+  # Before any data (which does not exist) or device work.
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train.train(config, str(tmp_path / "run"))

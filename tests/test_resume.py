@@ -113,3 +113,50 @@ def test_resume_with_a_changed_config(trained, tmp_path, capsys):
   assert ("The config differs from the checkpoint's (--allow_config_change)"
           ":\n  config.model.temperature_init: 10.0 -> 5.0\n") in out
   assert os.path.exists(os.path.join(workdir, "config.until_step_5.json"))
+
+
+def _tb_events(workdir):
+  """Every TensorBoard event (tensorboardX protos) under workdir/tb."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  tb = os.path.join(workdir, "tb")
+  for name in sorted(os.listdir(tb)):
+    with open(os.path.join(tb, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):  # TFRecords: length, crc, payload, crc.
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[pos + 12:pos + 12 + length])
+      events.append(event)
+      pos += 12 + length + 4
+  return events
+
+
+def test_a_resume_logs_every_step_once(trained, tmp_path, capsys):
+  """A run killed after logging steps 3-4 but before checkpoint 4 was
+  written resumes from step 2: steps 3 and 4 are logged again, once."""
+  workdir = _copy(trained, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+  capsys.readouterr()
+  result = train_lib.train(_config(), workdir)
+  assert sorted(result["losses"]) == [3, 4]
+  assert "dropped 2 rows logged after step 2" in capsys.readouterr().out
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+  assert {r["step"]: r["train/loss"] for r in train_rows} == trained[1]
+  # TensorBoard: the resumed writer purges what the old files hold from
+  # step 3 on (a SessionLog START at step 3), so each step shows once.
+  starts = [e.step for e in _tb_events(workdir)
+            if e.HasField("session_log") and e.session_log.status == 1]
+  assert 3 in starts
+  # A fresh start over the rows of an attempt that saved no checkpoint.
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  again = train_lib.train(_config(), workdir)
+  assert sorted(again["losses"]) == [1, 2, 3, 4]
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]

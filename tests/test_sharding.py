@@ -76,6 +76,24 @@ def test_state_leaves_follow_their_parameter_and_bad_rules_fail():
                                           ("img/head/kernel", "replicate")])
 
 
+def test_a_rule_may_only_name_axes_of_the_mesh():
+  """('.*', 'fsdp') on a data-only mesh used to replicate silently."""
+  params = {"img": {"head": {"kernel": jnp.zeros((8, 16))}}}
+  data_only = sharding.make_mesh([("data", -1)])
+  with pytest.raises(ValueError, match=r"config\.sharding_rules: rule "
+                     r"\('\.\*', 'fsdp'\) names mesh axis 'fsdp', but the "
+                     r"mesh has only \('data',\)"):
+    sharding.tree_shardings(params, data_only, [(".*", "fsdp")])
+  with pytest.raises(ValueError, match=r"names mesh axis 'model'"):
+    sharding.tree_shardings(params, data_only,
+                            [(".*", (None, "model"))])
+  with pytest.raises(ValueError, match=r"unknown sharding spec 'fdsp'"):
+    sharding.tree_shardings(params, data_only, [(".*", "fdsp")])
+  specs = sharding.tree_shardings(params, sharding.make_mesh(
+      [("fsdp", -1)]), [(".*", "fsdp")])
+  assert specs["img"]["head"]["kernel"].spec == P(None, "fsdp")
+
+
 def test_to_global_splits_batch_over_data_axes():
   mesh = sharding.make_mesh([("data", 2), ("fsdp", 4)])
   batch = {"image": np.arange(16 * 3, dtype=np.float32).reshape(16, 3)}

@@ -10,7 +10,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 def test_skips_outside_peer_fail_and_peer_skips_are_listed(pytester):
   with open(os.path.join(TESTS, "skip_policy.py")) as f:
     pytester.makeconftest(f.read())
-  pytester.makeini("[pytest]\nmarkers =\n  peer: heavy peers\n")
+  pytester.makeini("[pytest]\nmarkers =\n  peer: heavy peers\n"
+                   "  realdata: optional real data\n")
   pytester.makepyfile(
       test_a="""
 import pytest
@@ -18,6 +19,10 @@ import pytest
 @pytest.mark.peer
 def test_peer_may_skip():
   pytest.importorskip("no_such_peer_module")
+
+@pytest.mark.realdata
+def test_realdata_may_skip():
+  pytest.skip("Fashion-MNIST IDX files not found: apt-get install ...")
 
 @pytest.mark.skipif(True, reason="ftfy not installed")
 def test_skipif_fails():
@@ -42,12 +47,13 @@ def test_passes():
 """)
   result = pytester.runpytest_inprocess("-rs", "-p", "no:cacheprovider")
   outcomes = result.parseoutcomes()
-  assert outcomes.get("skipped") == 1 and outcomes.get("passed") == 1
+  assert outcomes.get("skipped") == 2 and outcomes.get("passed") == 1
   assert outcomes.get("xfailed") == 1
   assert outcomes.get("failed") == 1 and outcomes.get("errors") == 2
   text = result.stdout.str()
   assert "SKIPPED [1] test_a.py:5: could not import 'no_such_peer_module'" in (
       text)
+  assert "Fashion-MNIST IDX files not found" in text
   for expected in (
       "test_a.py::test_skipif_fails skipped (setup): ftfy not installed",
       "test_a.py::test_importorskip_fails skipped (call): could not import "

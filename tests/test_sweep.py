@@ -220,3 +220,26 @@ def test_a_finished_variant_is_not_rerun_for_the_spelling_alone(demo_data,
   assert [r["status"] for r in again] == ["skipped", "skipped"]
   assert sorted(p.name for p in root.iterdir() if p.is_dir()) == names
   assert [r["train/loss"] for r in again] == [r["train/loss"] for r in first]
+
+
+@pytest.mark.slow
+def test_a_variant_resumed_after_its_last_step_keeps_its_loss(demo_data,
+                                                              tmp_path):
+  """A variant killed during its final evaluation (its last checkpoint
+  written, no sweep_final.json) is rerun: that call trains no step, and its
+  row's train/loss comes from the workdir's metrics.jsonl."""
+  del demo_data
+  path = tmp_path / "sweep_cfg.py"
+  path.write_text(SWEEP_CONFIG)
+  root = tmp_path / "root"
+  (name, _, config), _ = sweep.variants(str(path))
+  train_lib.train(config, str(root / name))   # as if killed after it
+  rows = sweep.run(str(path), str(root), log=lambda _: None)
+  assert rows[0]["name"] == name and rows[0]["status"] == "trained"
+  assert rows[0]["step"] == 3
+  assert rows[0]["train/loss"] == _last_loss(root / name)
+  saved = json.loads((root / name / sweep.FINAL_FILE).read_text())
+  assert saved["train/loss"] == rows[0]["train/loss"]
+  with open(root / "sweep.csv") as f:
+    table = list(csv.DictReader(f))
+  assert float(table[0]["train/loss"]) == rows[0]["train/loss"]

@@ -229,7 +229,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(
   # next step is dispatched) and must still be named and never saved.
   config = _config(total_steps=6, ckpt_steps=100)
   train_lib.train(config, str(tmp_path), stop_after_steps=2)
-  bad = _config(total_steps=6, ckpt_steps=ckpt_steps, lr=float("nan"))
+  # lr = 1e30 (a NaN lr is refused by the config check): step 3's update
+  # puts params near 1e30, whose squared norm overflows float32 to inf.
+  bad = _config(total_steps=6, ckpt_steps=ckpt_steps, lr=1e30)
   with pytest.raises(train_lib.NonFiniteLossError,
                      match=r"at step 3:.*last good checkpoint is step 2"):
     train_lib.train(bad, str(tmp_path), allow_config_change=True)
