@@ -357,9 +357,15 @@ def config_diff(old, new):
 
   Returns:
     A sorted list of (dotted key, old value, new value); a key missing on
-    one side has the value "(absent)" there.
+    one side has the value "(absent)" there. None, [] and {} count as absent
+    (the trainer reads every key with a default of nothing), so a config
+    that spells out an empty default (`config.frozen = ()`) equals one
+    without the key.
   """
-  old, new = _flat(_plain(old) or {}), _flat(_plain(new) or {})
+  def flat(config):
+    return {k: v for k, v in _flat(_plain(config) or {}).items()
+            if v is not None and v != [] and v != {}}
+  old, new = flat(old), flat(new)
   return [(key, old.get(key, _ABSENT), new.get(key, _ABSENT))
           for key in sorted(set(old) | set(new))
           if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
@@ -378,6 +384,16 @@ def format_diff(diff, indent="  "):
 
 
 DEMO_DATA = "tfds:big_vl_demo_shapes"
+
+
+def data_field(spec):
+  """`config.input.data` that takes a spec string or a mixture.
+
+  A plain str field of a ConfigDict refuses a tuple, so a mixture such as
+  `--config.input.data="(('tfds:a', 0.7), ('wds:b', 0.3))"` could not be
+  given on the command line; this field takes either.
+  """
+  return config_dict.FieldReference(spec, field_type=object)
 
 
 DEMO_DEVICE_PP = "value_range(-1,1)"
@@ -495,9 +511,10 @@ def fullsize_evals(image_pp, tokenize, *, every, imagenet=IMAGENET_DATA,
 def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   """Shrinks any two-tower config to a one-minute CPU run on the demo data.
 
-  Keeps the config's method (loss, pooling, causal text, bias, schedule
-  shape, optimiser, normalisation in the train step if it has
-  `config.input.device_pp`) and replaces the data, sizes and durations.
+  Keeps the config's method (objectives, pooling, causal text, bias,
+  schedule shape, optimiser, normalisation in the train step if it has
+  `config.input.device_pp`) and replaces the data, sizes, durations and
+  the parallelism (data parallel over all devices, params replicated).
 
   Args:
     config: the full-size ConfigDict; modified in place.
@@ -531,11 +548,12 @@ def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   config.warmup_steps = max(steps // 10, 1)
   config.log_steps = 5
   config.ckpt_steps = steps
-  # The config's mesh axes (its sharding rules name them), all devices on
-  # the first.
-  axes = [name for name, _ in (config.get("mesh", None) or ())] or ["data"]
-  config.mesh = tuple((name, -1 if i == 0 else 1)
-                      for i, name in enumerate(axes))
+  # Data parallel with replicated params: FSDP / tensor parallelism are
+  # scale knobs, not the method, and on simulated CPU devices their
+  # collectives inside GradCache's scan can deadlock XLA:CPU (tests/
+  # conftest.py).
+  config.mesh = (("data", -1),)
+  config.sharding_rules = ((".*", "replicate"),)
   config.evals = demo_evals(res, max_len, batch_size=64, split="test[:256]")
   return config
 

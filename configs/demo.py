@@ -41,14 +41,17 @@ from big_vl import config as config_lib
 
 
 def get_config(arg=None):
-  """The demo config. Args: `runlocal`, `steps=N`, `batch=N`, `loss=NAME`."""
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=128,
-                             loss="softmax", res=64, max_len=24)
+  """The demo config. Args: `runlocal`, `steps=N` (or `epochs=X`),
+  `batch=N`, `loss=NAME`."""
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, epochs=0.0,
+                             batch=128, loss="softmax", res=64, max_len=24)
   config = ml_collections.ConfigDict()
   config.seed = 0
   pp = config_lib.demo_pp(arg.res, arg.max_len)
   config.input = ml_collections.ConfigDict(dict(
-      data=config_lib.DEMO_DATA, split="train", data_dir=None,
+      # A spec or a mixture ((spec, weight), ...), also on the command line.
+      data=config_lib.data_field(config_lib.DEMO_DATA),
+      split="train", data_dir=None,
       batch_size=arg.batch, pp=pp.train, workers=0, read_threads=4,
       shuffle=True))
 
@@ -68,7 +71,10 @@ def get_config(arg=None):
   if arg.loss == "sigmoid":
     config.model.bias_init = -10.0
 
-  config.total_steps = arg.steps
+  if arg.epochs:
+    config.total_epochs = arg.epochs
+  else:
+    config.total_steps = arg.steps
   config.warmup_steps = 100
   config.log_steps = 25
   config.ckpt_steps = 500
@@ -83,6 +89,8 @@ def get_config(arg=None):
   config.grad_accum_steps = 1
   config.param_compute_dtype = config_dict.placeholder(str)
   config.grad_clip_norm = 1.0
+  # Regexes of parameters that do not train, e.g. ('img/.*',) (LiT).
+  config.frozen = ()
 
   config.mesh = (("data", -1),)
   config.sharding_rules = ((".*", "replicate"),)

@@ -1,6 +1,7 @@
 """Config parsing, durations and key checks."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -152,3 +153,46 @@ def test_config_diff_names_dotted_keys_and_which_may_change_on_resume():
                                     "model.text.width"]
   assert config_lib.format_diff(bad[1:2]) == (
       "  config.model.image.width: 64 -> 96")
+
+
+PRINT_CONFIG = (
+    "from absl import app\n"
+    "from big_vl import train\n"
+    "def main(argv):\n"
+    "  c = train._CONFIG.value\n"
+    "  train.check_config(c)\n"
+    "  print(repr(c.input.data), repr(c.frozen), repr(c.get('total_epochs')),"
+    " 'total_steps' in c)\n"
+    "app.run(main)\n")
+
+
+@pytest.mark.slow
+def test_readme_overrides_work_on_the_demo_config():
+  """The README's command-line forms, parsed by the trainer's own flags: a
+  mixture for input.data, frozen rules, a duration in epochs (the config's
+  `epochs` argument)."""
+  def parsed(*args):
+    proc = subprocess.run(
+        [sys.executable, "-c", PRINT_CONFIG, *args], capture_output=True,
+        text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+  assert parsed(
+      "--config=configs/demo.py:runlocal",
+      "--config.input.data=(('tfds:big_vl_demo_shapes', 0.7), "
+      "('jsonl:/data/pairs.jsonl', 0.3))",
+      "--config.frozen=('img/.*',)") == (
+          "(('tfds:big_vl_demo_shapes', 0.7), ('jsonl:/data/pairs.jsonl', "
+          "0.3)) ('img/.*',) None True")
+  assert parsed("--config=configs/demo.py:epochs=2.5") == (
+      "'tfds:big_vl_demo_shapes' () 2.5 False")
+
+
+def test_an_empty_default_equals_an_absent_key():
+  """`config.frozen = ()` spelled out, as the demo config now does, equals a
+  config without the key (resume and sweep comparisons)."""
+  assert config_lib.config_diff({"frozen": [], "a": None, "b": {}}, {}) == []
+  assert config_lib.config_diff({"frozen": ["img/.*"]}, {}) == [
+      ("frozen", ["img/.*"], "(absent)")]

@@ -96,6 +96,8 @@ def test_a_rule_that_never_applies_is_an_error():
                      r"never applies.*taken by '\.\*'"):
     _build(config)
   config = _demo_config()
+  with config.unlocked():  # The demo's `frozen = ()` refuses a str itself.
+    del config["frozen"]
   config.frozen = "img/.*"  # A string, not a list of rules.
   with pytest.raises(ValueError, match=r"config\.frozen must be a list"):
     _build(config)

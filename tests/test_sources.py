@@ -1,11 +1,15 @@
 """Sources (wds, jsonl, csv, tfds errors), mixtures, exact resume, skip reasons."""
 
 import collections
+import contextlib
 import io
 import json
+import logging
 import os
+import re
 import tarfile
 
+from absl import logging as absl_logging
 import numpy as np
 import pytest
 from PIL import Image
@@ -242,6 +246,68 @@ def test_jsonl_and_csv_read_back_and_count_skips_by_reason(tmp_path):
     assert sum(by_reason.values()) == 2
   with pytest.raises(ValueError, match="separator"):
     sources.get(f"csv:{tmp_path}/pairs.tsv")  # ',' finds no such columns
+
+
+@contextlib.contextmanager
+def _absl_warnings():
+  """The messages absl logs at WARNING or above inside the block (however
+  earlier tests set absl's verbosity and propagation)."""
+  messages = []
+  handler = logging.Handler(logging.WARNING)
+  handler.emit = lambda record: messages.append(record.getMessage())
+  logger = logging.getLogger("absl")
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logger.addHandler(handler)
+  try:
+    yield messages
+  finally:
+    logger.removeHandler(handler)
+    absl_logging.set_verbosity(verbosity)
+
+
+def test_malformed_jsonl_lines_are_skipped_and_counted_by_line(tmp_path):
+  rows = _caption_files(tmp_path, 6)
+  lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
+  lines[1] = lines[1][:-5]           # a cut line (line 2)
+  lines.insert(4, "")                # a blank line is just skipped
+  lines.insert(5, "[1, 2]")          # a JSON array, not an object (line 6)
+  (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+  with _absl_warnings() as warnings:
+    src = sources.get(f"jsonl:{tmp_path}/pairs.jsonl")
+  assert "2 of 7 lines are not JSON objects" in warnings[0]
+  assert "line 2:" in warnings[0]
+  assert len(src) == 7
+  with pytest.raises(pipeline.pp_lib.CorruptRecordError,
+                     match=r"pairs.jsonl line 6 is not a JSON object: a JSON "
+                     r"list") as e:
+    src[4]  # pylint: disable=pointless-statement
+  assert e.value.reason == "bad_record"
+  it = pipeline.make_train_iterator(
+      src, pp="decode|keep('image','caption')", batch_size=1, seed=0,
+      num_epochs=1, shuffle=False)
+  captions, by_reason = [], collections.Counter()
+  for batch in it:
+    captions += batch["caption"].tolist()
+    by_reason.update(pipeline.skipped_by_reason(
+        batch[pipeline.SKIPPED_BY_REASON_KEY]))
+  assert captions == [rows[i][1] for i in (0, 2, 3, 4, 5)]
+  assert +by_reason == {"bad_record": 2}
+  (tmp_path / "all_bad.jsonl").write_text("image,caption\nimg/0.png,a\n")
+  with pytest.raises(ValueError, match=r"all_bad.jsonl: no line is a JSON "
+                     r"object \(line 1: .*is it a JSONL file\?"):
+    sources.get(f"jsonl:{tmp_path}/all_bad.jsonl")
+
+
+def test_a_spec_without_a_kind_suggests_one():
+  for spec, want in (("/d/pairs.jsonl", "jsonl:/d/pairs.jsonl"),
+                     ("/d/pairs.csv", "csv:/d/pairs.csv"),
+                     ("/d/pairs.tsv", "csv:/d/pairs.tsv?sep=\\t"),
+                     ("/d/{000..009}.tar", "wds:/d/{000..009}.tar"),
+                     ("mnist", "tfds:mnist")):
+    with pytest.raises(ValueError, match=re.escape(
+        f"Data spec {spec!r} needs a kind, e.g. '{want}'")):
+      sources.get(spec)
 
 
 def _labelled(n, label):
@@ -580,3 +646,34 @@ def test_mixture_skips_bad_captions_of_every_component(tmp_path):
           next(it)[pipeline.SKIPPED_BY_REASON_KEY]))
     assert counts["bad_caption"] > 0, mix
     assert sum(counts.values()) == counts["bad_caption"], mix
+
+
+@pytest.mark.parametrize("where", ["at_a_header", "inside_a_header",
+                                   "inside_data", "at_the_end_blocks",
+                                   "between_the_end_blocks"])
+def test_wds_a_truncated_shard_is_a_counted_read_error(tmp_path, where):
+  """A shard cut anywhere is reported, not read as a shorter shard."""
+  _write_shards(tmp_path, 1, 3)
+  path = tmp_path / "shard-000.tar"
+  data = path.read_bytes()
+  with tarfile.open(path) as tar:
+    members = tar.getmembers()
+  end = members[-1].offset_data + -(-members[-1].size // 512) * 512
+  last_header = [m for m in members if m.name.startswith("0000002.")][0].offset
+  cut = {"at_a_header": last_header, "inside_a_header": last_header + 100,
+         "inside_data": members[1].offset_data + 10,
+         "at_the_end_blocks": end, "between_the_end_blocks": end + 512}[where]
+  assert data[end:end + 1024] == bytes(1024)  # The two end blocks.
+  path.write_bytes(data[:cut])
+  with _absl_warnings() as warnings:
+    out = [s for _, s in wds.read_shard(str(path))]
+  errors = [s for s in out if wds.ERROR_KEY in s]
+  assert [s[wds.ERROR_KEY] for s in errors] == ["read_error"]
+  assert out[-1] is errors[0] and len(out) <= 3
+  assert str(path) in warnings[0] and "skipping the rest of it" in warnings[0]
+  # The whole shard, and one that lost only the padding after its end
+  # blocks, read cleanly.
+  for size in (len(data), end + 1024):
+    path.write_bytes(data[:size])
+    assert [s["__key__"] for _, s in wds.read_shard(str(path))] == [
+        "0000000", "0000001", "0000002"]

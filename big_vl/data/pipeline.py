@@ -57,9 +57,11 @@ SKIP_REASON_KEY = "_skip_reason"
 # "decode", "missing_image", "missing_text", "decode_text" come from pp ops,
 # "missing_file" from jsonl/csv sources, "read_error" from unreadable shards,
 # "bad_caption" (null / empty / whitespace-only caption, `pp.caption_text`)
-# from every source's caption field and from `tokenize`.
+# from every source's caption field and from `tokenize`, "bad_record" from a
+# jsonl line that is not a JSON object.
 SKIP_REASONS = ("decode", "missing_file", "missing_image", "missing_text",
-                "decode_text", "bad_caption", "read_error", "other")
+                "decode_text", "bad_caption", "read_error", "bad_record",
+                "other")
 ERROR_KEY = wds_lib.ERROR_KEY
 # Most records of a stream `ThreadedPreprocess` reads at a time (twice this
 # many are in flight: the chunk handed out and the next one).

@@ -29,6 +29,7 @@ import os
 from typing import Any
 import urllib.parse
 
+from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
@@ -221,8 +222,29 @@ class CaptionFileSource:
     self.path = str(path)
     self.root = os.path.dirname(self.path)
     text = _read_text(self.path)
+    bad = {}  # row index -> (line number, what is wrong)
     if kind == "jsonl":
-      rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+      rows = []
+      for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+          if not isinstance(row, dict):
+            raise ValueError(f"a JSON {type(row).__name__}, not an object")
+        except ValueError as e:
+          bad[len(rows)] = (number, str(e))
+          row = {}
+        rows.append(row)
+      if bad and len(bad) == len(rows):
+        number, error = next(iter(bad.values()))
+        raise ValueError(f"{self.path}: no line is a JSON object (line "
+                         f"{number}: {error}); is it a JSONL file?")
+      if bad:
+        logging.warning(
+            "%s: %d of %d lines are not JSON objects and are skipped "
+            "(counted as bad_record), e.g. line %d: %s", self.path, len(bad),
+            len(rows), *next(iter(bad.values())))
       columns = set().union(*rows) if rows else set()
     else:
       reader = csv.DictReader(text.splitlines(), delimiter=sep)
@@ -242,6 +264,7 @@ class CaptionFileSource:
     # turned into "" or "None".
     self._rows = [(_path_cell(r.get(self.image_key)), r.get(self.caption_key))
                   for r in rows]
+    self._bad = bad
 
   def _pick(self, columns, candidates, what):
     for c in candidates:
@@ -262,6 +285,11 @@ class CaptionFileSource:
     Raises:
       pp.CorruptRecordError: reason "bad_caption" (or "decode_text").
     """
+    if i in self._bad:
+      number, error = self._bad[i]
+      raise pp_lib.CorruptRecordError(
+          f"{self.path} line {number} is not a JSON object: {error}",
+          reason="bad_record")
     value = self._rows[i][1]
     where = f"{self.path} row {i + 1} {self.caption_key}"
     if isinstance(value, (list, tuple)):
@@ -379,7 +407,9 @@ def get(spec, *, split=None, data_dir=None, **options):
                    [s for s, _ in pairs])
   kind, sep, rest = spec.partition(":")
   if not sep:
-    raise ValueError(f"Data spec {spec!r} needs a kind, e.g. 'tfds:{spec}'.")
+    raise ValueError(f"Data spec {spec!r} needs a kind, e.g. "
+                     f"'{suggest_kind(spec)}' (kinds: tfds:NAME, "
+                     "wds:SHARDS, jsonl:FILE, csv:FILE).")
   if kind in PATH_KINDS:
     path, _, query = rest.partition("?")
     return registry.get("source", kind)(
@@ -392,6 +422,20 @@ def get(spec, *, split=None, data_dir=None, **options):
     raise ValueError(f"No split given for data {spec!r}.")
   return registry.get("source", kind)(name, split=split, data_dir=data_dir,
                                       **options)
+
+
+def suggest_kind(spec):
+  """`spec` with the kind its extension suggests, e.g. "jsonl:/d/a.jsonl"."""
+  path = spec.partition("?")[0].lower()
+  if path.endswith(".jsonl"):
+    return f"jsonl:{spec}"
+  if path.endswith(".tsv"):
+    return f"csv:{spec}" + ("" if "sep=" in spec else "?sep=\\t")
+  if path.endswith(".csv"):
+    return f"csv:{spec}"
+  if path.endswith((".tar", ".tar.gz", ".tgz")) or "{" in path:
+    return f"wds:{spec}"
+  return f"tfds:{spec}"
 
 
 def class_names(source, key="label"):

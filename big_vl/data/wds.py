@@ -40,8 +40,13 @@ Records that cannot be used are yielded as `{"__error__": reason, ...}`
 whitespace-only `KEY.txt` ("bad_caption", see `pp.caption_text`) or one that
 is not UTF-8 ("decode_text"), or a shard that fails to read ("read_error", once per
 failed shard; its remaining samples are lost, deterministically). A shard cut
-exactly between two tar headers just ends early: `tarfile` treats a short
-header after the first one as the end of the archive.
+short anywhere is a failed shard too: inside a member's data `tarfile`
+fails; cut at or inside a header block `tarfile` would just stop (it takes a
+short or missing header after the first as the end of the archive), so
+`read_shard` checks that the archive ends with its two zero end-of-archive
+blocks and otherwise reports the shard ("read_error", with a warning naming
+it; the sample being read when the data ended is dropped, as it may be
+incomplete).
 
 Reading is sequential in each worker; the pipeline preprocesses the samples
 on `config.input.read_threads` threads (`pipeline.ThreadedPreprocess`), and
@@ -195,6 +200,10 @@ def read_shard(url, start=0):
         key = k
         data = tar.extractfile(member).read() if offset >= start else b""
         files[ext] = data
+      if not _ends_with_end_blocks(tar):
+        raise tarfile.ReadError(
+            "the data ends before the tar end-of-archive blocks: the shard "
+            "is truncated")
   except (OSError, tarfile.TarError, EOFError) as e:
     logging.warning("Cannot read shard %s (%s); skipping the rest of it.",
                     url, e)
@@ -204,6 +213,18 @@ def read_shard(url, start=0):
     return
   if key is not None and offset >= start:
     yield offset, _make_sample(key, files, url)
+
+
+def _ends_with_end_blocks(tar):
+  """Whether a stream-mode `tar`, iterated to its end, ended on the two zero
+  blocks that close a tar archive (not on a missing or short header)."""
+  block = tarfile.BLOCKSIZE
+  f = tar.fileobj
+  # The header read that ended the iteration started at `tar.offset`: a full
+  # block was read only if the data did not end there.
+  if f.tell() - tar.offset != block:
+    return False
+  return f.read(block) == bytes(block)
 
 
 def _slice_range(r, sl, sequential):
