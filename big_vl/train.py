@@ -57,7 +57,6 @@ from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import distributed
 from big_vl import growth
-from big_vl import losses
 from big_vl import metrics as metrics_lib
 from big_vl import models
 from big_vl import objectives as objectives_lib

@@ -18,6 +18,7 @@ import pytest
 from big_vl import accumulate
 from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
+from big_vl import losses
 from big_vl import metrics as metrics_lib
 from big_vl import sharding
 from big_vl import train as train_lib
@@ -202,7 +203,7 @@ def test_loss_reading_per_example_aux_gets_the_full_batch_gradient():
   batch["text"] = batch["text"].at[::3, 5:].set(0)  # Some padding.
 
   def loss_fn(zimg, ztxt, aux, *, mesh=None):
-    loss, metrics = train_lib.losses.softmax_loss(zimg, ztxt, aux, mesh=mesh)
+    loss, metrics = losses.softmax_loss(zimg, ztxt, aux, mesh=mesh)
     feats = aux["txt/pre_logits"] * aux["txt/mask"].sum(1, keepdims=True)
     reg = jnp.mean(feats ** 2) + jnp.mean(aux["img/pre_logits"][:, :3])
     return loss + reg, metrics

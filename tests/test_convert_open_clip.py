@@ -601,3 +601,44 @@ def test_every_torch_load_is_weights_only():
           jit_loads.append(where)
   assert len(loads) == 2, loads  # open_clip and hf_bert.
   assert [w.split(":")[0] for w in jit_loads] == ["convert/open_clip.py"]
+
+
+def test_convert_names_a_missing_or_wrong_source_without_unsafe_advice(
+    tmp_path):
+  from big_vl import convert as convert_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match=r"--src .*nope.safetensors: no "
+                     r"such file or folder \(open_clip expects"):
+    convert_lib.load("open_clip", str(tmp_path / "nope.safetensors"))
+  garbage = tmp_path / "garbage.npz"
+  garbage.write_text("not a checkpoint")
+  with pytest.raises(convert_lib.ConvertError) as e:
+    convert_lib.load("big_vision", str(garbage))
+  message = str(e.value)
+  assert "is not a big_vision .npz checkpoint that big_vl can read" in message
+  assert "allow_pickle" not in message and "never does" in message
+  bad = tmp_path / "garbage.safetensors"
+  bad.write_text("not a checkpoint")
+  with pytest.raises(convert_lib.ConvertError, match=r"is not an open_clip "
+                     r".safetensors / .bin / .pt state dict"):
+    convert_lib.load("open_clip", str(bad))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(convert_lib.ConvertError, match=r"config.json"):
+    convert_lib.load("hf_bert", str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_convert_cli_errors_are_one_sentence(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  garbage = tmp_path / "garbage.npz"
+  garbage.write_text("not a checkpoint")
+  for src in (garbage, tmp_path / "missing.npz"):
+    out = subprocess.run(
+        [sys.executable, "-m", "big_vl.convert", "--from=big_vision",
+         f"--src={src}", f"--out={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"big_vl.convert: ")
+    assert not (tmp_path / "out").exists()

@@ -20,11 +20,64 @@ line writes a converted checkpoint (see `big_vl.pretrained`):
         --arch ViT-B-32 --out workdirs/vit_b32
 """
 
+from etils import epath
+
 SOURCES = ("open_clip", "openai", "big_vision", "hf_bert")
+
+
+# What `--src` of each family is, for messages.
+EXPECTED = {
+    "open_clip": "an open_clip .safetensors / .bin / .pt state dict",
+    "openai": "an OpenAI CLIP .pt file (TorchScript: --allow_torchscript)",
+    "big_vision": "a big_vision .npz checkpoint",
+    "hf_bert": ("a sentence-transformers / Hugging Face BERT folder "
+                "(config.json + model.safetensors)"),
+}
+# Advice some readers give on failure that points at unsafe loading.
+_UNSAFE_ADVICE = ("allow_pickle", "weights_only", "pickle.load", "unsafe")
+
+
+class ConvertError(ValueError):
+  """`--src` is not a checkpoint of the named family that big_vl can read."""
 
 
 def load(source, src, *, arch=None, image_size=None, max_len=None,
          pool_type=None, tokenizer_model=None, allow_torchscript=False):
+  """Reads a checkpoint of family `source` (see `_load`), with clear errors.
+
+  Raises:
+    ValueError: an unknown family.
+    FileNotFoundError: `src` does not exist.
+    ImportError: a reader needs PyTorch, which is not installed.
+    ConvertError: `src` is not a checkpoint of that family (the reader's
+      reason is given, unless it advises unsafe loading: a file of pickled
+      objects is named as such instead).
+  """
+  if source not in SOURCES:
+    raise ValueError(f"Unknown source {source!r}; known: {SOURCES}.")
+  if not epath.Path(src).exists():
+    raise FileNotFoundError(
+        f"--src {src}: no such file or folder ({source} expects "
+        f"{EXPECTED[source]}).")
+  try:
+    return _load(source, src, arch=arch, image_size=image_size,
+                 max_len=max_len, pool_type=pool_type,
+                 tokenizer_model=tokenizer_model,
+                 allow_torchscript=allow_torchscript)
+  except ImportError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    reason = " ".join(str(e).split()) or type(e).__name__
+    if any(word in reason for word in _UNSAFE_ADVICE):
+      reason = ("its reader would have to unpickle Python objects from it, "
+                "which big_vl never does (unpickling can run code)")
+    raise ConvertError(
+        f"{src} is not {EXPECTED[source]} that big_vl can read: {reason}"
+    ) from e
+
+
+def _load(source, src, *, arch=None, image_size=None, max_len=None,
+          pool_type=None, tokenizer_model=None, allow_torchscript=False):
   """Reads a checkpoint of family `source`.
 
   Args:

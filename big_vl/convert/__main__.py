@@ -18,6 +18,7 @@ expects.
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -62,11 +63,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not (_FROM.value and _SRC.value and _OUT.value):
     raise app.UsageError("--from, --src and --out are required.")
-  model_config, params, preprocessing = convert_lib.load(
-      _FROM.value, _SRC.value, arch=_arch(), image_size=_IMAGE_SIZE.value,
-      max_len=_MAX_LEN.value, pool_type=_POOL_TYPE.value,
-      tokenizer_model=_TOKENIZER_MODEL.value,
-      allow_torchscript=_ALLOW_TORCHSCRIPT.value)
+  try:
+    model_config, params, preprocessing = convert_lib.load(
+        _FROM.value, _SRC.value, arch=_arch(), image_size=_IMAGE_SIZE.value,
+        max_len=_MAX_LEN.value, pool_type=_POOL_TYPE.value,
+        tokenizer_model=_TOKENIZER_MODEL.value,
+        allow_torchscript=_ALLOW_TORCHSCRIPT.value)
+  except (FileNotFoundError, ImportError, convert_lib.ConvertError) as e:
+    sys.exit(f"big_vl.convert: {e}")  # A sentence, not a traceback.
   source = {"from": _FROM.value, "src": os.path.abspath(_SRC.value)}
   if _ARCH.value:
     source["arch"] = _ARCH.value
