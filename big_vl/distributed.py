@@ -27,6 +27,8 @@ forever. Restarting the job resumes from the last checkpoint.
 """
 
 import os
+import sys
+import threading
 from typing import NamedTuple
 
 ENV_COORDINATOR = "BIG_VL_COORDINATOR"
@@ -155,11 +157,41 @@ def initialize(request, *, heartbeat_timeout_s=10, shutdown_timeout_s=30,
   if not request.join:
     return False
   import jax  # pylint: disable=g-import-not-at-top
-  jax.distributed.initialize(
-      coordinator_address=request.coordinator,
-      num_processes=request.num_processes,
-      process_id=request.process_id,
-      initialization_timeout=initialization_timeout_s,
-      heartbeat_timeout_seconds=heartbeat_timeout_s,
-      shutdown_timeout_seconds=shutdown_timeout_s)
+  who = (f"process {request.process_id} of {request.num_processes}"
+         if request.num_processes is not None else "this process")
+  where = request.coordinator or "the coordinator the cluster names"
+  print(f"jax.distributed: {who} is waiting up to "
+        f"{initialization_timeout_s} s for the others to join at {where} "
+        f"({request.reason}).", flush=True)
+  # JAX aborts the process (a C++ check failure and a stack dump) when the
+  # others do not come in time; end first, with a sentence.
+  timer = threading.Timer(max(initialization_timeout_s - 1, 0.5), _give_up,
+                          (who, where, initialization_timeout_s, request))
+  timer.daemon = True
+  timer.start()
+  try:
+    jax.distributed.initialize(
+        coordinator_address=request.coordinator,
+        num_processes=request.num_processes,
+        process_id=request.process_id,
+        initialization_timeout=initialization_timeout_s,
+        heartbeat_timeout_seconds=heartbeat_timeout_s,
+        shutdown_timeout_seconds=shutdown_timeout_s)
+  finally:
+    timer.cancel()
   return True
+
+
+def _give_up(who, where, timeout_s, request):
+  """Ends a process whose job did not assemble (see `initialize`)."""
+  count = request.num_processes
+  sys.stderr.write(
+      f"ERROR: jax.distributed: {who} waited {timeout_s} s at {where}, but "
+      "the job's other processes did not join. Start the same command on "
+      "every host"
+      + (f" with --process_id=0..{count - 1} and --num_processes={count}"
+         if count is not None else "")
+      + ", check that --coordinator names process 0's host and a free, "
+      "reachable port, or raise the wait with --init_timeout.\n")
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access

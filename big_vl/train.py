@@ -1055,6 +1055,9 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume even if the config differs from "
     "the checkpoint's in keys other than durations, log/ckpt/eval cadence "
     "and outputs (the differences are logged).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout", 300, "Seconds a process of a multi-process job waits for "
+    "the others to join before it stops with an error.")
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", 10, "Seconds without a heartbeat after which a "
     "process counts as dead and the whole job stops (non-zero exit).")
@@ -1067,7 +1070,8 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required.")
   request = distributed.plan(_DISTRIBUTED.value, _COORDINATOR.value,
                              _NUM_PROCESSES.value, _PROCESS_ID.value)
-  distributed.initialize(request, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
+  distributed.initialize(request, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
+                         initialization_timeout_s=_INIT_TIMEOUT.value)
   config_lib.setup_cli_runtime(logging.WARNING)
   if request.join:
     _log(f"jax.distributed ({request.reason}): process "

@@ -273,3 +273,31 @@ def test_two_processes_write_one_gs_workdir(reference, tmp_path):
         [_losses(reference)[s] for s in range(11, 21)], rtol=2e-5)
     assert ckpt_lib.latest_step(f"{url}/checkpoints")[0] == 20
     assert "curves.png" in storage.list_files(url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_started_alone_says_it_waits_then_stops_clearly(
+    tmp_path, process_id):
+  """One process of a 2-process job started alone: it says where and how
+  long it waits, then ends with a sentence (exit 1), not JAX's abort."""
+  port = _free_port()
+  log = tmp_path / "alone.log"
+  with open(log, "w") as f:
+    proc = subprocess.run(
+        [sys.executable, "-m", "big_vl.train", f"--config={CONFIG}",
+         f"--workdir={tmp_path / 'run'}", f"--coordinator=127.0.0.1:{port}",
+         "--num_processes=2", f"--process_id={process_id}",
+         "--init_timeout=6"],
+        cwd=ROOT, env=_env(4), stdout=f, stderr=subprocess.STDOUT,
+        timeout=HARD_TIMEOUT_S)
+  text = log.read_text()
+  assert proc.returncode == 1, text[-3000:]
+  assert (f"process {process_id} of 2 is waiting up to 6 s for the others "
+          f"to join at 127.0.0.1:{port}") in text
+  assert (f"ERROR: jax.distributed: process {process_id} of 2 waited 6 s at "
+          f"127.0.0.1:{port}, but the job's other processes did not join. "
+          "Start the same command on every host with --process_id=0..1") in (
+              text)
+  assert "Check failure stack trace" not in text
+  assert not (tmp_path / "run").exists()  # Nothing was written.
