@@ -131,6 +131,46 @@ def merge(y, mesh=None):
   return x
 
 
+def splittable_reads(objective, outputs, param_only, batch, *, rows, steps,
+                     mesh=None):
+  """The output keys `objective` reads, each one GradCache can assemble.
+
+  Args:
+    objective: an `objectives.Combined` (its parts are checked one by one)
+      or a bare `fn(outputs, batch, *, mesh)`.
+    outputs: the full batch's outputs (ShapeDtypeStructs).
+    param_only: keys of the outputs that depend on the params only.
+    batch: the full batch (ShapeDtypeStructs).
+    rows: the global batch size.
+    steps: `config.grad_accum_steps`, for the message.
+    mesh: the Mesh (ring losses trace over it).
+
+  Returns:
+    The set of output keys read (traced abstractly, nothing computed).
+
+  Raises:
+    ValueError: naming the objective and the output, for an output that
+      neither leads with the batch dimension nor is parameter-only.
+    objectives.MissingFieldError: for a field the outputs or batch lack.
+  """
+  read = set()
+  for part in getattr(objective, "parts", None) or (objective,):
+    keys, _ = objectives.fields_read(part, outputs, batch, mesh)
+    for key in sorted(keys):
+      shape = outputs[key].shape
+      if key not in param_only and shape[:1] != (rows,):
+        who = (f"objective {part.name!r} (loss {part.loss!r})"
+               if isinstance(part, objectives.Objective) else "the objective")
+        raise ValueError(
+            f"config.grad_accum_steps={steps}: {who} reads the model output "
+            f"{key!r} of shape {shape}, which neither leads with the batch "
+            f"({rows}) nor depends on the params only, so GradCache cannot "
+            "assemble it from micro-batches. Use grad_accum_steps=1 for this "
+            "objective.")
+    read |= keys
+  return read
+
+
 def value_and_grad(forward, objective, params, batch, rng, *, steps,
                    mesh=None):
   """Full-batch loss and parameter gradient from `steps` micro-batches.
@@ -198,23 +238,8 @@ def value_and_grad(forward, objective, params, batch, rng, *, steps,
                 **{k: v for k, v in example_s.items() if not batched(v)}}
   batch_s = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                          batch)
-  parts = getattr(objective, "parts", None) or (objective,)
-  read = set()
-  for part in parts:
-    keys, _ = objectives.fields_read(part, full_out_s, batch_s, mesh)
-    for k in sorted(keys):
-      if k in example_s and not batched(example_s[k]):
-        name = getattr(part, "name", None)
-        raise ValueError(
-            "grad accumulation (config.grad_accum_steps > 1): "
-            + (f"objective {name!r} (loss {part.loss!r})" if name else
-               "the objective")
-            + f" reads the model output {k!r} of shape "
-            f"{example_s[k].shape}, which neither leads with the "
-            f"micro-batch dimension ({m}) nor depends on the params only, "
-            "so it cannot be assembled over micro-batches (GradCache). Use "
-            "grad_accum_steps=1 for this objective.")
-    read |= keys
+  read = splittable_reads(objective, full_out_s, scalar_keys, batch_s,
+                          rows=global_batch, steps=steps, mesh=mesh)
   example_keys = sorted(k for k in example_s if k in read)
 
   def embed(p, mb, i):

@@ -502,23 +502,17 @@ def check_objective_fields(objective, model, outputs_fn, abstract_params,
       lambda p, b: outputs_fn(model, {"params": p}, b, train=True,
                               rngs={"dropout": jax.random.PRNGKey(0)}),
       abstract_params, batch)
-  split = grad_accum_steps(config) > 1
-  if split:  # GradCache assembles per-example and param-only outputs only.
-    param_only = set(jax.eval_shape(
-        lambda p: outputs_fn(model, {"params": p}, {}, train=True),
-        abstract_params))
-  for part in getattr(objective, "parts", ()):
-    read, _ = objectives_lib.fields_read(part, outputs, batch, mesh)
-    for key in sorted(read):
-      shape = outputs[key].shape
-      if split and key not in param_only and shape[:1] != (size,):
-        raise ValueError(
-            f"config.grad_accum_steps={grad_accum_steps(config)}: "
-            f"objective {part.name!r} (loss {part.loss!r}) reads the model "
-            f"output {key!r} of shape {shape}, which neither leads with the "
-            f"batch ({size}) nor depends on the params only, so GradCache "
-            "cannot assemble it from micro-batches. Use grad_accum_steps=1 "
-            "for this objective.")
+  steps = grad_accum_steps(config)
+  if steps == 1:
+    for part in getattr(objective, "parts", ()):
+      objectives_lib.fields_read(part, outputs, batch, mesh)
+    return
+  # GradCache assembles per-example and param-only outputs only.
+  param_only = set(jax.eval_shape(
+      lambda p: outputs_fn(model, {"params": p}, {}, train=True),
+      abstract_params))
+  accumulate.splittable_reads(objective, outputs, param_only, batch,
+                              rows=size, steps=steps, mesh=mesh)
 
 
 def _with_ema(state):
@@ -823,7 +817,6 @@ def _train_holding(config, workdir, is_main, *, devices, stop_after_steps,
     state = run.init_state()
   runs.clear()
   model, abstract_state = run.model, run.abstract_state
-  state_shardings = run.state_shardings
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
       abstract_state["params"]))
   _log(f"Model {config.get('model_name', 'two_towers')}: "
