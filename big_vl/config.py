@@ -311,11 +311,12 @@ def check_domains(config, domains=NUMERIC_DOMAINS, where="config"):
 # -- Comparing a run's config with the one it was saved with --
 
 # Keys whose change cannot change what a run computes: log/checkpoint
-# cadence, uploads, output locations, reader threads. (Dotted keys, matched
+# cadence, uploads, output locations, reader threads and worker processes
+# (the batches do not depend on them, `pipeline.make_train_iterator`). (Dotted keys, matched
 # in full by `re.fullmatch`.)
 NO_EFFECT_KEYS = (
     r"(log|ckpt)_(steps|epochs|examples)", r"sync_every_s", r"keep_ckpts",
-    r"results_dir", r"retrieval_png", r"input\.read_threads",
+    r"results_dir", r"retrieval_png", r"input\.read_threads", r"input\.workers",
 )
 # Keys a resumed run may change (logged): the above, durations and
 # evaluation cadence. Anything else (model, loss, data, pp, optimiser, mesh

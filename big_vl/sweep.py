@@ -22,8 +22,8 @@ variant runs, the config each existing variant workdir was trained with
 (recorded in `sweep_final.json`, else its `config.json`) is compared with
 the one the sweep would run now: if any key that can change results
 differs (anything but log/ckpt cadence, `sync_every_s`, `keep_ckpts`,
-output locations, `input.read_threads`), the sweep refuses to run, naming
-each such variant and key (old -> new), rather than report or extend
+output locations, `input.read_threads`, `input.workers`), the sweep refuses
+to run, naming each such variant and key (old -> new), rather than report or extend
 results of another config (e.g. a `:runlocal` root reused for the full
 sweep): use another ROOT, or delete those variant folders to retrain them.
 At the end the sweep writes, in ROOT:

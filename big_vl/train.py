@@ -638,7 +638,7 @@ def check_resume_config(config, step, meta, *, allow_config_change=False,
         "shapes must still match). Keys that may change on resume, and are "
         "logged: durations (total_*, warmup_*), log/ckpt/eval cadence "
         "(log_*, ckpt_*, evals.NAME.every), sync_every_s, keep_ckpts, "
-        "results_dir, retrieval_png, input.read_threads.")
+        "results_dir, retrieval_png, input.read_threads, input.workers.")
   return diff
 
 

@@ -1,6 +1,7 @@
 """pp ops and the grain pipelines on an in-memory source."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -113,6 +114,57 @@ def test_global_batches_do_not_depend_on_the_process_count(mixture):
       np.testing.assert_array_equal(a["image"], b["image"])
 
 
+def _take(source, workers, steps, state=None, **kwargs):
+  """`steps` batches of a 4-record-batch iterator with `workers` grain
+  workers (from `state`, if given), and its state after them."""
+  it = pipeline.make_train_iterator(source, batch_size=4, seed=3,
+                                    workers=workers, **kwargs)
+  try:
+    if state is not None:
+      it.set_state(json.loads(json.dumps(state)))  # As a checkpoint has it.
+    return [next(it) for _ in range(steps)], it.get_state()
+  finally:
+    it.close()
+
+
+def _assert_same_batches(got, want):
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    assert set(a) == set(b)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+# Random pp (flip) and failed records: what the batches hold, their images
+# and the skip counts must not depend on the worker count.
+WORKER_PP = "decode|resize(4)|flip_lr|value_range(0,1)|keep('image','id')"
+
+
+def test_batches_do_not_depend_on_the_worker_count():
+  # 9 batches of 4 cross the 30-record epoch (4 of them corrupt) into the
+  # reshuffled second one. Grain's worker w of W preprocesses records w::W;
+  # they used to be batched inside each worker (batch 0 of W=2 held records
+  # 0, 2, 4, 6 of the stream).
+  src = _source(30, corrupt={2, 7, 8, 19})
+  ref, ref_state = _take(src, 0, 9, pp=WORKER_PP)
+  assert sum(int(b[pipeline.SKIPPED_KEY].sum()) for b in ref) >= 4
+  for workers in (1, 2, 3):
+    got, state = _take(src, workers, 9, pp=WORKER_PP)
+    _assert_same_batches(got, ref)
+    assert state == ref_state  # {"next_index": records read}, for any W
+
+
+def test_resume_with_another_worker_count_continues_exactly():
+  # A random-access source's position is the same for any worker count, so
+  # a run may resume with more or fewer workers (or none).
+  src = _source(30, corrupt={2, 7, 8, 19})
+  ref, _ = _take(src, 0, 10, pp=WORKER_PP)
+  for saved_with, resumed_with, at in ((2, 3, 4), (3, 0, 6), (0, 2, 7)):
+    _, state = _take(src, saved_with, at, pp=WORKER_PP)
+    got, _ = _take(src, resumed_with, 10 - at, state=state, pp=WORKER_PP)
+    _assert_same_batches(got, ref[at:])
+
+
 def test_remap_position_continues_at_the_next_global_batch():
   src = _source(40)
   pp = "keep('id')"
@@ -134,7 +186,7 @@ def test_remap_position_continues_at_the_next_global_batch():
   for ref in reference[3:]:
     got = np.concatenate([next(it)["id"] for it in new])
     np.testing.assert_array_equal(got, ref["id"])
-  with pytest.raises(ValueError, match="workers=0"):
+  with pytest.raises(ValueError, match="only runs reading a random-access"):
     pipeline.remap_position([{"workers_state": {}}], 4, 2)
 
 

@@ -451,6 +451,52 @@ def test_wds_resumes_exactly_with_grain_workers(tmp_path):
   assert [next(resumed)["__key__"].tolist() for _ in range(7)] == ref[5:]
 
 
+def _wds_take(pattern, workers, steps, state=None):
+  """`steps` batches of a shuffled wds stream with random pp and `workers`
+  grain workers (from `state`, if given), and the state after them."""
+  it = pipeline.make_train_iterator(
+      sources.get(f"wds:{pattern}?shuffle_buffer=5"),
+      pp="decode|resize(8)|flip_lr|value_range(0,1)|keep('image','__key__')",
+      batch_size=4, seed=2, workers=workers, process_index=0,
+      process_count=1)
+  try:
+    if state is not None:
+      it.set_state(json.loads(json.dumps(state)))
+    return [next(it) for _ in range(steps)], it.get_state()
+  finally:
+    it.close()
+
+
+def test_wds_batches_do_not_depend_on_the_worker_count(tmp_path):
+  # 3 shards x 7 samples, sample 0 of each undecodable: 8 batches of 4
+  # cross into the third epoch. Workers used to take whole shards each, so
+  # their batches came from other samples.
+  pattern = _shape_shards(tmp_path, 3, 7)
+  ref, _ = _wds_take(pattern, 0, 8)
+  assert sum(int(b[pipeline.SKIPPED_KEY].sum()) for b in ref) >= 6
+  for workers in (1, 2, 3):
+    got, _ = _wds_take(pattern, workers, 8)
+    for a, b in zip(got, ref):
+      assert a["__key__"].tolist() == b["__key__"].tolist()
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a[pipeline.SKIPPED_BY_REASON_KEY],
+                                    b[pipeline.SKIPPED_BY_REASON_KEY])
+
+
+def test_wds_resumes_with_its_worker_count_and_names_a_changed_one(tmp_path):
+  pattern = _shape_shards(tmp_path, 3, 7)
+  ref, _ = _wds_take(pattern, 0, 8)
+  for workers, at in ((2, 3), (3, 5)):
+    _, state = _wds_take(pattern, workers, at)
+    got, _ = _wds_take(pattern, workers, 8 - at, state=state)
+    assert [b["__key__"].tolist() for b in got] == [
+        b["__key__"].tolist() for b in ref[at:]]
+  _, state = _wds_take(pattern, 2, 3)
+  with pytest.raises(ValueError, match=r"saved with config.input.workers=2 "
+                     r"and this run has 3.*set config.input.workers=2"):
+    _wds_take(pattern, 3, 1, state=state)
+
+
 def _shape_shards(folder, num_shards, per_shard):
   """Demo-like shards: coloured squares with captions; sample 0 of each
   shard has undecodable image bytes."""

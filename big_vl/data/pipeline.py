@@ -140,9 +140,10 @@ class _Chunk:
 class _ThreadedPreprocessIterator(grain.DatasetIterator):
   """See `ThreadedPreprocess`."""
 
-  def __init__(self, parent, pp_fn, seed, threads, chunk):
+  def __init__(self, parent, pp_fn, seed, threads, chunk, records):
     super().__init__(parent)
     self._pp_fn, self._seed, self._chunk = pp_fn, int(seed), int(chunk)
+    self._start, self._step = records
     self._pool = (concurrent.futures.ThreadPoolExecutor(
         threads, thread_name_prefix="big_vl-pp") if threads > 1 else None)
     self._next_record = 0  # Index of the next record pulled from the parent.
@@ -170,6 +171,8 @@ class _ThreadedPreprocessIterator(grain.DatasetIterator):
         break
       index = self._next_record
       self._next_record += 1
+      if index % self._step != self._start:
+        continue  # Another worker's record.
       if len(results) < skip:
         results.append(None)
       elif self._pool is None:
@@ -179,22 +182,18 @@ class _ThreadedPreprocessIterator(grain.DatasetIterator):
     return _Chunk(state, first, results)
 
   def __next__(self):
-    counts = np.zeros([len(SKIP_REASONS)], np.int32)
-    while True:
-      if self._current is None or self._pos >= len(self._current.results):
-        self._current = self._ahead if self._ahead is not None else \
-            self._pull()
-        self._ahead, self._pos = None, 0
-        if not self._current.results:
-          raise StopIteration
-      if self._ahead is None and self._pool is not None:
-        self._ahead = self._pull()  # Overlaps with handing out this chunk.
-      element = self._current.results[self._pos].result()
-      self._current.results[self._pos] = None  # Free it once handed out.
-      self._pos += 1
-      element = _count_or_tag(element, counts)
-      if element is not None:
-        return element
+    if self._current is None or self._pos >= len(self._current.results):
+      self._current = self._ahead if self._ahead is not None else \
+          self._pull()
+      self._ahead, self._pos = None, 0
+      if not self._current.results:
+        raise StopIteration
+    if self._ahead is None and self._pool is not None:
+      self._ahead = self._pull()  # Overlaps with handing out this chunk.
+    element = self._current.results[self._pos].result()
+    self._current.results[self._pos] = None  # Free it once handed out.
+    self._pos += 1
+    return element
 
   def get_state(self):
     if self._current is None:
@@ -245,8 +244,7 @@ class _Done:
 
 
 class ThreadedPreprocess(grain.IterDataset):
-  """A stream preprocessed by a pool of threads; failed records dropped and
-  counted.
+  """A stream preprocessed by a pool of threads, in stream order.
 
   Records are read from `parent` in chunks of `chunk`; while one chunk is
   handed out, the next one is read and preprocessed. Record i of the stream
@@ -256,13 +254,21 @@ class ThreadedPreprocess(grain.IterDataset):
   GIL, so the threads use several cores in one process (in the main process
   without grain workers, or inside each worker).
 
-  Failed records (None, or `{"__error__": reason}` from `_safe`) are dropped;
-  each output element carries `_skipped` / `_skipped_by_reason`: the records
-  dropped just before it (as `_CountSkipped`).
+  Every record gives one element: failed ones come out as error records
+  (None or `{"__error__": reason}` from `_safe`) for `_CountSkipped` to drop
+  and count, so that grain workers' outputs line up (below).
+
+  Grain workers (`mp_prefetch`) call `set_slice(slice(w, None, W))` on their
+  copy: worker w then reads the whole stream but preprocesses and hands out
+  only records w, w + W, w + 2W, ...; grain interleaves the workers round
+  robin, which gives the stream in its order, whatever W. (Reading, i.e.
+  the tar bytes, is repeated by every worker; decoding and the rest of the
+  pp, the costly part, are shared.)
 
   State: the parent's state before the chunk being handed out, that chunk's
-  first record index and how many of its records were handed out. A restore
-  re-reads the chunk and preprocesses only the records not yet handed out.
+  first record index and how many of its (this worker's) records were handed
+  out. A restore re-reads the chunk and preprocesses only the records not
+  yet handed out.
 
   Args:
     parent: a grain IterDataset of raw records.
@@ -270,18 +276,31 @@ class ThreadedPreprocess(grain.IterDataset):
     seed: random-pp seed.
     threads: preprocessing threads (0 or 1: in the calling thread, one
       record at a time).
-    chunk: records read (and preprocessed in parallel) at a time.
+    chunk: records (of this worker's) read and preprocessed at a time.
   """
 
   def __init__(self, parent, pp_fn, *, seed, threads, chunk):
     super().__init__(parent)
     self._args = (pp_fn, seed, threads, chunk)
+    self._records = (0, 1)  # (start, step): this worker's records.
+
+  def set_slice(self, sl, sequential_slice=False):
+    """Keeps records `sl.start`, `+ sl.step`, ... (one grain worker's share;
+    grain's `mp_prefetch` calls this on each worker's copy)."""
+    if sequential_slice or sl.stop is not None:
+      raise ValueError(f"ThreadedPreprocess takes strided worker slices "
+                       f"only, not {sl} (sequential={sequential_slice}).")
+    start, step = self._records
+    self._records = (start + (sl.start or 0) * step, step * (sl.step or 1))
 
   def __iter__(self):
-    return _ThreadedPreprocessIterator(self._parent.__iter__(), *self._args)
+    return _ThreadedPreprocessIterator(self._parent.__iter__(), *self._args,
+                                       self._records)
 
   def __str__(self):
-    return f"ThreadedPreprocess(threads={self._args[2]}, chunk={self._args[3]})"
+    start, step = self._records
+    return (f"ThreadedPreprocess(threads={self._args[2]}, "
+            f"chunk={self._args[3]}, records={start}::{step})")
 
 
 def _error(e):
@@ -289,16 +308,21 @@ def _error(e):
 
 
 def _safe(fn):
-  """Wraps a pp function: a CorruptRecordError gives an error record
-  `{"__error__": reason}` (skipped and counted); error records pass through."""
+  """Wraps a pp function: a CorruptRecordError, or None from `fn` or the
+  source, gives an error record `{"__error__": reason}` (skipped and
+  counted; None's reason is "decode"); error records pass through. Every
+  record gives an element, so that grain workers' outputs line up."""
 
   def apply(example, rng=None):
-    if example is None or (isinstance(example, dict) and ERROR_KEY in example):
+    if example is None:
+      return {ERROR_KEY: "decode"}
+    if isinstance(example, dict) and ERROR_KEY in example:
       return example
     try:
-      return fn(example, rng)
+      out = fn(example, rng)
     except pp_lib.CorruptRecordError as e:
       return _error(e)
+    return {ERROR_KEY: "decode"} if out is None else out
 
   return apply
 
@@ -435,15 +459,15 @@ def remap_position(states, old_block, new_block):
     The state to `set_state` on this process's new iterator.
 
   Raises:
-    ValueError: for states of another form (streaming sources, or grain
-      worker processes), which cannot be carried to another process count.
+    ValueError: for states of another form (streaming sources), which
+      cannot be carried to another process count.
   """
   if not states or any(set(s) != {"next_index"} for s in states):
     raise ValueError(
         "The checkpoint's data position was saved by a different number of "
         "processes and cannot be carried over: only runs reading a "
-        "random-access source with config.input.workers=0 can change their "
-        "process count (saved state keys: "
+        "random-access source can change their process count (streaming "
+        "sources are split by shard; saved state keys: "
         f"{sorted(set().union(*map(set, states)))}). Resume with the "
         "original number of processes.")
   batches = max(-(-int(s["next_index"]) // old_block) for s in states)
@@ -479,11 +503,101 @@ def _iter_component(source, seed, shuffle, num_epochs, process_index,
   return ds.repeat(num_epochs).to_iter_dataset(read_options)
 
 
+class _FromPosition(grain.DatasetIterator):
+  """Batches of a random-access pipeline, restartable at any record.
+
+  `make(start)` builds the iterator of batches that reads this process's
+  stream from record `start` on. The position is counted here from the
+  batches (each consumed `batch_size` records plus the `_skipped` ones), so
+  the state, `{"next_index": records read}`, is the same for any number of
+  grain workers, and `set_state` restarts the pipeline (and its workers) at
+  that record: a run may resume with another `config.input.workers`.
+  (`{"next_index": k}` is also the state grain's own iterator gave before,
+  so older checkpoints restore.)
+  """
+
+  def __init__(self, make):
+    super().__init__()
+    self._make = make
+    self._next_index = 0
+    self._it = None
+
+  def __next__(self):
+    if self._it is None:
+      self._it = self._make(self._next_index)
+    batch = next(self._it)
+    skipped = batch[SKIPPED_KEY]
+    self._next_index += len(skipped) + int(skipped.sum())
+    return batch
+
+  def get_state(self):
+    return {"next_index": self._next_index}
+
+  def set_state(self, state):
+    if set(state) != {"next_index"}:
+      raise ValueError(
+          "This data position (state keys: " + ", ".join(sorted(state)) +
+          ") was saved by an older big_vl whose batches depended on "
+          "config.input.workers; this version cannot continue that stream "
+          "exactly. Finish the run with the version that started it, or "
+          "start a new one.")
+    self.close()
+    self._next_index = int(state["next_index"])
+
+  def close(self):
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+
+def saved_workers(state):
+  """Grain workers of the run that saved a streaming source's position
+  (`make_train_iterator`'s state: 0 is ThreadedPreprocess's own state, W > 0
+  grain's interleave of W workers)."""
+  if "iterators_in_use_states" in state:
+    return len(state["iterators_in_use_states"])
+  return 0
+
+
+class _StreamIterator(grain.DatasetIterator):
+  """A streaming pipeline's batches; `set_state` names a changed worker
+  count instead of failing inside grain."""
+
+  def __init__(self, it, workers):
+    super().__init__()
+    self._it, self._workers = it, workers
+
+  def __next__(self):
+    return next(self._it)
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    saved = saved_workers(state)
+    if saved != self._workers:
+      raise ValueError(
+          f"The data position of this streaming source was saved with "
+          f"config.input.workers={saved} and this run has {self._workers}: "
+          "a stream's position holds one reader state per worker, so it "
+          f"resumes only with the same count (set config.input.workers="
+          f"{saved}; the batches are the same for any count).")
+    self._it.set_state(state)
+
+  def close(self):
+    if hasattr(self._it, "close"):
+      self._it.close()
+
+
 def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
                         shuffle=True, workers=0, read_threads=4,
                         prefetch_buffer=4, process_index=None,
                         process_count=None, shuffle_buffer=None):
   """Builds the training iterator over this process's share of `source`.
+
+  The batches depend on neither `workers` nor `read_threads`: workers and
+  threads only preprocess records; which records form a batch (and which
+  are skipped) is decided after them, in this process, in stream order.
 
   Args:
     source: random-access source (`len`, `[i]`) of example dicts, a streaming
@@ -494,10 +608,12 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
     num_epochs: None repeats forever (per component for a mixture; a
       finite mixture stops when its first component runs out).
     shuffle: shuffle (differently each epoch).
-    workers: grain worker processes (0: threads in this process).
+    workers: grain worker processes (0: threads in this process). Worker w
+      of W preprocesses records w, w + W, ... of this process's stream;
+      grain hands them out round robin, i.e. in stream order.
     read_threads: threads preprocessing in each process (or worker): for
       random-access sources grain's read threads, for streaming ones
-      `ThreadedPreprocess`. The batches do not depend on it.
+      `ThreadedPreprocess`.
     prefetch_buffer: elements each thread reads ahead.
     process_index, process_count: default to JAX's.
     shuffle_buffer: streaming sources' shuffle buffer size (None: theirs).
@@ -507,6 +623,9 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
     `get_state()` / `set_state()`; each batch has `_skipped`: how many failed
     records were dropped before each of its examples, and
     `_skipped_by_reason` (i32[batch, len(SKIP_REASONS)]): the same by reason.
+    A random-access source's state is `{"next_index": records read}` for any
+    `workers` (a run may resume with another count); a streaming source's
+    holds one reader state per worker and resumes with the same count.
   """
   pp_fn = _safe(pp_lib.build(pp))
   read_options = grain.ReadOptions(num_threads=read_threads,
@@ -515,6 +634,13 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
       source, sources_lib.Mixture) else [source]
   process_index, process_count = _process_index_count(process_index,
                                                       process_count)
+
+  def finish(ds):
+    """Workers, then (in this process) skipping and batching."""
+    if workers > 0:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return _CountSkipped(ds).batch(batch_size, drop_remainder=True)
+
   if not is_streaming(source):
     parts = [_map_component(s, seed + i, shuffle, num_epochs)
              for i, s in enumerate(components)]
@@ -523,23 +649,22 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
     ds = ds.random_map(pp_fn, seed=seed)
     if process_count > 1:
       ds = ProcessBlocks(ds, batch_size, process_index, process_count)
-    ds = ds.to_iter_dataset(read_options, allow_nones=True)
-  else:
-    common = dict(shuffle=shuffle, num_epochs=num_epochs,
-                  process_index=process_index, process_count=process_count)
-    parts = [_iter_component(s, seed + i, shuffle_buffer=shuffle_buffer,
-                             read_options=read_options, **common)
-             for i, s in enumerate(components)]
-    ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(
-        parts, source.weights)
-    ds = ThreadedPreprocess(ds, pp_fn, seed=seed, threads=read_threads,
-                            chunk=min(batch_size, PREPROCESS_CHUNK))
-  if not is_streaming(source):
-    ds = _CountSkipped(ds)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  if workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return iter(ds)
+
+    def make(start):
+      return iter(finish((ds[start:] if start else ds).to_iter_dataset(
+          read_options)))
+
+    return _FromPosition(make)
+  common = dict(shuffle=shuffle, num_epochs=num_epochs,
+                process_index=process_index, process_count=process_count)
+  parts = [_iter_component(s, seed + i, shuffle_buffer=shuffle_buffer,
+                           read_options=read_options, **common)
+           for i, s in enumerate(components)]
+  ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(
+      parts, source.weights)
+  ds = ThreadedPreprocess(ds, pp_fn, seed=seed, threads=read_threads,
+                          chunk=min(batch_size, PREPROCESS_CHUNK))
+  return _StreamIterator(iter(finish(ds)), workers)
 
 
 def num_eval_batches(num_examples, batch_size, process_count):

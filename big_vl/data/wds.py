@@ -13,10 +13,12 @@ from any path `etils.epath` can open (local, gs://, ...).
               #  "json": {...} or None, "__key__": "000000012",
               #  "__url__": "/data/cc3m/00000.tar"}
 
-Sharding: shard i belongs to process `i % process_count`; within a process,
-grain worker processes take a slice of that list (`set_slice`, called by
-`mp_prefetch`). Every epoch visits this worker's shards in a new order (a
-permutation seeded by (seed, epoch)).
+Sharding: shard i belongs to process `i % process_count`. Every epoch
+visits this process's shards in a new order (a permutation seeded by
+(seed, epoch)). Grain workers do not split the shards: each reads the
+process's whole stream and preprocesses every W-th sample
+(`pipeline.ThreadedPreprocess`), so the batches do not depend on the number
+of workers.
 
 Shuffling: a buffer of `shuffle_buffer` samples, refilled from the stream;
 the element emitted at step n is buffer[h(seed, n) % len(buffer)] (swapped
@@ -24,7 +26,7 @@ with the last one and popped), so the order depends only on the seed and the
 stream, not on timing.
 
 State (JSON): {"epoch", "shard", "offset": where the reader goes on (shard
-position in this worker's epoch order, sample index within it), "emitted":
+position in this process's epoch order, sample index within it), "emitted":
 samples emitted so far, "buffer": [[epoch, shard, offset], ...] the stream
 positions of the samples in the buffer, in buffer order}. `set_state`
 re-reads the buffered samples from their shards and reopens the reader
@@ -48,9 +50,9 @@ blocks and otherwise reports the shard ("read_error", with a warning naming
 it; the sample being read when the data ended is dropped, as it may be
 incomplete).
 
-Reading is sequential in each worker; the pipeline preprocesses the samples
-on `config.input.read_threads` threads (`pipeline.ThreadedPreprocess`), and
-grain workers (`config.input.workers`) read and preprocess in parallel.
+Reading is sequential; the pipeline preprocesses the samples on
+`config.input.read_threads` threads (`pipeline.ThreadedPreprocess`) in each
+of `config.input.workers` grain workers (if any).
 """
 
 import json
@@ -227,16 +229,6 @@ def _ends_with_end_blocks(tar):
   return f.read(block) == bytes(block)
 
 
-def _slice_range(r, sl, sequential):
-  if not sequential:
-    return r[sl]
-  # Contiguous chunk `sl.start` of `sl.step` chunks.
-  index, count = sl.start or 0, sl.step or 1
-  size, rem = divmod(len(r), count)
-  begin = index * size + min(index, rem)
-  return r[begin:begin + size + (index < rem)]
-
-
 class WebDataset(grain.IterDataset):
   """Samples of WebDataset tar shards; resumable (see the module docstring).
 
@@ -262,7 +254,6 @@ class WebDataset(grain.IterDataset):
     self.num_epochs = num_epochs
     self.process_index = process_index
     self.process_count = process_count
-    self._slice = None
 
   def configure(self, **kwargs):
     """A copy with some constructor arguments replaced (the pipeline sets
@@ -274,25 +265,18 @@ class WebDataset(grain.IterDataset):
     args.update(kwargs)
     return WebDataset(self.shards, **args)
 
-  def set_slice(self, sl, sequential_slice=False):
-    """Keeps a slice of this process's shards (one grain worker's share)."""
-    self._slice = (sl, sequential_slice)
-
   def shard_indices(self):
-    """Indices (into `shards`) this process/worker reads: a lazy range."""
+    """Indices (into `shards`) this process reads: a lazy range."""
     index = jax.process_index() if self.process_index is None else \
         self.process_index
     count = jax.process_count() if self.process_count is None else \
         self.process_count
     r = range(index, len(self.shards), count)
-    if self._slice is not None:
-      r = _slice_range(r, *self._slice)
     if not r:
       raise ValueError(
           f"No shards of {self.shards.pattern!r} ({len(self.shards)} shards) "
-          f"for process {index} of {count}"
-          + (f", worker slice {self._slice[0]}" if self._slice else "")
-          + ": use at least as many shards as processes x grain workers.")
+          f"for process {index} of {count}: use at least as many shards as "
+          "processes.")
     return r
 
   def __iter__(self):
@@ -315,7 +299,7 @@ class WebDatasetIterator(grain.DatasetIterator):
     self._open_reader(0, 0, 0)
 
   def _order(self, epoch):
-    """This worker's shard indices in epoch `epoch`'s order."""
+    """This process's shard indices in epoch `epoch`'s order."""
     if epoch not in self._orders:
       n = len(self._indices)
       if self._ds.shuffle_shards:
