@@ -22,12 +22,28 @@ metadata file, an empty step folder left by a kill during a save) raises
 warning naming each bad step, and moves the bad ones aside
 (`corrupt_step_STEP`, kept for inspection) so that the run can save those
 steps again; if none loads, its error lists every step and its failure.
+
+A checkpoint that cannot be written raises `CheckpointWriteError`: one
+paragraph naming the step, its folder, the cause, the free space there and
+the last good checkpoint, which is kept. `save` first compares the bytes
+this process will write with the free space (local folders) and refuses
+before writing anything; a storage error during the asynchronous write (a
+disk filled meanwhile, a quota, a file size limit), raised by the next
+`save` or `wait`, gives the same error and removes the half-written step's
+temporary folder. Orbax's logged tracebacks of that failure, and
+TensorStore's "Event loop is closed" reports of the writes Orbax abandoned,
+are dropped: the error is said once.
 """
 
+import contextlib
 import datetime
 import json
+import logging
 import os
 import re
+import shutil
+import sys
+import traceback
 
 import grain
 import jax
@@ -46,6 +62,108 @@ CORRUPT_PREFIX = "corrupt_step_"
 
 class CheckpointError(RuntimeError):
   """A checkpoint (or every checkpoint of a folder) does not load."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint could not be written (see the module docstring)."""
+
+
+# TensorStore reports an OS error as "... [os_error_code='28']".
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_STORAGE_WORDS = re.compile(r"No space left on device|Disk quota exceeded|"
+                            r"File too large|Read-only file system")
+
+
+def storage_errno(exc):
+  """The errno of a storage error in `exc` or its causes (0: a storage error
+  without one), or None if it is none."""
+  seen = 0
+  while exc is not None and seen < 20:
+    if isinstance(exc, OSError) and exc.errno:
+      return exc.errno
+    m = _OS_ERROR_CODE.search(str(exc))
+    if m:
+      return int(m.group(1))
+    if isinstance(exc, OSError) or _STORAGE_WORDS.search(str(exc)):
+      return 0
+    exc = exc.__cause__ or exc.__context__
+    seen += 1
+  return None
+
+
+def _human_bytes(n):
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if n < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+
+
+def free_bytes(directory):
+  """Free bytes where `directory` (or its nearest existing parent) is; None
+  for a URL or an unreadable path."""
+  if storage.is_url(directory):
+    return None
+  path = os.path.abspath(directory)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  try:
+    return shutil.disk_usage(path).free
+  except OSError:
+    return None
+
+
+def _free_text(free):
+  return (f"{_human_bytes(free)} free" if free is not None
+          else "free space unknown")
+
+
+def bytes_to_write(state):
+  """Bytes this process writes for `state`: its addressable shards of
+  replica 0 (replicated copies are written once)."""
+  total = 0
+  for leaf in jax.tree.leaves(state):
+    shards = getattr(leaf, "addressable_shards", None)
+    if shards is None:
+      total += int(np.asarray(leaf).nbytes)
+    else:
+      total += sum(int(s.data.nbytes) for s in shards if s.replica_id == 0)
+  return total
+
+
+class _QuietWriteFailures(logging.Filter):
+  """Drops Orbax's logged tracebacks of a storage error: the trainer reports
+  it once, as a `CheckpointWriteError`."""
+
+  def filter(self, record):
+    if "orbax" not in (record.pathname or ""):
+      return True
+    if record.exc_info and storage_errno(record.exc_info[1]) is not None:
+      return False
+    try:
+      text = record.getMessage()
+    except Exception:  # pylint: disable=broad-except
+      return True
+    return not (_OS_ERROR_CODE.search(text) or _STORAGE_WORDS.search(text))
+
+
+_QUIET = _QuietWriteFailures()
+
+
+def _quiet_unraisablehook(hook):
+  """`sys.unraisablehook` without the "Event loop is closed" tracebacks
+  TensorStore reports for the callbacks of writes Orbax abandoned after a
+  failed write (its asyncio loop is gone); anything else goes to `hook`."""
+
+  def unraisablehook(unraisable):
+    tb = traceback.extract_tb(unraisable.exc_traceback)
+    if (unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and tb and tb[0].name == "call_soon_threadsafe"):
+      return
+    hook(unraisable)
+
+  unraisablehook.big_vl_quiet = True
+  return unraisablehook
 
 
 def describe_failure(exc, step_dir=None):
@@ -124,15 +242,25 @@ class Checkpointer:
     directory: where step folders go (created if missing).
     max_to_keep: how many recent checkpoints to keep (None: all).
     async_save: write arrays in a background thread.
+    reserve_bytes: room a save needs beyond its arrays (metadata, data
+      position, meta, the filesystem's overhead): a save is refused before
+      writing if the free space is below arrays + this.
   """
 
-  def __init__(self, directory, *, max_to_keep=2, async_save=True):
+  def __init__(self, directory, *, max_to_keep=2, async_save=True,
+               reserve_bytes=16 << 20):
     # Orbax (TensorStore OCDBT) needs absolute paths; URLs stay as they are.
     self.directory = storage.absolute(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._writing = None  # The step being written asynchronously, if any.
+    self._reserve = int(reserve_bytes)
+    if _QUIET not in logging.getLogger("absl").filters:
+      logging.getLogger("absl").addFilter(_QUIET)
+    if not getattr(sys.unraisablehook, "big_vl_quiet", False):
+      sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
 
   def latest_step(self):
     """The newest complete checkpoint's step, or None."""
@@ -155,7 +283,54 @@ class Checkpointer:
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(
           _IteratorStateSnapshot(data_iter))
-    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    self.wait()  # The previous save's failure is reported as its own.
+    needed, free = bytes_to_write(state), free_bytes(self.directory)
+    if free is not None and needed + self._reserve > free:
+      raise self._write_error(
+          int(step), reason=f"it needs about {_human_bytes(needed)} and "
+          f"there is not enough space", free=free)
+    self._writing = int(step)
+    with self._write_errors():
+      self._manager.save(int(step), args=ocp.args.Composite(**items),
+                         force=True)
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """A storage error writing `self._writing` becomes a
+    `CheckpointWriteError`; other errors pass as they are."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      step, code = self._writing, storage_errno(e)
+      if step is None or code is None:
+        raise
+      self._writing = None
+      raise self._write_error(
+          step, reason=os.strerror(code) if code else describe_failure(e),
+          free=free_bytes(self.directory)) from e
+
+  def _write_error(self, step, *, reason, free):
+    """The `CheckpointWriteError` of step `step` (see the module docs)."""
+    root = storage.path(self.directory)
+    for tmp in root.glob(f"{step}.orbax-checkpoint-tmp*"):
+      try:
+        tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+      except OSError:
+        pass  # Orbax removes it at the next start.
+    self._manager.reload()
+    good = sorted(s for s in self._manager.all_steps()
+                  if s != step and (root / str(s)).is_dir())
+    last = (f"The last good checkpoint is step {good[-1]} "
+            f"({self.directory}/{good[-1]}), kept: free some space (or "
+            "lower config.keep_ckpts) and rerun the same command to resume "
+            "from it." if good else
+            "There is no earlier checkpoint: free some space and rerun.")
+    return CheckpointWriteError(
+        f"Checkpoint {step} could not be written to "
+        f"{self.directory}/{step}: {reason} ({_free_text(free)} there). "
+        f"{last}")
 
   def data_states(self, step):
     """The saved data positions of checkpoint `step`, in process order.
@@ -318,8 +493,15 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self):
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk.
+
+    Raises:
+      CheckpointWriteError: if the pending save failed for lack of space
+        (or another storage error).
+    """
+    with self._write_errors():
+      self._manager.wait_until_finished()
+    self._writing = None
 
   def close(self):
     self.wait()

@@ -41,12 +41,14 @@ import ml_collections
 import tqdm
 
 from big_vl import checkpoint as ckpt_lib
+from big_vl import cli
 from big_vl import config as config_lib
 from big_vl import results as results_lib
 from big_vl import sharding
 from big_vl import storage
 from big_vl import train as train_lib
 from big_vl import workdir_lock
+from big_vl.evaluators import common
 
 KNOWN_KEYS = {"mesh", "sharding_rules", "evals", "model_name", "model",
               "model_label", "pretrained", "language"}
@@ -93,7 +95,7 @@ def check_config(config):
 
 
 def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
-             progress=True):
+             progress=True, config_spec=None):
   """Evaluates the params of a checkpoint with the evaluators of `config`.
 
   Args:
@@ -103,10 +105,19 @@ def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
     step: the checkpoint step (None: the latest).
     devices: devices for the eval mesh (default: all).
     progress: show a progress bar over the evaluators.
+    config_spec: the eval config's `--config` (e.g. "configs/eval/demo.py"),
+      to name the argument that matches the run if the checkpoint does not
+      fit the evaluators' inputs.
 
   Returns:
     dict with "step", "metrics" ({name: value}, with `eval_time/<name>`) and
     "files" (the result files written).
+
+  Raises:
+    MismatchError: the checkpoint's params do not fit the model for an
+      evaluator's inputs (e.g. a run trained at 32x32 evaluated at 64x64, or
+      an eval config `model` of another width), on that evaluator's first
+      batch, before any result is written.
   """
   check_config(config)
   # The output folder is held for the evaluation (a file, an unwritable
@@ -114,11 +125,12 @@ def evaluate(config, checkpoint, *, output=None, step=None, devices=None,
   with workdir_lock.hold(output, "big_vl.evaluate",
                          active=bool(output) and jax.process_index() == 0):
     return _evaluate_holding(config, checkpoint, output=output, step=step,
-                             devices=devices, progress=progress)
+                             devices=devices, progress=progress,
+                             config_spec=config_spec)
 
 
 def _evaluate_holding(config, checkpoint, *, output, step, devices,
-                      progress):
+                      progress, config_spec):
   """`evaluate` once the config is checked and the output folder held."""
   ckpt_dir = ckpt_lib.checkpoint_dir(checkpoint)
   latest, steps = ckpt_lib.latest_step(ckpt_dir)
@@ -128,8 +140,8 @@ def _evaluate_holding(config, checkpoint, *, output, step, devices,
     raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt_dir}; "
                             f"steps there: {sorted(steps)}.")
   step = int(step)
-  train_config = ckpt_lib.run_config(ckpt_dir,
-                                     ckpt_lib.read_meta(ckpt_dir, step))
+  meta = ckpt_lib.read_meta(ckpt_dir, step)
+  train_config = ckpt_lib.run_config(ckpt_dir, meta)
   mconfig = model_config(config, train_config)
   if not mconfig.get("evals"):
     raise ValueError("No evaluators: give config.evals in the eval config.")
@@ -145,13 +157,21 @@ def _evaluate_holding(config, checkpoint, *, output, step, devices,
   bar = tqdm.tqdm(evaluators, desc="eval", unit="evaluator",
                   disable=not (progress and is_main), file=sys.stdout,
                   dynamic_ncols=True)
-  for name, _, ev in bar:
-    bar.set_postfix_str(name)
-    t0 = time.time()
-    for key, value in ev.run(params):
-      metrics[key] = float(value)
-    metrics[f"eval_time/{name}"] = time.time() - t0
-  bar.close()
+  try:
+    for name, _, ev in bar:
+      bar.set_postfix_str(name)
+      t0 = time.time()
+      try:
+        for key, value in ev.run(params):
+          metrics[key] = float(value)
+      except common.InputMismatchError as e:
+        raise MismatchError(mismatch_message(
+            e, evaluator=name, step=step, ckpt_dir=ckpt_dir, meta=meta,
+            train_config=train_config, eval_config=config,
+            config_spec=config_spec)) from e
+      metrics[f"eval_time/{name}"] = time.time() - t0
+  finally:
+    bar.close()
 
   files = []
   if output and is_main:
@@ -170,6 +190,79 @@ def _evaluate_holding(config, checkpoint, *, output, step, devices,
                for f in files]
     staged.sync()
   return {"step": step, "metrics": metrics, "files": files}
+
+
+class MismatchError(ValueError):
+  """A checkpoint that does not fit the eval config (see `evaluate`)."""
+
+
+def mismatch_message(error, *, evaluator, step, ckpt_dir, meta, train_config,
+                     eval_config, config_spec=None):
+  """What does not fit and the eval config that would (see `evaluate`).
+
+  Args:
+    error: the evaluator's `common.InputMismatchError`.
+    evaluator: its name in `config.evals`.
+    step, ckpt_dir: the checkpoint.
+    meta: its meta (`input_shapes` and `config_spec` of the run, if
+      recorded).
+    train_config: the run's config.
+    eval_config: the eval config.
+    config_spec: the eval config's `--config`, or None.
+
+  Returns:
+    A paragraph naming the parameter, both shapes, the run's and the
+    evaluator's input shapes, a differing eval `model`, and the eval config
+    argument that matches the run where one can be named.
+  """
+  trained = (meta or {}).get("input_shapes")
+  run_spec = (meta or {}).get("config_spec")
+  lines = [f"Checkpoint {step} in {ckpt_dir} does not fit evaluator "
+           f"'{evaluator}' of the eval config: {error.short}."]
+  lines.append(
+      "The run was trained on "
+      + (common.format_shapes({k: tuple(v) for k, v in trained.items()})
+         if trained else "inputs this checkpoint does not record")
+      + (f" (--config={run_spec})" if run_spec else "")
+      + "; the evaluator feeds " + common.format_shapes(error.input_shapes)
+      + ".")
+  own_model = eval_config.get("model", None)
+  if own_model is not None:
+    plain = lambda c: c.to_dict() if hasattr(c, "to_dict") else c
+    diff = config_lib.config_diff(
+        {"model": plain(train_config.get("model", None))},
+        {"model": plain(own_model)})
+    if diff:
+      lines.append("The eval config's `model` differs from the run's:\n"
+                   + config_lib.format_diff(diff) + "\nLeave config.model "
+                   "unset to evaluate the run's own model.")
+  hint = _matching_spec(config_spec, run_spec)
+  if hint:
+    lines.append(f"Evaluate with the run's config arguments: --config={hint}"
+                 " (or give the eval config the run's image size / text "
+                 "length).")
+  else:
+    lines.append("Give the eval config the run's image size and text length"
+                 " (e.g. `:runlocal` or `:res=N` for configs/eval/demo.py).")
+  return "\n".join(lines)
+
+
+def _matching_spec(eval_spec, run_spec):
+  """`EVAL_PATH:RUN_ARG` if the eval config loads with the run's config
+  argument (e.g. configs/eval/demo.py + configs/demo.py:runlocal ->
+  configs/eval/demo.py:runlocal), else None."""
+  if not eval_spec or not run_spec:
+    return None
+  path, _ = config_lib.parse_config_arg(eval_spec)
+  _, arg = config_lib.parse_config_arg(run_spec)
+  candidate = f"{path}:{arg}" if arg else path
+  if candidate == eval_spec:
+    return None  # Already that.
+  try:
+    config_lib.load_config(candidate)
+  except Exception:  # pylint: disable=broad-except
+    return None  # The eval config does not take the run's argument.
+  return candidate
 
 
 def default_pretrained(ckpt_dir, step):
@@ -207,6 +300,7 @@ def _parse_flags(argv):
     sys.exit(1)
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -214,7 +308,9 @@ def main(argv):
     raise app.UsageError("--config and --checkpoint are required.")
   config_lib.setup_cli_runtime(logging.ERROR)
   result = evaluate(_CONFIG.value, _CHECKPOINT.value, output=_OUTPUT.value,
-                    step=_STEP.value)
+                    step=_STEP.value,
+                    config_spec=config_flags.get_config_filename(
+                        _FLAGS["config"]))
   if jax.process_index() == 0:
     lines = [f"  {k} = {v:.4f}" for k, v in sorted(result["metrics"].items())
              if not k.startswith("eval_time/")]

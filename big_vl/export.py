@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from big_vl import cli
 from big_vl import config as config_lib
 
 TARGETS = ("open_clip",)
@@ -116,6 +117,7 @@ def export(checkpoint, out, to="open_clip", step=None):
           + open_clip_instructions(arch, paths[0]))
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

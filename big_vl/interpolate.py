@@ -33,6 +33,7 @@ import os
 import jax
 import numpy as np
 
+from big_vl import cli
 from big_vl import config as config_lib
 from big_vl import plots
 from big_vl import pretrained
@@ -176,6 +177,7 @@ def plot(rows, path):
   plots.save(fig, path)
 
 
+@cli.user_errors
 def main(argv=None):
   """`python -m big_vl.interpolate --a=A --b=B (--alpha=X | --alphas=...)`."""
   from absl import flags, logging  # pylint: disable=g-import-not-at-top

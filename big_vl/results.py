@@ -51,6 +51,8 @@ import os
 import re
 import sys
 
+from big_vl import cli
+
 LANGUAGE = "en"
 
 # big_vl evaluator prefix -> CLIP_benchmark task.
@@ -256,6 +258,7 @@ def aggregate(directory, fmt="csv", out=None):
   return text
 
 
+@cli.user_errors
 def main(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m big_vl.results",

@@ -41,6 +41,7 @@ import os
 import re
 
 from big_vl import checkpoint as ckpt_lib
+from big_vl import cli
 from big_vl import config as config_lib
 from big_vl import growth
 from big_vl import metrics as metrics_lib
@@ -354,6 +355,7 @@ def plot(rows, root, path, metric=None):
   plots.save(fig, path)
 
 
+@cli.user_errors
 def main(argv=None):
   """`python -m big_vl.sweep --config=PATH[:ARG] --workdir=ROOT`."""
   import argparse  # pylint: disable=g-import-not-at-top

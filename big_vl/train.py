@@ -54,6 +54,7 @@ import optax
 
 from big_vl import accumulate
 from big_vl import checkpoint as ckpt_lib
+from big_vl import cli
 from big_vl import config as config_lib
 from big_vl import distributed
 from big_vl import growth
@@ -681,7 +682,7 @@ def _write_config(files, config, newest_step):
 
 
 def train(config, workdir, *, devices=None, stop_after_steps=None,
-          allow_config_change=False):
+          allow_config_change=False, config_spec=None):
   """Trains (or resumes) a run described by `config` in `workdir`.
 
   Args:
@@ -693,6 +694,10 @@ def train(config, workdir, *, devices=None, stop_after_steps=None,
     allow_config_change: resume even if keys other than
       `config_lib.RESUME_CHANGEABLE_KEYS` differ from the checkpoint's config
       (they are logged); otherwise that is a ValueError.
+    config_spec: the `--config` the run was started with (e.g.
+      "configs/demo.py:runlocal"), kept in the checkpoints' meta with the
+      training inputs' shapes, so that `big_vl.evaluate` can name the eval
+      config arguments that match the run.
 
   Returns:
     dict with "step" (last step done), "losses" ({step: loss} of this call)
@@ -708,11 +713,12 @@ def train(config, workdir, *, devices=None, stop_after_steps=None,
   with workdir_lock.hold(workdir, "big_vl.train", active=is_main, log=_warn):
     return _train_holding(config, workdir, is_main, devices=devices,
                           stop_after_steps=stop_after_steps,
-                          allow_config_change=allow_config_change)
+                          allow_config_change=allow_config_change,
+                          config_spec=config_spec)
 
 
 def _train_holding(config, workdir, is_main, *, devices, stop_after_steps,
-                   allow_config_change):
+                   allow_config_change, config_spec):
   """`train` once the config is checked and the workdir is held."""
   # Checkpoints go to `workdir` itself; process 0's other files are written
   # to `files` (the workdir, or a local mirror of a URL workdir, uploaded by
@@ -753,6 +759,8 @@ def _train_holding(config, workdir, is_main, *, devices, stop_after_steps,
       shuffle=inp.get("shuffle", True), workers=inp.get("workers", 0),
       read_threads=inp.get("read_threads", 4))
   example = pipeline.first_example(train_source, pp_lib.build(inp.pp))
+  input_shapes = {k: list(np.shape(v)) for k, v in example.items()
+                  if not k.startswith("_")}
 
   # Model, loss, optimiser, state and step. With growth, the model is the
   # one the run has after the checkpoint's steps (`growth.stage_config`).
@@ -862,6 +870,9 @@ def _train_holding(config, workdir, is_main, *, devices, stop_after_steps,
                             "skipped_by_reason": dict(skipped_by),
                             "process_count": jax.process_count(),
                             "data_block": local_batch,
+                            # What the model was trained on, for evaluate.
+                            "input_shapes": input_shapes,
+                            "config_spec": config_spec,
                             # The model as it is at this step (growth).
                             "config": json.loads(
                                 stage.to_json_best_effort())})
@@ -1056,6 +1067,7 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "process counts as dead and the whole job stops (non-zero exit).")
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -1074,7 +1086,8 @@ def main(argv):
          f"heartbeat for {_HEARTBEAT_TIMEOUT.value} s); relaunch the same "
          "command on every host to resume from the last checkpoint.")
   train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value,
-        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+        config_spec=config_flags.get_config_filename(flags.FLAGS["config"]))
 
 
 if __name__ == "__main__":

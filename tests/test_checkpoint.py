@@ -161,3 +161,78 @@ def test_restore_params_of_a_bad_step_names_it_and_the_others(ckpt_dir):
     ckpt_lib.restore_params(ckpt_dir, 3)
   np.testing.assert_array_equal(ckpt_lib.restore_params(ckpt_dir, 2)["w"],
                                 _state(2)["params"]["w"])
+
+
+# -- Checkpoints that cannot be written (issue 33, item 7) --
+
+
+def test_a_save_without_room_is_refused_and_the_last_good_one_kept(
+    ckpt_dir):
+  # The free space is real; the reserve asks for more than the disk has.
+  free = ckpt_lib.free_bytes(ckpt_dir)
+  assert free is not None and free > 0
+  ckpt = ckpt_lib.Checkpointer(ckpt_dir, max_to_keep=1,
+                               reserve_bytes=free + (1 << 30))
+  try:
+    with pytest.raises(ckpt_lib.CheckpointWriteError) as info:
+      ckpt.save(4, _state(4), data_iter=_iterator())
+  finally:
+    ckpt.close()
+  message = str(info.value)
+  assert message.startswith(f"Checkpoint 4 could not be written to "
+                            f"{ckpt_dir}/4: it needs about 16.0 KiB")
+  assert "free there" in message and "GiB free" in message
+  assert (f"The last good checkpoint is step 3 ({ckpt_dir}/3), kept"
+          in message)
+  # Nothing was written, nothing rotated away (max_to_keep=1).
+  assert sorted(os.listdir(ckpt_dir)) == ["1", "2", "3"]
+  step, state, *_ = _restore_latest(ckpt_dir)
+  assert step == 3
+  np.testing.assert_array_equal(state["params"]["w"],
+                                _state(3)["params"]["w"])
+
+
+_WRITE_FAILS = r"""
+import resource, signal, sys
+import jax, numpy as np
+from big_vl import checkpoint as ckpt_lib
+# Writes past 1 MiB fail with EFBIG, as a full disk fails with ENOSPC.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE,
+                   (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+ckpt = ckpt_lib.Checkpointer(sys.argv[1], max_to_keep=1)
+ckpt.save(1, {"w": jax.numpy.ones((16, 16))})
+ckpt.wait()
+ckpt.save(2, {"w": jax.random.normal(jax.random.PRNGKey(0), (1024, 1024))})
+try:
+  ckpt.wait()
+except ckpt_lib.CheckpointWriteError as e:
+  print("ERROR:", e)
+  sys.exit(3)
+"""
+
+
+def test_a_write_that_fails_midway_names_the_step_and_keeps_the_last(
+    tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  directory = str(tmp_path / "checkpoints")
+  out = subprocess.run([sys.executable, "-c", _WRITE_FAILS, directory],
+                       capture_output=True, text=True, timeout=300,
+                       check=False)
+  assert out.returncode == 3, out.stderr[-3000:]
+  assert out.stdout.startswith(
+      f"ERROR: Checkpoint 2 could not be written to {directory}/2: File too "
+      "large ("), out.stdout
+  assert (f"The last good checkpoint is step 1 ({directory}/1), kept"
+          in out.stdout)
+  # Orbax's own tracebacks of the failure are not logged.
+  assert "Failed to run" not in out.stderr, out.stderr[-3000:]
+  # The half-written step is gone; step 1 is intact.
+  assert os.listdir(directory) == ["1"]
+  ckpt = ckpt_lib.Checkpointer(directory)
+  state, _ = ckpt.restore(1, {"w": jax.ShapeDtypeStruct(
+      (16, 16), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(
+          jax.devices()[0]))})
+  ckpt.close()
+  np.testing.assert_array_equal(state["w"], np.ones((16, 16)))

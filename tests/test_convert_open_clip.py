@@ -639,6 +639,5 @@ def test_convert_cli_errors_are_one_sentence(tmp_path):
         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        f"big_vl.convert: ")
+    assert out.stderr.strip().splitlines()[-1].startswith("ERROR: ")
     assert not (tmp_path / "out").exists()

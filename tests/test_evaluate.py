@@ -176,6 +176,118 @@ def test_unknown_eval_config_key_is_an_error(tmp_path):
     evaluate_lib.evaluate(config, str(tmp_path))
 
 
+# A checkpoint that does not fit the eval config (issue 33, item 7).
+
+
+def _param_shape_error():
+  """flax's own error for params of another width: a Dense "img/proj"
+  built for 4 inputs, applied to 6."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Tower(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(2, name="proj")(x)
+
+  class Model(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      return Tower(name="img")(x)
+
+  params = Model().init(jax.random.PRNGKey(0), jnp.ones([1, 4]))
+  try:
+    Model().apply(params, jnp.ones([1, 6]))
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+  raise AssertionError("applied params of another width")
+
+
+def test_a_mismatch_names_the_parameter_both_shapes_and_the_matching_arg():
+  from big_vl.evaluators import common  # pylint: disable=g-import-not-at-top
+  error = common.InputMismatchError(_param_shape_error(),
+                                    {"image": (6,), "texts": (5, 24)})
+  assert (error.param, error.have, error.want) == (
+      "img/proj/kernel", "(4, 2)", "(6, 2)")
+  meta = {"input_shapes": {"image": [32, 32, 3], "text": [24]},
+          "config_spec": "configs/demo.py:runlocal"}
+  train_config = {"model": {"image": {"width": 64}, "text": {"width": 64}}}
+  eval_config = config_lib.load_config_module(EVAL_CONFIG).get_config()
+  message = evaluate_lib.mismatch_message(
+      error, evaluator="zeroshot", step=7, ckpt_dir="/runs/a/checkpoints",
+      meta=meta, train_config=train_config, eval_config=eval_config,
+      config_spec="configs/eval/demo.py")
+  assert message.splitlines() == [
+      "Checkpoint 7 in /runs/a/checkpoints does not fit evaluator 'zeroshot'"
+      " of the eval config: parameter img/proj/kernel is (4, 2) in the "
+      "checkpoint, but the model builds (6, 2) for the evaluator's inputs.",
+      "The run was trained on image 32x32x3, text 24 (--config=configs/"
+      "demo.py:runlocal); the evaluator feeds image 6, texts 5x24.",
+      "Evaluate with the run's config arguments: --config=configs/eval/"
+      "demo.py:runlocal (or give the eval config the run's image size / "
+      "text length)."]
+  # An eval config `model` of another width is named key by key; a run
+  # trained without an argument matches the eval config without one.
+  eval_config.model = {"image": {"width": 128}, "text": {"width": 64}}
+  meta["config_spec"] = "configs/demo.py"
+  message = evaluate_lib.mismatch_message(
+      error, evaluator="zeroshot", step=7, ckpt_dir="/c", meta=meta,
+      train_config=train_config, eval_config=eval_config,
+      config_spec="configs/eval/demo.py:runlocal")
+  assert ("The eval config's `model` differs from the run's:\n"
+          "  config.model.image.width: 64 -> 128\n"
+          "Leave config.model unset" in message)
+  assert message.endswith("--config=configs/eval/demo.py (or give the eval "
+                          "config the run's image size / text length).")
+  # Nothing recorded (an older checkpoint): the shapes it can give.
+  message = evaluate_lib.mismatch_message(
+      error, evaluator="zeroshot", step=7, ckpt_dir="/c", meta={},
+      train_config=train_config, eval_config=config_lib.load_config_module(
+          EVAL_CONFIG).get_config(), config_spec=None)
+  assert ("The run was trained on inputs this checkpoint does not record; "
+          "the evaluator feeds image 6, texts 5x24." in message)
+  assert "`:runlocal` or `:res=N`" in message
+
+
+@pytest.mark.slow
+def test_cli_on_a_checkpoint_of_another_resolution(demo_data, tmp_path):
+  del demo_data
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=(
+      jax.config.jax_compilation_cache_dir or ""))
+
+  def cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600,
+                          check=False)
+
+  run, out = tmp_path / "run", tmp_path / "eval"
+  train = cli("big_vl.train", "--config=configs/demo.py:runlocal",
+              f"--workdir={run}", "--config.total_steps=1",
+              "--config.evals={}")
+  assert train.returncode == 0, train.stderr[-3000:]
+  # The full demo eval config feeds 64x64 images to a 32x32 run.
+  bad = cli("big_vl.evaluate", "--config=configs/eval/demo.py",
+            f"--checkpoint={run}", f"--output={out}")
+  assert bad.returncode == 1, bad.stderr[-3000:]
+  assert "Traceback" not in bad.stderr, bad.stderr[-3000:]
+  error = bad.stderr[bad.stderr.index("ERROR: "):].strip().splitlines()
+  assert error[0].startswith(
+      f"ERROR: Checkpoint 1 in {run}/checkpoints does not fit evaluator ")
+  assert ("parameter img/pos_embedding is (1, 16, 64) in the checkpoint, "
+          "but the model builds (1, 64, 64)") in error[0]
+  assert error[1].startswith(
+      "The run was trained on image 32x32x3, text 24 (--config=configs/"
+      "demo.py:runlocal); the evaluator feeds image 64x64x3")
+  assert "--config=configs/eval/demo.py:runlocal" in error[2]
+  assert not (out / "metrics.json").exists()
+  # The command it names works.
+  good = cli("big_vl.evaluate", "--config=configs/eval/demo.py:runlocal",
+             f"--checkpoint={run}", f"--output={out}")
+  assert good.returncode == 0, good.stderr[-3000:]
+  assert (out / "metrics.json").exists()
+
+
 # Exact evaluation: padding of the last batch must not change any number.
 
 _TEXT_PP = "tokenize(max_len=8)"

@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from big_vl import cli
 from big_vl import config as config_lib
 from big_vl import plots
 from big_vl import storage
@@ -375,6 +376,7 @@ def plot(records, path, dataset=""):
   plots.save(fig, path)
 
 
+@cli.user_errors
 def main(argv=None):
   """`python -m big_vl.adapt --config=PATH[:ARG] --workdir=DIR`."""
   import argparse  # pylint: disable=g-import-not-at-top

@@ -18,12 +18,12 @@ expects.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 import jax
 
+from big_vl import cli
 from big_vl import convert as convert_lib
 from big_vl import pretrained
 
@@ -58,19 +58,18 @@ def _arch():
   return arch
 
 
+@cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not (_FROM.value and _SRC.value and _OUT.value):
     raise app.UsageError("--from, --src and --out are required.")
-  try:
-    model_config, params, preprocessing = convert_lib.load(
-        _FROM.value, _SRC.value, arch=_arch(), image_size=_IMAGE_SIZE.value,
-        max_len=_MAX_LEN.value, pool_type=_POOL_TYPE.value,
-        tokenizer_model=_TOKENIZER_MODEL.value,
-        allow_torchscript=_ALLOW_TORCHSCRIPT.value)
-  except (FileNotFoundError, ImportError, convert_lib.ConvertError) as e:
-    sys.exit(f"big_vl.convert: {e}")  # A sentence, not a traceback.
+  # A missing or wrong --src is a sentence, not a traceback (cli.py).
+  model_config, params, preprocessing = convert_lib.load(
+      _FROM.value, _SRC.value, arch=_arch(), image_size=_IMAGE_SIZE.value,
+      max_len=_MAX_LEN.value, pool_type=_POOL_TYPE.value,
+      tokenizer_model=_TOKENIZER_MODEL.value,
+      allow_torchscript=_ALLOW_TORCHSCRIPT.value)
   source = {"from": _FROM.value, "src": os.path.abspath(_SRC.value)}
   if _ARCH.value:
     source["arch"] = _ARCH.value

@@ -22,6 +22,7 @@ import collections
 import re
 
 from absl import logging
+import flax
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -100,6 +101,48 @@ class Skipped:
           self.describe(), of)
 
 
+class InputMismatchError(ValueError):
+  """The params do not fit the model for an evaluator's inputs (e.g. a
+  checkpoint trained at 32x32 fed 64x64 images: a position embedding of
+  another length), raised on the first batch, before any result.
+
+  Attributes:
+    param: the parameter's path ("img/pos_embedding"), or None.
+    have: its shape in the params, or None.
+    want: the shape the model builds for these inputs, or None.
+    input_shapes: {key: per-example shape} of the evaluator's batch.
+  """
+
+  def __init__(self, error, input_shapes):
+    m = _PARAM_SHAPE.search(str(error))
+    self.param = (m.group("scope").strip("/") + "/" + m.group("name")).lstrip(
+        "/") if m else None
+    self.want = m.group("want") if m else None
+    self.have = m.group("have") if m else None
+    self.input_shapes = input_shapes
+    super().__init__(
+        f"parameter {self.param} is {self.have} in the params, but the model "
+        f"builds {self.want} for inputs {format_shapes(input_shapes)}"
+        if m else f"{error} (inputs {format_shapes(input_shapes)})")
+    self.short = (f"parameter {self.param} is {self.have} in the checkpoint,"
+                  f" but the model builds {self.want} for the evaluator's "
+                  "inputs" if m else str(error))
+
+
+# flax's ScopeParamShapeError: 'For parameter "pos_embedding" in "/img", the
+# given initializer is expected to generate shape (1, 64, 64), but the
+# existing parameter it received has shape (1, 16, 64).'
+_PARAM_SHAPE = re.compile(
+    r'parameter "(?P<name>[^"]+)" in "(?P<scope>[^"]*)".*?shape '
+    r'(?P<want>\([^)]*\)).*?has shape (?P<have>\([^)]*\))', re.S)
+
+
+def format_shapes(shapes):
+  """{key: per-example shape} as text, e.g. "image 64x64x3, text 24"."""
+  return ", ".join(f"{k} " + ("x".join(map(str, s)) if s else "scalar")
+                   for k, s in sorted(shapes.items())) or "(none)"
+
+
 def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
              with_index=False, skipped=None):
   """Applies a jitted `fn(params, batch) -> dict` to every example once.
@@ -131,7 +174,12 @@ def run_over(source, *, pp, batch_size, mesh, fn, params, desc=None,
   for b, batch in enumerate(pipeline.eval_batches(source, pp=pp,
                                                   batch_size=local)):
     gbatch = sharding.to_global(batch, mesh)
-    out = fn(params, gbatch)
+    try:
+      out = fn(params, gbatch)
+    except flax.errors.ScopeParamShapeError as e:
+      raise InputMismatchError(e, {
+          k: tuple(np.shape(v))[1:] for k, v in batch.items()
+          if not k.startswith("_")}) from e
     out[pipeline.MASK_KEY] = gbatch[pipeline.MASK_KEY]
     out[pipeline.SKIP_REASON_KEY] = gbatch[pipeline.SKIP_REASON_KEY]
     out = multihost_utils.process_allgather(out, tiled=True)

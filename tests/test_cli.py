@@ -1,0 +1,99 @@
+"""Entry points end a user's mistake with one sentence (big_vl/cli.py): a
+workdir that is a file, a full disk while checkpointing; bugs keep their
+traceback."""
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from big_vl import cli
+from big_vl import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _raise(fn):
+  try:
+    fn()
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+  raise AssertionError("no exception")
+
+
+def test_raised_on_purpose_tells_big_vl_errors_from_bugs():
+  # A ValueError big_vl raises with a message for the user.
+  ours = _raise(lambda: config_lib.parse_arg("bogus=1", res=0))
+  assert isinstance(ours, ValueError) and cli.raised_on_purpose(ours)
+  # The same type raised outside big_vl (here: this test), or a TypeError
+  # from a bad call into big_vl, is not.
+  def bad():
+    raise ValueError("not big_vl's")
+  assert not cli.raised_on_purpose(_raise(bad))
+  assert not cli.raised_on_purpose(
+      _raise(lambda: config_lib.parse_arg(1, 2, 3)))
+
+
+def _cli(args, *, cwd=None, file_limit=None, timeout=300):
+  """Runs `python -m ARGS...`; `file_limit` (bytes) makes bigger writes
+  fail with EFBIG, as a full disk fails them with ENOSPC."""
+
+  def limit():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (
+        file_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=(
+      jax.config.jax_compilation_cache_dir or ""))
+  return subprocess.run([sys.executable, "-m", *args], cwd=cwd or REPO,
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout, check=False,
+                        preexec_fn=limit if file_limit else None)
+
+
+def _last_line(out):
+  return out.stderr.strip().splitlines()[-1]
+
+
+def test_a_workdir_that_is_a_file_is_one_sentence(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("not a workdir")
+  out = _cli(["big_vl.train", "--config=configs/demo.py:runlocal",
+              f"--workdir={path}"])
+  assert out.returncode == 1
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert _last_line(out) == (f"ERROR: The workdir {path} is a file, not a "
+                             "folder; give another --workdir.")
+  assert path.read_text() == "not a workdir"
+
+
+@pytest.mark.slow
+def test_full_disk_while_checkpointing_keeps_the_last_good_one(
+    demo_data, tmp_path):
+  del demo_data
+  workdir = tmp_path / "run"
+  args = ["big_vl.train", "--config=configs/demo.py:runlocal",
+          f"--workdir={workdir}", "--config.total_steps=4",
+          "--config.ckpt_steps=2", "--config.keep_ckpts=1",
+          "--config.evals={}"]
+  first = _cli(args + ["--stop_after_steps=2"])
+  assert first.returncode == 0, first.stderr[-3000:]
+  # Checkpoint 4's array files (several MiB) cannot be written.
+  full = _cli(args, file_limit=4 << 20)
+  assert full.returncode == 1, full.stderr[-3000:]
+  checkpoints = workdir / "checkpoints"
+  last = _last_line(full)
+  assert last.startswith(f"ERROR: Checkpoint 4 could not be written to "
+                         f"{checkpoints}/4: File too large ("), last
+  assert " free there). The last good checkpoint is step 2 (" in last
+  assert f"({checkpoints}/2), kept" in last
+  assert os.listdir(checkpoints) == ["2"]  # no half-written step 4
+  # With room again, the same command resumes from step 2 and finishes.
+  again = _cli(args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resuming from step 2" in again.stderr + again.stdout
+  assert os.listdir(checkpoints) == ["4"]
