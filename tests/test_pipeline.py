@@ -117,8 +117,9 @@ def test_global_batches_do_not_depend_on_the_process_count(mixture):
 def _take(source, workers, steps, state=None, **kwargs):
   """`steps` batches of a 4-record-batch iterator with `workers` grain
   workers (from `state`, if given), and its state after them."""
+  # Blocks of 3 records per worker: batches of 4 straddle workers.
   it = pipeline.make_train_iterator(source, batch_size=4, seed=3,
-                                    workers=workers, **kwargs)
+                                    workers=workers, worker_block=3, **kwargs)
   try:
     if state is not None:
       it.set_state(json.loads(json.dumps(state)))  # As a checkpoint has it.
@@ -142,9 +143,9 @@ WORKER_PP = "decode|resize(4)|flip_lr|value_range(0,1)|keep('image','id')"
 
 def test_batches_do_not_depend_on_the_worker_count():
   # 9 batches of 4 cross the 30-record epoch (4 of them corrupt) into the
-  # reshuffled second one. Grain's worker w of W preprocesses records w::W;
-  # they used to be batched inside each worker (batch 0 of W=2 held records
-  # 0, 2, 4, 6 of the stream).
+  # reshuffled second one. Grain's worker w of W preprocesses blocks w::W
+  # (of 3 records here); records used to be batched inside each worker
+  # (batch 0 of W=2 held records 0, 2, 4, 6 of the stream).
   src = _source(30, corrupt={2, 7, 8, 19})
   ref, ref_state = _take(src, 0, 9, pp=WORKER_PP)
   assert sum(int(b[pipeline.SKIPPED_KEY].sum()) for b in ref) >= 4
@@ -154,6 +155,7 @@ def test_batches_do_not_depend_on_the_worker_count():
     assert state == ref_state  # {"next_index": records read}, for any W
 
 
+@pytest.mark.slow
 def test_resume_with_another_worker_count_continues_exactly():
   # A random-access source's position is the same for any worker count, so
   # a run may resume with more or fewer workers (or none).

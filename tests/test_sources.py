@@ -458,7 +458,7 @@ def _wds_take(pattern, workers, steps, state=None):
       sources.get(f"wds:{pattern}?shuffle_buffer=5"),
       pp="decode|resize(8)|flip_lr|value_range(0,1)|keep('image','__key__')",
       batch_size=4, seed=2, workers=workers, process_index=0,
-      process_count=1)
+      process_count=1, worker_block=3)  # batches straddle workers' blocks
   try:
     if state is not None:
       it.set_state(json.loads(json.dumps(state)))
@@ -483,6 +483,7 @@ def test_wds_batches_do_not_depend_on_the_worker_count(tmp_path):
                                     b[pipeline.SKIPPED_BY_REASON_KEY])
 
 
+@pytest.mark.slow
 def test_wds_resumes_with_its_worker_count_and_names_a_changed_one(tmp_path):
   pattern = _shape_shards(tmp_path, 3, 7)
   ref, _ = _wds_take(pattern, 0, 8)

@@ -22,6 +22,13 @@ worker, if any): grain's read threads for random-access sources,
 they use several cores even without worker processes; the batches are the
 same for any number of threads.
 
+Workers (`workers` grain processes): worker w of W preprocesses blocks w,
+w + W, ... of `worker_block` consecutive records and hands each block over
+at once (`pack`); grain interleaves them round robin, and the training
+process unpacks them in stream order, then skips, counts and batches. So
+the batches are the same for any number of workers too, and a run may
+resume with another count (random-access sources).
+
     it = make_train_iterator(source, pp="decode|value_range(-1,1)|...",
                              batch_size=64, seed=0)
     batch = next(it)   # {"image": f32[64,H,W,3], "text": i32[64,L],
@@ -143,7 +150,7 @@ class _ThreadedPreprocessIterator(grain.DatasetIterator):
   def __init__(self, parent, pp_fn, seed, threads, chunk, records):
     super().__init__(parent)
     self._pp_fn, self._seed, self._chunk = pp_fn, int(seed), int(chunk)
-    self._start, self._step = records
+    self._block, self._start, self._step = records
     self._pool = (concurrent.futures.ThreadPoolExecutor(
         threads, thread_name_prefix="big_vl-pp") if threads > 1 else None)
     self._next_record = 0  # Index of the next record pulled from the parent.
@@ -171,7 +178,7 @@ class _ThreadedPreprocessIterator(grain.DatasetIterator):
         break
       index = self._next_record
       self._next_record += 1
-      if index % self._step != self._start:
+      if (index // self._block) % self._step != self._start:
         continue  # Another worker's record.
       if len(results) < skip:
         results.append(None)
@@ -256,14 +263,15 @@ class ThreadedPreprocess(grain.IterDataset):
 
   Every record gives one element: failed ones come out as error records
   (None or `{"__error__": reason}` from `_safe`) for `_CountSkipped` to drop
-  and count, so that grain workers' outputs line up (below).
+  and count, in the training process.
 
-  Grain workers (`mp_prefetch`) call `set_slice(slice(w, None, W))` on their
-  copy: worker w then reads the whole stream but preprocesses and hands out
-  only records w, w + W, w + 2W, ...; grain interleaves the workers round
-  robin, which gives the stream in its order, whatever W. (Reading, i.e.
-  the tar bytes, is repeated by every worker; decoding and the rest of the
-  pp, the costly part, are shared.)
+  With grain workers, `Blocks` calls `keep_blocks(size, w, W)` on worker w's
+  copy: it then reads the whole stream but preprocesses and hands out only
+  the records of blocks w, w + W, ... (block k: records k * size ...
+  (k + 1) * size - 1), which `Blocks` packs and grain interleaves round
+  robin: the stream in its order, whatever W. (Reading, i.e. the tar
+  bytes, is repeated by every worker; decoding and the rest of the pp, the
+  costly part, are shared.)
 
   State: the parent's state before the chunk being handed out, that chunk's
   first record index and how many of its (this worker's) records were handed
@@ -281,26 +289,23 @@ class ThreadedPreprocess(grain.IterDataset):
 
   def __init__(self, parent, pp_fn, *, seed, threads, chunk):
     super().__init__(parent)
-    self._args = (pp_fn, seed, threads, chunk)
-    self._records = (0, 1)  # (start, step): this worker's records.
+    self._args = [pp_fn, seed, threads, chunk]
+    self._records = (1, 0, 1)  # (block, start, step): this worker's share.
 
-  def set_slice(self, sl, sequential_slice=False):
-    """Keeps records `sl.start`, `+ sl.step`, ... (one grain worker's share;
-    grain's `mp_prefetch` calls this on each worker's copy)."""
-    if sequential_slice or sl.stop is not None:
-      raise ValueError(f"ThreadedPreprocess takes strided worker slices "
-                       f"only, not {sl} (sequential={sequential_slice}).")
-    start, step = self._records
-    self._records = (start + (sl.start or 0) * step, step * (sl.step or 1))
+  def keep_blocks(self, size, start, step):
+    """Keeps the records of blocks start, start + step, ... of `size`
+    records (one grain worker's share; called by `Blocks`)."""
+    self._records = (int(size), int(start), int(step))
+    self._args[3] = int(size)  # A chunk is one block.
 
   def __iter__(self):
     return _ThreadedPreprocessIterator(self._parent.__iter__(), *self._args,
                                        self._records)
 
   def __str__(self):
-    start, step = self._records
+    block, start, step = self._records
     return (f"ThreadedPreprocess(threads={self._args[2]}, "
-            f"chunk={self._args[3]}, records={start}::{step})")
+            f"chunk={self._args[3]}, blocks of {block}: {start}::{step})")
 
 
 def _error(e):
@@ -503,6 +508,193 @@ def _iter_component(source, seed, shuffle, num_epochs, process_index,
   return ds.repeat(num_epochs).to_iter_dataset(read_options)
 
 
+# -- Grain workers: blocks of consecutive records, packed into shared memory.
+#
+# Worker w of W preprocesses blocks w, w + W, ... of `WORKER_BLOCK`
+# consecutive records and hands each over as one element (`pack`): its
+# usable records' arrays stacked (grain moves them through shared memory),
+# its failed records' reasons. Grain interleaves the workers round robin, so unpacking
+# (`_Unpack`, in the training process) gives the stream in its order for
+# any W; skipping and batching run after that. One element per block (not
+# per record) keeps grain's per-element cost (a queue message, shared
+# memory segments, the iterator state) off the records.
+
+# Records per block a worker hands over at once.
+WORKER_BLOCK = PREPROCESS_CHUNK
+
+
+def _stack(values):
+  """Numeric arrays of equal shapes stacked (grain's worker moves arrays
+  into shared memory, so the training process gets them without a copy);
+  anything else as a list."""
+  first = np.asarray(values[0])
+  if first.dtype.kind not in "biufc" or any(
+      np.shape(v) != first.shape for v in values):
+    return list(values)
+  return np.stack(values)
+
+
+def pack(records):
+  """A block of preprocessed records as one element.
+
+  Args:
+    records: preprocessed records in stream order; a failed one is None or
+      `{"__error__": reason}`.
+
+  Returns:
+    {"reasons": int32[n] (-1 for a usable record, else its
+    `SKIP_REASONS` index), "fields": {key: the usable records' values,
+    stacked}}.
+  """
+  reasons = np.full([len(records)], -1, np.int32)
+  good = []
+  for i, record in enumerate(records):
+    if record is None:
+      reasons[i] = reason_index("decode")
+    elif isinstance(record, dict) and ERROR_KEY in record:
+      reasons[i] = reason_index(record[ERROR_KEY])
+    else:
+      good.append(record)
+  fields = {k: _stack([r[k] for r in good]) for k in (good[0] if good
+                                                        else ())}
+  return {"reasons": reasons, "fields": fields}
+
+
+def unpack(block):
+  """The records of a `pack`ed block, in order (failed ones as
+  `{"__error__": reason}`)."""
+  fields, j = block["fields"], 0
+  for reason in block["reasons"]:
+    if reason >= 0:
+      yield {ERROR_KEY: SKIP_REASONS[int(reason)]}
+    else:
+      yield {k: (np.asarray(v[j]) if isinstance(v, np.ndarray) else v[j])
+             for k, v in fields.items()}
+      j += 1
+
+
+class _MapBlocks(grain.MapDataset):
+  """Element k: records `k * size ... (k + 1) * size - 1` of a MapDataset,
+  preprocessed on `threads` threads and `pack`ed."""
+
+  def __init__(self, parent, size, threads):
+    super().__init__(parent)
+    self._size, self._threads, self._pool = int(size), int(threads), None
+
+  def __len__(self):
+    return -(-len(self._parent) // self._size)
+
+  def __getitem__(self, k):
+    if isinstance(k, slice):
+      return self.slice(k)
+    first = k * self._size
+    indices = range(first, min(first + self._size, len(self._parent)))
+    if self._threads > 1:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self._threads, thread_name_prefix="big_vl-pp")
+      return pack(list(self._pool.map(self._parent.__getitem__, indices)))
+    return pack([self._parent[i] for i in indices])
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_pool"] = None  # Each worker makes its own.
+    return state
+
+  def __str__(self):
+    return f"_MapBlocks(size={self._size}, threads={self._threads})"
+
+
+class Blocks(grain.IterDataset):
+  """A `ThreadedPreprocess` stream `pack`ed in blocks of `size` records.
+
+  Grain's `mp_prefetch` calls `set_slice(slice(w, None, W))` on worker w's
+  copy, which passes it to the stream as `keep_blocks(size, w, W)`: the
+  worker preprocesses only its blocks.
+  """
+
+  def __init__(self, parent, size):
+    super().__init__(parent)
+    self._size = int(size)
+
+  def set_slice(self, sl, sequential_slice=False):
+    if sequential_slice or sl.stop is not None or (sl.start or 0) < 0:
+      raise ValueError(f"Blocks takes strided worker slices only, not {sl}.")
+    self._parent.keep_blocks(self._size, sl.start or 0, sl.step or 1)
+
+  def __iter__(self):
+    return _BlocksIterator(self._parent.__iter__(), self._size)
+
+  def __str__(self):
+    return f"Blocks(size={self._size})"
+
+
+class _BlocksIterator(grain.DatasetIterator):
+  """See `Blocks`; its state is the stream's, between blocks."""
+
+  def __init__(self, parent, size):
+    super().__init__(parent)
+    self._size = size
+
+  def __next__(self):
+    records = []
+    for _ in range(self._size):
+      try:
+        records.append(next(self._parent))
+      except StopIteration:
+        break
+    if not records:
+      raise StopIteration
+    return pack(records)
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class _UnpackIterator(grain.DatasetIterator):
+  """Records of a stream of `pack`ed blocks.
+
+  State: {"blocks": the block stream's state before the current block,
+  "in_block": its records handed out}.
+  """
+
+  def __init__(self, parent):
+    super().__init__(parent)
+    self._before = None  # The block stream's state before `self._records`.
+    self._records, self._pos = [], 0
+
+  def __next__(self):
+    while self._pos >= len(self._records):
+      before = self._parent.get_state()
+      self._records = list(unpack(next(self._parent)))
+      self._before, self._pos = before, 0
+    self._pos += 1
+    return self._records[self._pos - 1]
+
+  def get_state(self):
+    if self._before is None or self._pos >= len(self._records):
+      return {"blocks": self._parent.get_state(), "in_block": 0}
+    return {"blocks": self._before, "in_block": self._pos}
+
+  def set_state(self, state):
+    self._parent.set_state(state["blocks"])
+    self._records, self._pos, self._before = [], 0, None
+    skip = int(state["in_block"])
+    if skip:
+      self._before = self._parent.get_state()
+      self._records = list(unpack(next(self._parent)))
+      self._pos = skip
+
+
+class _Unpack(grain.IterDataset):
+
+  def __iter__(self):
+    return _UnpackIterator(self._parent.__iter__())
+
+
 class _FromPosition(grain.DatasetIterator):
   """Batches of a random-access pipeline, restartable at any record.
 
@@ -552,10 +744,11 @@ class _FromPosition(grain.DatasetIterator):
 
 def saved_workers(state):
   """Grain workers of the run that saved a streaming source's position
-  (`make_train_iterator`'s state: 0 is ThreadedPreprocess's own state, W > 0
-  grain's interleave of W workers)."""
-  if "iterators_in_use_states" in state:
-    return len(state["iterators_in_use_states"])
+  (`make_train_iterator`'s state: ThreadedPreprocess's own state without
+  workers, `_Unpack`'s over grain's interleave of W workers)."""
+  blocks = state.get("blocks", state) if isinstance(state, dict) else {}
+  if "iterators_in_use_states" in blocks:
+    return len(blocks["iterators_in_use_states"])
   return 0
 
 
@@ -592,7 +785,8 @@ class _StreamIterator(grain.DatasetIterator):
 def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
                         shuffle=True, workers=0, read_threads=4,
                         prefetch_buffer=4, process_index=None,
-                        process_count=None, shuffle_buffer=None):
+                        process_count=None, shuffle_buffer=None,
+                        worker_block=WORKER_BLOCK):
   """Builds the training iterator over this process's share of `source`.
 
   The batches depend on neither `workers` nor `read_threads`: workers and
@@ -609,14 +803,17 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
       finite mixture stops when its first component runs out).
     shuffle: shuffle (differently each epoch).
     workers: grain worker processes (0: threads in this process). Worker w
-      of W preprocesses records w, w + W, ... of this process's stream;
-      grain hands them out round robin, i.e. in stream order.
+      of W preprocesses blocks w, w + W, ... of `worker_block` records of
+      this process's stream; grain hands them out round robin, i.e. in
+      stream order.
     read_threads: threads preprocessing in each process (or worker): for
       random-access sources grain's read threads, for streaming ones
       `ThreadedPreprocess`.
     prefetch_buffer: elements each thread reads ahead.
     process_index, process_count: default to JAX's.
     shuffle_buffer: streaming sources' shuffle buffer size (None: theirs).
+    worker_block: records per block a grain worker preprocesses and hands
+      over at once (see `pack`); the batches do not depend on it.
 
   Returns:
     A grain DatasetIterator of batches (dicts of numpy arrays) with
@@ -636,9 +833,11 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
                                                       process_count)
 
   def finish(ds):
-    """Workers, then (in this process) skipping and batching."""
+    """Workers (blocks of records), then, in this process, the records in
+    stream order, skipped and counted, batched."""
     if workers > 0:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+      ds = _Unpack(ds.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=workers)))
     return _CountSkipped(ds).batch(batch_size, drop_remainder=True)
 
   if not is_streaming(source):
@@ -651,8 +850,13 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
       ds = ProcessBlocks(ds, batch_size, process_index, process_count)
 
     def make(start):
-      return iter(finish((ds[start:] if start else ds).to_iter_dataset(
-          read_options)))
+      records = ds[start:] if start else ds
+      if workers > 0:  # One thread per worker reads blocks; each block's
+        # records are preprocessed on `read_threads` threads.
+        return iter(finish(_MapBlocks(records, worker_block, read_threads)
+                           .to_iter_dataset(grain.ReadOptions(
+                               num_threads=1, prefetch_buffer_size=1))))
+      return iter(finish(records.to_iter_dataset(read_options)))
 
     return _FromPosition(make)
   common = dict(shuffle=shuffle, num_epochs=num_epochs,
@@ -664,6 +868,8 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
       parts, source.weights)
   ds = ThreadedPreprocess(ds, pp_fn, seed=seed, threads=read_threads,
                           chunk=min(batch_size, PREPROCESS_CHUNK))
+  if workers > 0:
+    ds = Blocks(ds, worker_block)
   return _StreamIterator(iter(finish(ds)), workers)
 
 
