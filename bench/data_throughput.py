@@ -544,7 +544,14 @@ def markdown(args, command, results, versions, stages, peer_note, wall_s,
               f"against {shm[1]:.2f} ms for the 150 KB uint8 image): the "
               "margin between the two W = 2 ratios. Both loaders spend "
               "most of their time in the same PIL decode and bicubic "
-              "resize (stages below)."]
+              "resize (stages below). With workers, big_vl's batches do "
+              "not depend on W (README, \"Data\"): every worker reads the "
+              "whole tar stream and decodes its blocks of 256 records, and "
+              "the training process batches them (one more copy per "
+              "image). On 2 cores that costs about 10% at W = 1-2 against "
+              "the earlier pipeline, which batched inside each worker "
+              "(alternating runs of the two on 2026-12-07: 572-605 vs "
+              "564-671 images/s at W = 1, 590-639 vs 669-732 at W = 2)."]
   if stages:
     lines += ["", f"Where the time goes: mean ms per sample of each stage, "
               f"one process, one thread, no workers, {args.stage_images} "
