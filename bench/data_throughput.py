@@ -550,8 +550,9 @@ def markdown(args, command, results, versions, stages, peer_note, wall_s,
               "the training process batches them (one more copy per "
               "image). On 2 cores that costs about 10% at W = 1-2 against "
               "the earlier pipeline, which batched inside each worker "
-              "(alternating runs of the two on 2026-12-07: 572-605 vs "
-              "564-671 images/s at W = 1, 590-639 vs 669-732 at W = 2)."]
+              "(alternating runs of the two on 2026-12-07, now vs before: "
+              "572-605 vs 564-671 images/s at W = 1, 590-639 vs 669-732 at "
+              "W = 2)."]
   if stages:
     lines += ["", f"Where the time goes: mean ms per sample of each stage, "
               f"one process, one thread, no workers, {args.stage_images} "
