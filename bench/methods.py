@@ -57,7 +57,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from big_vl import late_interaction  # pylint: disable=g-import-not-at-top,wrong-import-position
+from big_vl.losses import filip as filip_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl import metrics as metrics_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl import pretrained  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -205,7 +205,7 @@ class _Scorer:
     """[images, texts] similarities (image -> text direction)."""
     if not self.late:
       return img @ txt.T
-    rows = [np.asarray(late_interaction.late_similarities(
+    rows = [np.asarray(filip_lib.late_similarities(
         img[i:i + 16], txt[0], txt[1])[0]) for i in range(0, len(img), 16)]
     return np.concatenate(rows)
 

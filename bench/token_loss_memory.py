@@ -3,8 +3,8 @@ r"""Per-device memory of the token-level losses: dense vs ring.
     .venv/bin/python bench/token_loss_memory.py
     .venv/bin/python bench/token_loss_memory.py --batches=64,256 --no_write
 
-For FILIP (`late_interaction.filip_loss`: N patch tokens, L text tokens)
-and DreamLIP (`multi_positive.dreamlip_loss`: K sub-captions, N patch
+For FILIP (`losses.filip.filip_loss`: N patch tokens, L text tokens)
+and DreamLIP (`losses.dreamlip.dreamlip_loss`: K sub-captions, N patch
 tokens for the grouping loss), compiles `jax.value_and_grad` w.r.t. all
 inputs on 8 simulated CPU devices (batch split over "data") and reads the
 per-device temporaries from `compiled.memory_analysis()`. Compile only, no
@@ -27,8 +27,8 @@ import sys
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from big_vl import late_interaction
-from big_vl import multi_positive
+from big_vl.losses import dreamlip
+from big_vl.losses import filip
 from big_vl import sharding
 import host
 import results_md
@@ -47,13 +47,13 @@ def _temp(loss, impl, batch, mesh):
     args = (s(batch, N, D), s(batch, L, D), t, s(batch, L, dtype=jnp.bool_))
     def f(x, y, t_, m):
       aux = {"t": t_, "img/ztokens": x, "txt/ztokens": y, "txt/mask": m}
-      return late_interaction.filip_loss(None, None, aux, mesh=mesh,
+      return filip.filip_loss(None, None, aux, mesh=mesh,
                                          impl=impl)[0]
     argnums = (0, 1, 2)
   else:
     args = (s(batch, D), s(batch, K, D), s(batch, N, D), t)
     def f(zi, zt, p, t_):
-      return multi_positive.dreamlip_loss(
+      return dreamlip.dreamlip_loss(
           zi, zt, {"t": t_, "img/ztokens": p}, mesh=mesh, impl=impl)[0]
     argnums = (0, 1, 2, 3)
   compiled = jax.jit(jax.value_and_grad(f, argnums=argnums)).lower(

@@ -23,8 +23,6 @@ KINDS = ("model", "outputs", "loss", "evaluator", "source", "pp",
 BUILTIN_MODULES = (
     "big_vl.models.two_towers",
     "big_vl.losses",
-    "big_vl.late_interaction",
-    "big_vl.multi_positive",
     "big_vl.evaluators.zeroshot",
     "big_vl.evaluators.retrieval",
     "big_vl.evaluators.linear_probe",

@@ -2,7 +2,7 @@ r"""DreamLIP (Zheng et al. 2024): long captions as several positives.
 
 Every image has a long, multi-sentence caption. Each step samples K of its
 sentences (`sample_sentences(K)`; the batch text is [B, K, L]) and trains
-with DreamLIP's two losses (`big_vl/multi_positive.py`): a multi-positive
+with DreamLIP's two losses (`big_vl/losses/dreamlip.py`): a multi-positive
 contrastive loss (an image's K sub-captions are all positives among the
 B * K) and the grouping loss, which matches each sub-caption with an
 attention-pooled feature of its image's patch tokens

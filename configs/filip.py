@@ -7,7 +7,7 @@ over patches of the best-matching word (image -> text) or the mean over
 words of the best-matching patch (text -> image); padding never counts. The
 ring implementation passes text token blocks around the batch devices, so
 no device holds more than a `[B_local, B_local, patches, words]` block
-(`big_vl/late_interaction.py`). `token_keep=0.5` keeps the half of the patch
+(`big_vl/losses/filip.py`). `token_keep=0.5` keeps the half of the patch
 tokens with the largest projected norm (FILIP's token reduction, which the
 paper uses to save memory); `global_weight=w` adds w times the pooled CLIP
 loss.

@@ -77,7 +77,7 @@ class Model(nn.Module):
     token_features: also project every image patch token and text token to
       out_dim (Dense `img_token_head` / `txt_token_head`) and L2-normalise
       them: aux "img/ztokens" [B, N', out_dim], "txt/ztokens" [B, L,
-      out_dim] (FILIP's late interaction, `big_vl.late_interaction`).
+      out_dim] (FILIP's late interaction, `big_vl.losses.filip`).
     token_keep: fraction of image tokens kept in "img/ztokens" (those with
       the largest projected norm, FILIP's token reduction); 1.0 keeps all.
   """

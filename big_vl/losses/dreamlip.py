@@ -24,10 +24,10 @@ With K = 1 and grouping_weight = 0 this is CLIP's softmax loss.
 `impl="dense"` builds the [B, B * K] logits (partitioned by XLA under a
 sharded jit); `impl="ring"` keeps images and their patch tokens in place and
 passes sub-caption blocks around the ring of batch devices
-(`big_vl.ring_rows`), holding `[B_local, B_global * K]` rows per device:
+(`ring.gather_rows`), holding `[B_local, B_global * K]` rows per device:
 about what XLA's partitioned dense logits take, so it brings no memory
 gain (bench/token_loss_memory.py), only the ring's data flow.
-Both give the same loss and gradients (tests/test_multi_positive.py).
+Both give the same loss and gradients (tests/test_dreamlip.py).
 """
 
 import jax
@@ -35,9 +35,9 @@ import jax.numpy as jnp
 
 from jax.sharding import PartitionSpec as P
 
-from big_vl import losses
 from big_vl import registry
-from big_vl import ring_rows
+from big_vl.losses import contrastive as contrastive_lib
+from big_vl.losses import ring
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -102,7 +102,7 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     "img2txt_acc" (the best sub-caption is one of the image's) and
     "txt2img_acc".
   """
-  losses._check_impl(impl, "dreamlip")  # pylint: disable=protected-access
+  ring.check_impl(impl, "dreamlip")
   if ztxt.ndim == 2:
     ztxt = ztxt[:, None]
   b, k, _ = ztxt.shape
@@ -129,7 +129,7 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
   if grouping_weight:
     grouped = grouped_patches(ztxt, aux["img/ztokens"], t)
     d = grouped.shape[-1]
-    grouping, _ = losses.softmax_loss(grouped.reshape(b * k, d),
+    grouping, _ = contrastive_lib.softmax_loss(grouped.reshape(b * k, d),
                                       ztxt.reshape(b * k, d), {"t": t})
     metrics["grouping_loss"] = grouping
     loss = loss + grouping_weight * grouping
@@ -138,7 +138,7 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
 
 def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
   """`dreamlip_loss` with sub-caption blocks travelling around the ring."""
-  axes, n = losses._ring_layout(zimg, mesh)  # pylint: disable=protected-access
+  axes, n = ring.layout(zimg, mesh)
   with_grouping = bool(grouping_weight)
   if not axes:
     aux = {"t": t, **({"img/ztokens": patches} if with_grouping else {})}
@@ -148,7 +148,7 @@ def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
   def local(zimg, ztxt, t, *maybe_patches):
     b, k, d = ztxt.shape
     total = n * b * k
-    me = losses._ring_index(axes)  # pylint: disable=protected-access
+    me = ring.index(axes)
     grouped = (grouped_patches(ztxt, maybe_patches[0], t).reshape(b * k, d)
                if with_grouping else jnp.zeros((0, d), ztxt.dtype))
 
@@ -158,17 +158,17 @@ def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
       return (t * jnp.einsum("id,jd->ij", zi, texts, precision=_HIGHEST),
               t * jnp.einsum("id,jd->ij", gr, texts, precision=_HIGHEST))
 
-    img_rows, grp_rows = ring_rows.gather_rows(block, (zimg, grouped), ztxt,
+    img_rows, grp_rows = ring.gather_rows(block, (zimg, grouped), ztxt,
                                                axes, n)
     own = ((me * b + jnp.arange(b))[:, None] * k + jnp.arange(k)[None, :])
-    i2t, t2i, col_max = ring_rows.cross_entropies(img_rows, img_rows, own,
+    i2t, t2i, col_max = ring.cross_entropies(img_rows, img_rows, own,
                                                   axes)
     contrastive = jax.lax.psum(i2t + t2i, axes) / (2 * total)
     owner = jnp.arange(n * b * k) // k
     acc_i2t = jax.lax.psum(jnp.sum(
         owner[jnp.argmax(img_rows, axis=1)] == me * b + jnp.arange(b)),
                            axes) / (n * b)
-    winner = ring_rows.column_argmax(img_rows, col_max, me * b, axes)
+    winner = ring.column_argmax(img_rows, col_max, me * b, axes)
     acc_t2i = jax.lax.psum(jnp.sum(
         jnp.take(winner, own.reshape(-1)) == own.reshape(-1) // k),
                            axes) / total
@@ -176,7 +176,7 @@ def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
                "txt2img_acc": acc_t2i}
     loss = contrastive
     if with_grouping:
-      g_i2t, g_t2i, _ = ring_rows.cross_entropies(
+      g_i2t, g_t2i, _ = ring.cross_entropies(
           grp_rows, grp_rows, own.reshape(-1, 1), axes)
       grouping = jax.lax.psum(g_i2t + g_t2i, axes) / (2 * total)
       metrics["grouping_loss"] = grouping

@@ -25,16 +25,16 @@ are and passes text blocks around the ring of batch devices
 (`jax.lax.ppermute`): each step builds one `[B_local, B_local, N, L]` block
 (recomputed in the backward pass, `jax.checkpoint`), so no device ever holds
 more than that, plus `[B_local, B_global]` similarity rows. Both give the
-same loss and gradients (tests/test_late_interaction.py).
+same loss and gradients (tests/test_filip.py).
 """
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from big_vl import losses
 from big_vl import registry
-from big_vl import ring_rows
+from big_vl.losses import contrastive as contrastive_lib
+from big_vl.losses import ring
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -96,7 +96,7 @@ def filip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     (loss, metrics): metrics "img2txt_acc", "txt2img_acc" of the late
     similarities (and "global_loss" with global_weight).
   """
-  losses._check_impl(impl, "filip")  # pylint: disable=protected-access
+  ring.check_impl(impl, "filip")
   ximg, ytxt, mask = _token_inputs(aux)
   t = aux["t"]
   if impl == "ring":
@@ -105,7 +105,7 @@ def filip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     s_i2t, s_t2i = late_similarities(ximg, ytxt, mask)
     loss, metrics = _contrastive(t * s_i2t, t * s_t2i)
   if global_weight:
-    global_loss, _ = losses.softmax_loss(zimg, ztxt, aux, mesh=mesh)
+    global_loss, _ = contrastive_lib.softmax_loss(zimg, ztxt, aux, mesh=mesh)
     loss = loss + global_weight * global_loss
     metrics["global_loss"] = global_loss
   return loss, metrics
@@ -135,7 +135,7 @@ def _ring_filip(ximg, ytxt, mask, t, mesh):
   rows of the local i2t matrix; text -> image ones need each text's
   logsumexp over all images, a column logsumexp combined across devices.
   """
-  axes, n = losses._ring_layout(ximg, mesh)  # pylint: disable=protected-access
+  axes, n = ring.layout(ximg, mesh)
   if not axes:
     s_i2t, s_t2i = late_similarities(ximg, ytxt, mask)
     return _contrastive(t * s_i2t, t * s_t2i)
@@ -144,18 +144,18 @@ def _ring_filip(ximg, ytxt, mask, t, mesh):
   def local(ximg, ytxt, mask, t):
     b = ximg.shape[0]
     total = n * b
-    me = losses._ring_index(axes)  # pylint: disable=protected-access
-    rows_i2t, rows_t2i = ring_rows.gather_rows(
+    me = ring.index(axes)
+    rows_i2t, rows_t2i = ring.gather_rows(
         lambda x, held: late_similarities(x, *held), ximg, (ytxt, mask),
         axes, n)
     own = me * b + jnp.arange(b)
     li2t, lt2i = t * rows_i2t, t * rows_t2i
-    i2t, t2i, col_max = ring_rows.cross_entropies(li2t, lt2i, own[:, None],
+    i2t, t2i, col_max = ring.cross_entropies(li2t, lt2i, own[:, None],
                                                   axes)
     loss = jax.lax.psum(i2t + t2i, axes) / (2 * total)
     acc_i2t = jax.lax.psum(jnp.sum(jnp.argmax(li2t, axis=1) == own),
                            axes) / total
-    winner = ring_rows.column_argmax(lt2i, col_max, me * b, axes)
+    winner = ring.column_argmax(lt2i, col_max, me * b, axes)
     acc_t2i = jax.lax.psum(jnp.sum(jnp.take(winner, own) == own),
                            axes) / total
     return loss, {"img2txt_acc": acc_i2t, "txt2img_acc": acc_t2i}

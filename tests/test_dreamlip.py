@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from big_vl import losses
-from big_vl import multi_positive
+from big_vl.losses import dreamlip
 from big_vl.data import pp as pp_lib
 from big_vl.data.builders import demo_shapes
 
@@ -40,7 +40,7 @@ def test_losses_match_loop_references():
   zimg, ztxt, patches = _data()
   b, k, _ = ztxt.shape
   aux = {"t": jnp.float32(T), "img/ztokens": patches}
-  loss, metrics = multi_positive.dreamlip_loss(zimg, ztxt, aux)
+  loss, metrics = dreamlip.dreamlip_loss(zimg, ztxt, aux)
   texts = ztxt.reshape(b * k, -1)
   i2t = [_lse(T * zimg[i] @ texts.T) - T * zimg[i] @ ztxt[i, j]
          for i in range(b) for j in range(k)]
@@ -66,13 +66,13 @@ def test_losses_match_loop_references():
 def test_one_sub_caption_without_grouping_is_the_softmax_loss():
   zimg, ztxt, _ = _data(b=6, k=1)
   aux = {"t": jnp.float32(T)}
-  got, _ = multi_positive.dreamlip_loss(zimg, ztxt, aux, grouping_weight=0)
+  got, _ = dreamlip.dreamlip_loss(zimg, ztxt, aux, grouping_weight=0)
   want, _ = losses.softmax_loss(zimg, ztxt[:, 0], aux)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   with pytest.raises(ValueError, match="token_features"):
-    multi_positive.dreamlip_loss(zimg, ztxt, aux)
+    dreamlip.dreamlip_loss(zimg, ztxt, aux)
   with pytest.raises(ValueError, match="impl"):
-    multi_positive.dreamlip_loss(zimg, ztxt, aux, impl="blocked",
+    dreamlip.dreamlip_loss(zimg, ztxt, aux, impl="blocked",
                                  grouping_weight=0)
 
 
@@ -82,7 +82,7 @@ def test_grouping_attends_to_the_patch_a_sentence_describes():
   d = 6
   patches = np.eye(d, dtype=np.float32)[None, :4]        # [1, 4, d]
   sentence = np.eye(d, dtype=np.float32)[None, None, 2]  # [1, 1, d]
-  grouped = multi_positive.grouped_patches(sentence, patches, 20.0)
+  grouped = dreamlip.grouped_patches(sentence, patches, 20.0)
   assert float(grouped[0, 0, 2]) > 0.99
 
 
@@ -131,7 +131,7 @@ def test_ring_equals_dense(mesh_config, grouping_weight):
 
   def grad(impl, mesh):
     def f(zi, zt, p, t_):
-      loss, metrics = multi_positive.dreamlip_loss(
+      loss, metrics = dreamlip.dreamlip_loss(
           zi, zt, {"t": t_, "img/ztokens": p}, mesh=mesh, impl=impl,
           grouping_weight=grouping_weight)
       return loss, metrics
@@ -157,7 +157,7 @@ def test_sharded_over_8_devices_equals_one_device():
   t = jnp.float32(T)
 
   def f(zi, zt, p, t_):
-    return multi_positive.dreamlip_loss(zi, zt, {"t": t_,
+    return dreamlip.dreamlip_loss(zi, zt, {"t": t_,
                                                  "img/ztokens": p})[0]
 
   grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from big_vl import late_interaction
+from big_vl.losses import filip
 from big_vl import losses
 from big_vl import models
 from big_vl import sharding
@@ -31,7 +31,7 @@ def _tokens(b, n, l, d=8, seed=0):
 
 def test_similarities_match_a_loop_over_tokens():
   x, y, mask = _tokens(3, 5, 4)
-  s_i2t, s_t2i = late_interaction.late_similarities(x, y, mask)
+  s_i2t, s_t2i = filip.late_similarities(x, y, mask)
   for i in range(3):
     for j in range(3):
       valid = y[j][mask[j]]
@@ -44,15 +44,15 @@ def test_padding_tokens_change_nothing():
   x, y, mask = _tokens(4, 6, 5)
   aux = {"t": jnp.float32(T), "img/ztokens": x, "txt/ztokens": y,
          "txt/mask": mask}
-  loss, _ = late_interaction.filip_loss(None, None, aux)
+  loss, _ = filip.filip_loss(None, None, aux)
   y2 = np.where(mask[..., None], y, -y[::-1])    # garbage where padded
-  loss2, _ = late_interaction.filip_loss(None, None, {**aux,
+  loss2, _ = filip.filip_loss(None, None, {**aux,
                                                       "txt/ztokens": y2})
   np.testing.assert_allclose(loss, loss2, rtol=1e-6)
   # ... while a real token does change it.
   y3 = y.copy()
   y3[3, 0] = -y3[3, 0]
-  loss3, _ = late_interaction.filip_loss(None, None, {**aux,
+  loss3, _ = filip.filip_loss(None, None, {**aux,
                                                       "txt/ztokens": y3})
   assert abs(float(loss3) - float(loss)) > 1e-4
 
@@ -60,7 +60,7 @@ def test_padding_tokens_change_nothing():
 def _value_and_grad(impl, mesh):
   def f(x, y, t, mask):
     aux = {"t": t, "img/ztokens": x, "txt/ztokens": y, "txt/mask": mask}
-    return late_interaction.filip_loss(None, None, aux, mesh=mesh, impl=impl)
+    return filip.filip_loss(None, None, aux, mesh=mesh, impl=impl)
   return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
 
 
