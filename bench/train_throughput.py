@@ -125,6 +125,7 @@ class BigVlSide:
   def __init__(self, arch, batch, dtype="float32"):
     import jax  # pylint: disable=g-import-not-at-top
     from big_vl import sharding  # pylint: disable=g-import-not-at-top
+    from big_vl import models  # pylint: disable=g-import-not-at-top
     from big_vl import train  # pylint: disable=g-import-not-at-top
     self.jax = jax
     config = big_vl_config(arch, batch, dtype)
@@ -140,7 +141,7 @@ class BigVlSide:
         run.abstract_state["params"]))
     compiled = run.train_step.lower(self.state, self.batch).compile()
     self.flops = float(_cost(compiled)["flops"])
-    predict = train.make_predict_fn(run.model)
+    predict = models.make_predict_fn(run.model)
     self.predict = jax.jit(lambda p, i, t: predict(p, i, t)[:2])
     self.infer_flops = float(_cost(self.predict.lower(
         self.state["params"], self.batch["image"],

@@ -43,6 +43,7 @@ import tqdm
 from big_vl import checkpoint as ckpt_lib
 from big_vl import cli
 from big_vl import config as config_lib
+from big_vl import evaluators as evaluators_lib
 from big_vl import results as results_lib
 from big_vl import sharding
 from big_vl import storage
@@ -65,7 +66,7 @@ def model_config(eval_config, train_config):
 
   Returns:
     A ConfigDict with `model_name`, `model` and `evals` for
-    `train.make_model` / `train.make_evaluators`.
+    `train.make_model` / `evaluators.make_evaluators`.
   """
   config = ml_collections.ConfigDict()
   for key, default in (("model_name", "two_towers"), ("model", None),
@@ -151,7 +152,7 @@ def _evaluate_holding(config, checkpoint, *, output, step, devices,
       ckpt_dir, step, mesh,
       config.get("sharding_rules", None) or DEFAULT_RULES)
   model = train_lib.make_model(mconfig)
-  evaluators = train_lib.make_evaluators(mconfig, model, mesh)
+  evaluators = evaluators_lib.make_evaluators(mconfig, model, mesh)
   is_main = jax.process_index() == 0
   metrics = {}
   bar = tqdm.tqdm(evaluators, desc="eval", unit="evaluator",
@@ -273,8 +274,9 @@ def default_pretrained(ckpt_dir, step):
   return f"{os.path.basename(workdir)}-step{step}"
 
 
-# The trainer (imported here) defines --config in absl's global flags, so the
-# evaluator's own flags live in their own FlagValues, parsed first.
+# This module is also a library (interpolate, notebooks) imported next to
+# other entry points that define absl flags of the same names (export's
+# --checkpoint), so its flags live in their own FlagValues, parsed first.
 _FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Eval config file, e.g. configs/eval/demo.py.",

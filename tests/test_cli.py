@@ -97,3 +97,53 @@ def test_full_disk_while_checkpointing_keeps_the_last_good_one(
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resuming from step 2" in again.stderr + again.stdout
   assert os.listdir(checkpoints) == ["4"]
+
+
+# -- Entry points import the library, never the trainer's CLI (issue 31) --
+
+ENTRY_POINTS = ("big_vl.train", "big_vl.evaluate", "big_vl.export",
+                "big_vl.sweep", "big_vl.predict", "big_vl.interpolate",
+                "big_vl.results", "big_vl.adapt.run", "big_vl.convert")
+TRAINER_FLAGS = ("workdir", "stop_after_steps", "allow_config_change",
+                 "distributed", "coordinator", "num_processes", "process_id",
+                 "init_timeout", "heartbeat_timeout")
+
+
+def test_entry_points_do_not_load_the_trainer_cli():
+  # All in one fresh interpreter: no flag is defined twice either.
+  code = (
+      "import sys\n"
+      "from absl import flags\n"
+      f"for name in {ENTRY_POINTS!r}:\n"
+      "  __import__(name)\n"
+      "print('big_vl.train.__main__' in sys.modules)\n"
+      f"print(sorted(set({TRAINER_FLAGS!r}) & set(flags.FLAGS)))\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split() == ["False", "[]"], out.stdout
+
+
+def test_only_entry_points_import_the_trainer():
+  import ast  # pylint: disable=g-import-not-at-top
+  allowed = {"big_vl/evaluate.py", "big_vl/sweep.py"}
+  found = set()
+  for root, _, names in os.walk(os.path.join(REPO, "big_vl")):
+    for name in names:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, REPO)
+      if not name.endswith(".py") or rel.startswith("big_vl/train/"):
+        continue
+      for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+            node.module == "big_vl.train"
+            or node.module.startswith("big_vl.train.")
+            or (node.module == "big_vl"
+                and any(a.name == "train" for a in node.names))):
+          found.add(rel)
+        elif isinstance(node, ast.Import) and any(
+            a.name.startswith("big_vl.train") for a in node.names):
+          found.add(rel)
+  assert found <= allowed, sorted(found - allowed)
+  assert found  # the check sees the entry points that do

@@ -158,8 +158,9 @@ def test_config_diff_names_dotted_keys_and_which_may_change_on_resume():
 PRINT_CONFIG = (
     "from absl import app\n"
     "from big_vl import train\n"
+    "from big_vl.train import __main__ as train_main\n"
     "def main(argv):\n"
-    "  c = train._CONFIG.value\n"
+    "  c = train_main._CONFIG.value\n"
     "  train.check_config(c)\n"
     "  print(repr(c.input.data), repr(c.frozen), repr(c.get('total_epochs')),"
     " 'total_steps' in c)\n"

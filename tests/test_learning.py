@@ -45,6 +45,7 @@ import pytest
 
 from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
+from big_vl import evaluators as evaluators_lib
 from big_vl import sharding
 from big_vl import train as train_lib
 
@@ -109,7 +110,7 @@ def test_training_learns_and_eval_pp_must_match(demo_data, tmp_path):
   mismatched.evals = _mismatched_evals(config)
   mesh = sharding.make_mesh(mismatched.mesh, devices)
   bad = {}
-  for _, _, ev in train_lib.make_evaluators(
+  for _, _, ev in evaluators_lib.make_evaluators(
       mismatched, train_lib.make_model(mismatched), mesh):
     bad.update(dict(ev.run(state["params"])))
   for key, threshold in THRESHOLD.items():

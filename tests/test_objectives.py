@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from big_vl import accumulate
 from big_vl import config as config_lib
 from big_vl import models
 from big_vl import objectives
@@ -23,6 +22,7 @@ from big_vl import registry
 from big_vl import sharding
 from big_vl import sweep
 from big_vl import train as train_lib
+from big_vl.train import gradcache
 
 BATCH = 16
 
@@ -158,7 +158,7 @@ def test_grad_cache_runs_several_objectives_in_one_pass():
   forward = lambda p, b, rng: outputs(model, {"params": p}, b, train=True)
   loss, _, grads = _loss_and_grads(config, params, batch)
   (loss_acc, (metrics, out)), grads_acc = jax.jit(
-      lambda p: accumulate.value_and_grad(forward, objective, p, batch,
+      lambda p: gradcache.value_and_grad(forward, objective, p, batch,
                                           jax.random.PRNGKey(0), steps=4))(
                                               params)
   np.testing.assert_allclose(loss_acc, loss, rtol=1e-6)
@@ -194,7 +194,7 @@ def test_grad_cache_refuses_an_objective_it_cannot_split():
       [objectives.Objective("spread", "gram", 1.0, gram_loss)])
   with pytest.raises(ValueError, match=r"objective 'spread' \(loss 'gram'\) "
                      r"reads the model output 'gram' of shape \(64, 64\)"):
-    accumulate.value_and_grad(forward, objective, params, batch,
+    gradcache.value_and_grad(forward, objective, params, batch,
                               jax.random.PRNGKey(0), steps=2)
   # k = 1 needs no split: the plain gradient works.
   value = jax.grad(lambda p: objective(forward(p, batch, None), batch)[0])(

@@ -24,7 +24,6 @@ import numpy as np
 from big_vl import models
 from big_vl import pretrained
 from big_vl import sharding
-from big_vl import train as train_lib
 from big_vl.evaluators import common
 from big_vl.evaluators import zeroshot
 
@@ -52,7 +51,7 @@ class Backbone:
   def __post_init__(self):
     if self.mesh is None:
       self.mesh = sharding.make_mesh((("data", -1),))
-    self._predict = train_lib.make_predict_fn(self.model)
+    self._predict = models.make_predict_fn(self.model)
     self.tokenize = common.pp_tokenizer(self.pp_txt)
     self._text_fn = common.text_fn(self._predict)
     # The params on one device, for the small jitted computations of the

@@ -7,6 +7,9 @@
 - `common`: pieces shared by the towers (size table, transformer encoder,
   MAP head, sin-cos position embeddings).
 
+`make_predict_fn(model, name)` is what evaluators call:
+`(params, image=None, text=None) -> (zimg, ztxt, outputs)`.
+
 `outputs_fn(name)` is the model kind's `outputs(model, variables, batch, *,
 train, rngs) -> dict`, the one way the trainer, GradCache, growth and the
 evaluators call a model (two_towers: "zimg", "ztxt", "t", "b"?, tower
@@ -89,3 +92,16 @@ def check_config(model_name, model_config, where="config.model"):
     if block is not None:
       config_lib.check_signature(block, module, f"{where}.{key}",
                                  skip=_MODULE_SKIP, extra=extra)
+
+
+def make_predict_fn(model, model_name="two_towers"):
+  """`(params, image=None, text=None) -> (zimg, ztxt, outputs)` for
+  evaluators, through the model kind's outputs function."""
+  model_outputs = outputs_fn(model_name)
+
+  def predict_fn(params, image=None, text=None):
+    batch = {k: v for k, v in (("image", image), ("text", text))
+             if v is not None}
+    out = model_outputs(model, {"params": params}, batch, train=False)
+    return out.get("zimg"), out.get("ztxt"), out
+  return predict_fn

@@ -15,13 +15,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from big_vl import accumulate
 from big_vl import checkpoint as ckpt_lib
 from big_vl import config as config_lib
 from big_vl import losses
 from big_vl import metrics as metrics_lib
+from big_vl import models
 from big_vl import sharding
 from big_vl import train as train_lib
+from big_vl.train import gradcache
 
 BATCH = 32
 MESHES = {"one": [("data", 1)], "eight": [("data", 2), ("fsdp", 4)]}
@@ -142,7 +143,7 @@ def test_bf16_param_compute_matches_fp32_and_keeps_fp32_master(
 
 def _forward(model):
   """GradCache's `forward(params, batch, rng)` of the two-tower model."""
-  outputs = train_lib.models.outputs_fn("two_towers")
+  outputs = models.outputs_fn("two_towers")
   return lambda p, b, rng: outputs(
       model, {"params": p}, b, train=True,
       rngs=None if rng is None else {"dropout": rng})
@@ -187,7 +188,7 @@ def test_dropout_passes_share_rngs(full_batch_steps):
 
   (loss_ref, _), g_ref = jax.jit(jax.value_and_grad(plain, has_aux=True))(
       params)
-  (loss_acc, _), g_acc = jax.jit(lambda p: accumulate.value_and_grad(
+  (loss_acc, _), g_acc = jax.jit(lambda p: gradcache.value_and_grad(
       _forward(model), objective, p, batch, rng, steps=k))(params)
   np.testing.assert_allclose(loss_acc, loss_ref, rtol=1e-6)
   _assert_close_trees(g_acc, g_ref, atol=1e-5, rtol=1e-5)
@@ -219,7 +220,7 @@ def test_loss_reading_per_example_aux_gets_the_full_batch_gradient():
       params)
   objective = lambda out, b, mesh=None: loss_fn(out["zimg"], out["ztxt"], out,
                                                 mesh=mesh)
-  (loss_acc, (_, aux)), g_acc = jax.jit(lambda p: accumulate.value_and_grad(
+  (loss_acc, (_, aux)), g_acc = jax.jit(lambda p: gradcache.value_and_grad(
       _forward(model), objective, p, batch, jax.random.PRNGKey(0),
       steps=4))(params)
   np.testing.assert_allclose(loss_acc, loss_ref, rtol=1e-6)
@@ -234,7 +235,7 @@ def test_grad_accum_steps_must_divide_the_per_device_batch():
                      r"the per-device batch of 4 .*batch_size=32 over 8"):
     _one_step(_config(mesh="eight", grad_accum_steps=3), _batch())
   with pytest.raises(ValueError, match="positive int"):
-    accumulate.check_steps(32, 0)
+    gradcache.check_steps(32, 0)
   with pytest.raises(ValueError, match="param_compute_dtype='int8'"):
     train_lib.check_config(_config(param_compute_dtype="int8"))
 

@@ -38,7 +38,7 @@ rounding.
 Example (inside a jitted train step; `forward(p, batch, rng)` gives the
 model's outputs dict, `objective(outputs, batch, *, mesh)` the loss):
 
-    (loss, (metrics, outputs)), grads = accumulate.value_and_grad(
+    (loss, (metrics, outputs)), grads = gradcache.value_and_grad(
         forward, objective, params, batch, rng, steps=4, mesh=mesh)
 """
 
