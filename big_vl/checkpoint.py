@@ -33,7 +33,10 @@ disk filled meanwhile, a quota, a file size limit), raised by the next
 temporary folder. Orbax's logged tracebacks of that failure, and
 TensorStore's "Event loop is closed" reports of the writes Orbax abandoned,
 are dropped: the error is said once.
-"""
+
+Length: saving and restoring with their failure handling on both sides (a step
+that does not load falls back, a step that cannot be written is reported),
+which share the step-folder layout."""
 
 import contextlib
 import datetime

@@ -8,7 +8,10 @@ parsed by `parse_arg` against typed defaults:
     ...                 runlocal=False)
     >>> arg.variant, arg.batch, arg.runlocal
     ('S/32', 32768, True)
-"""
+
+Length: what config files and the trainer's checks share (arg parsing,
+durations, key / signature / domain checks, config diffs, the demo and
+full-size eval blocks); a config file imports only this module."""
 
 import ast
 import json

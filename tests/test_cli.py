@@ -123,27 +123,3 @@ def test_entry_points_do_not_load_the_trainer_cli():
                        check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split() == ["False", "[]"], out.stdout
-
-
-def test_only_entry_points_import_the_trainer():
-  import ast  # pylint: disable=g-import-not-at-top
-  allowed = {"big_vl/evaluate.py", "big_vl/sweep.py"}
-  found = set()
-  for root, _, names in os.walk(os.path.join(REPO, "big_vl")):
-    for name in names:
-      path = os.path.join(root, name)
-      rel = os.path.relpath(path, REPO)
-      if not name.endswith(".py") or rel.startswith("big_vl/train/"):
-        continue
-      for node in ast.walk(ast.parse(open(path).read())):
-        if isinstance(node, ast.ImportFrom) and node.module and (
-            node.module == "big_vl.train"
-            or node.module.startswith("big_vl.train.")
-            or (node.module == "big_vl"
-                and any(a.name == "train" for a in node.names))):
-          found.add(rel)
-        elif isinstance(node, ast.Import) and any(
-            a.name.startswith("big_vl.train") for a in node.names):
-          found.add(rel)
-  assert found <= allowed, sorted(found - allowed)
-  assert found  # the check sees the entry points that do

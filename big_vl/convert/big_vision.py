@@ -88,7 +88,9 @@ Example:
   >>> pp = preprocessing(model_config, "c4_en.model", params=params)
   >>> pp["image"]
   'decode|resize(224)|value_range(-1, 1)'
-"""
+
+Length: both directions of the big_vision mapping, with its name table in this
+docstring; one module so that they remain each other's inverse."""
 
 from collections.abc import Mapping
 import inspect

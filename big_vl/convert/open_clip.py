@@ -52,7 +52,11 @@ Text pooling: open_clip's "argmax" takes the token with the largest id,
 big_vl's "eot" the last non-pad (id 0) token; for CLIP BPE tokens (end of
 text 49407 is the largest id and the last token before the zero padding)
 they are the same position.
-"""
+
+Length: both directions of the open_clip mapping (architecture tables,
+state-dict reading with shape inference, params in and out, resampling) stay in
+one module so that they remain each other's inverse;
+tests/test_convert_open_clip.py checks the round trip."""
 
 import json
 import math

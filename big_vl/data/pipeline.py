@@ -29,6 +29,10 @@ process unpacks them in stream order, then skips, counts and batches. So
 the batches are the same for any number of workers too, and a run may
 resume with another count (random-access sources).
 
+Pieces: `skips.py` (failed records: reasons, error records, counts),
+`threaded_pp.py` (a stream preprocessed on threads), `worker_blocks.py`
+(grain workers' blocks of records).
+
     it = make_train_iterator(source, pp="decode|value_range(-1,1)|...",
                              batch_size=64, seed=0)
     batch = next(it)   # {"image": f32[64,H,W,3], "text": i32[64,L],
@@ -41,314 +45,30 @@ a record that fails is masked out with its reason in `_skip_reason`, so
 evaluators report it (`<evaluator>/<dataset>/skipped`).
 """
 
-import concurrent.futures
-import copy
 import math
-import sys
 
 import grain
 import jax
 import numpy as np
 
 from big_vl.data import pp as pp_lib
+from big_vl.data import skips
 from big_vl.data import sources as sources_lib
-from big_vl.data import wds as wds_lib
+from big_vl.data import threaded_pp
+from big_vl.data import worker_blocks
 
-SKIPPED_KEY = "_skipped"
-SKIPPED_BY_REASON_KEY = "_skipped_by_reason"
+# The skip bookkeeping (big_vl/data/skips.py), as the pipeline's callers
+# name it: each batch's `_skipped` / `_skipped_by_reason`.
+SKIPPED_KEY = skips.SKIPPED_KEY
+SKIPPED_BY_REASON_KEY = skips.SKIPPED_BY_REASON_KEY
+SKIP_REASONS = skips.SKIP_REASONS
+reason_index = skips.reason_index
+skipped_by_reason = skips.skipped_by_reason
+ThreadedPreprocess = threaded_pp.ThreadedPreprocess
 MASK_KEY = "_mask"
 # Eval batches: int32[batch], the SKIP_REASONS index of a failed record's
 # reason, -1 for used rows and padding.
 SKIP_REASON_KEY = "_skip_reason"
-# Reasons counted separately; any other reason is counted as "other".
-# "decode", "missing_image", "missing_text", "decode_text" come from pp ops,
-# "missing_file" from jsonl/csv sources, "read_error" from unreadable shards,
-# "bad_caption" (null / empty / whitespace-only caption, `pp.caption_text`)
-# from every source's caption field and from `tokenize`, "bad_record" from a
-# jsonl line that is not a JSON object.
-SKIP_REASONS = ("decode", "missing_file", "missing_image", "missing_text",
-                "decode_text", "bad_caption", "read_error", "bad_record",
-                "other")
-ERROR_KEY = wds_lib.ERROR_KEY
-# Most records of a stream `ThreadedPreprocess` reads at a time (twice this
-# many are in flight: the chunk handed out and the next one).
-PREPROCESS_CHUNK = 256
-
-
-def reason_index(reason):
-  """Position of `reason` in SKIP_REASONS ("other" if unknown)."""
-  try:
-    return SKIP_REASONS.index(reason)
-  except ValueError:
-    return SKIP_REASONS.index("other")
-
-
-def skipped_by_reason(batch_counts):
-  """{reason: int} from summed `_skipped_by_reason` rows ([..., R] array)."""
-  counts = np.asarray(batch_counts).reshape(-1, len(SKIP_REASONS)).sum(0)
-  return {r: int(c) for r, c in zip(SKIP_REASONS, counts)}
-
-
-def _count_or_tag(element, counts):
-  """A failed record (None: reason "decode", or `{"__error__": reason}`) is
-  counted in `counts` (int32[len(SKIP_REASONS)], updated in place) and gives
-  None; a good one is returned with the counts so far attached as
-  `_skipped` / `_skipped_by_reason`."""
-  if element is None:
-    counts[reason_index("decode")] += 1
-    return None
-  if isinstance(element, dict) and ERROR_KEY in element:
-    counts[reason_index(element[ERROR_KEY])] += 1
-    return None
-  element = dict(element)
-  element[SKIPPED_KEY] = np.int32(counts.sum())
-  element[SKIPPED_BY_REASON_KEY] = counts
-  return element
-
-
-class _CountSkippedIterator(grain.DatasetIterator):
-  """Drops failed records, counting them (by reason) on the next element.
-
-  A failed record is None (reason "decode") or a dict with `__error__`.
-  """
-
-  def __next__(self):
-    counts = np.zeros([len(SKIP_REASONS)], np.int32)
-    while True:
-      element = _count_or_tag(next(self._parent), counts)
-      if element is not None:
-        return element
-
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state):
-    self._parent.set_state(state)
-
-
-class _CountSkipped(grain.IterDataset):
-  """IterDataset version of `_CountSkippedIterator`."""
-
-  def __iter__(self):
-    return _CountSkippedIterator(self._parent.__iter__())
-
-
-class _Chunk:
-  """Records `first`, `first + 1`, ... of a stream, being preprocessed.
-
-  `state` is the parent's state before the first of them; `results` holds,
-  in stream order, futures (or, for records skipped on restore, None).
-  """
-
-  def __init__(self, state, first, results):
-    self.state, self.first, self.results = state, first, results
-
-
-class _ThreadedPreprocessIterator(grain.DatasetIterator):
-  """See `ThreadedPreprocess`."""
-
-  def __init__(self, parent, pp_fn, seed, threads, chunk, records):
-    super().__init__(parent)
-    self._pp_fn, self._seed, self._chunk = pp_fn, int(seed), int(chunk)
-    self._block, self._start, self._step = records
-    self._pool = (concurrent.futures.ThreadPoolExecutor(
-        threads, thread_name_prefix="big_vl-pp") if threads > 1 else None)
-    self._next_record = 0  # Index of the next record pulled from the parent.
-    self._exhausted = False
-    self._current = None  # The _Chunk being handed out ...
-    self._pos = 0  # ... and how many of its records were handed out.
-    self._ahead = None  # The next _Chunk, already being preprocessed.
-
-  def _preprocess(self, record, index):
-    rng = np.random.Generator(np.random.Philox(
-        key=(self._seed << 64) + index))
-    return self._pp_fn(record, rng)
-
-  def _pull(self, skip=0):
-    """Reads the next chunk of records and starts preprocessing them (all
-    but the first `skip`, already handed out before a restore)."""
-    # A copy: the parent may hand out its live state.
-    state = copy.deepcopy(self._parent.get_state())
-    first, results = self._next_record, []
-    while len(results) < max(self._chunk, skip) and not self._exhausted:
-      try:
-        record = next(self._parent)
-      except StopIteration:
-        self._exhausted = True
-        break
-      index = self._next_record
-      self._next_record += 1
-      if (index // self._block) % self._step != self._start:
-        continue  # Another worker's record.
-      if len(results) < skip:
-        results.append(None)
-      elif self._pool is None:
-        results.append(_Done(self._preprocess(record, index)))
-      else:
-        results.append(self._pool.submit(self._preprocess, record, index))
-    return _Chunk(state, first, results)
-
-  def __next__(self):
-    if self._current is None or self._pos >= len(self._current.results):
-      self._current = self._ahead if self._ahead is not None else \
-          self._pull()
-      self._ahead, self._pos = None, 0
-      if not self._current.results:
-        raise StopIteration
-    if self._ahead is None and self._pool is not None:
-      self._ahead = self._pull()  # Overlaps with handing out this chunk.
-    element = self._current.results[self._pos].result()
-    self._current.results[self._pos] = None  # Free it once handed out.
-    self._pos += 1
-    return element
-
-  def get_state(self):
-    if self._current is None:
-      return {"parent": self._parent.get_state(),
-              "next_record": self._next_record, "handed_out": 0}
-    return {"parent": self._current.state, "next_record": self._current.first,
-            "handed_out": self._pos}
-
-  def set_state(self, state):
-    self._cancel()
-    self._parent.set_state(state["parent"])
-    self._next_record = int(state["next_record"])
-    self._exhausted = False
-    self._pos = int(state["handed_out"])
-    self._current = self._pull(skip=self._pos)
-
-  def _cancel(self):
-    for chunk in (self._current, self._ahead):
-      for future in (chunk.results if chunk is not None else ()):
-        if future is not None:
-          future.cancel()
-    self._current = self._ahead = None
-
-  # Held here: at interpreter exit (`__del__`) module globals may be None.
-  _finalizing = staticmethod(sys.is_finalizing)
-
-  def close(self):
-    # At interpreter exit the pool's module is half torn down; its threads
-    # end with the process.
-    if not self._finalizing():
-      self._cancel()
-      if self._pool is not None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-    super().close()
-
-
-class _Done:
-  """A finished "future" (preprocessing without threads)."""
-
-  def __init__(self, value):
-    self._value = value
-
-  def result(self):
-    return self._value
-
-  def cancel(self):
-    pass
-
-
-class ThreadedPreprocess(grain.IterDataset):
-  """A stream preprocessed by a pool of threads, in stream order.
-
-  Records are read from `parent` in chunks of `chunk`; while one chunk is
-  handed out, the next one is read and preprocessed. Record i of the stream
-  is preprocessed with its own rng (Philox keyed by (seed, i)) and the
-  output keeps the stream order, so the result does not depend on the number
-  of threads or on timing. PIL's decoding and resizing and numpy release the
-  GIL, so the threads use several cores in one process (in the main process
-  without grain workers, or inside each worker).
-
-  Every record gives one element: failed ones come out as error records
-  (None or `{"__error__": reason}` from `_safe`) for `_CountSkipped` to drop
-  and count, in the training process.
-
-  With grain workers, `Blocks` calls `keep_blocks(size, w, W)` on worker w's
-  copy: it then reads the whole stream but preprocesses and hands out only
-  the records of blocks w, w + W, ... (block k: records k * size ...
-  (k + 1) * size - 1), which `Blocks` packs and grain interleaves round
-  robin: the stream in its order, whatever W. (Reading, i.e. the tar
-  bytes, is repeated by every worker; decoding and the rest of the pp, the
-  costly part, are shared.)
-
-  State: the parent's state before the chunk being handed out, that chunk's
-  first record index and how many of its (this worker's) records were handed
-  out. A restore re-reads the chunk and preprocesses only the records not
-  yet handed out.
-
-  Args:
-    parent: a grain IterDataset of raw records.
-    pp_fn: `fn(record, rng)`, e.g. `_safe(pp.build(...))`.
-    seed: random-pp seed.
-    threads: preprocessing threads (0 or 1: in the calling thread, one
-      record at a time).
-    chunk: records (of this worker's) read and preprocessed at a time.
-  """
-
-  def __init__(self, parent, pp_fn, *, seed, threads, chunk):
-    super().__init__(parent)
-    self._args = [pp_fn, seed, threads, chunk]
-    self._records = (1, 0, 1)  # (block, start, step): this worker's share.
-
-  def keep_blocks(self, size, start, step):
-    """Keeps the records of blocks start, start + step, ... of `size`
-    records (one grain worker's share; called by `Blocks`)."""
-    self._records = (int(size), int(start), int(step))
-    self._args[3] = int(size)  # A chunk is one block.
-
-  def __iter__(self):
-    return _ThreadedPreprocessIterator(self._parent.__iter__(), *self._args,
-                                       self._records)
-
-  def __str__(self):
-    block, start, step = self._records
-    return (f"ThreadedPreprocess(threads={self._args[2]}, "
-            f"chunk={self._args[3]}, blocks of {block}: {start}::{step})")
-
-
-def _error(e):
-  return {ERROR_KEY: str(getattr(e, "reason", "decode"))}
-
-
-def _safe(fn):
-  """Wraps a pp function: a CorruptRecordError, or None from `fn` or the
-  source, gives an error record `{"__error__": reason}` (skipped and
-  counted; None's reason is "decode"); error records pass through. Every
-  record gives an element, so that grain workers' outputs line up."""
-
-  def apply(example, rng=None):
-    if example is None:
-      return {ERROR_KEY: "decode"}
-    if isinstance(example, dict) and ERROR_KEY in example:
-      return example
-    try:
-      out = fn(example, rng)
-    except pp_lib.CorruptRecordError as e:
-      return _error(e)
-    return {ERROR_KEY: "decode"} if out is None else out
-
-  return apply
-
-
-class _SafeSource:
-  """A random-access source whose failing reads become error records."""
-
-  def __init__(self, source):
-    self._source = source
-
-  def __len__(self):
-    return len(self._source)
-
-  def __getitem__(self, i):
-    try:
-      return self._source[i]
-    except pp_lib.CorruptRecordError as e:
-      return _error(e)
-
-  def __repr__(self):
-    return f"_SafeSource({self._source!r})"
 
 
 def is_streaming(source):
@@ -382,10 +102,10 @@ def first_example(source, pp_fn, tries=16):
                               source, "configure") else source
     records = iter(ds)
   else:
-    records = (_SafeSource(source)[i] for i in range(len(source)))
+    records = (skips.SafeSource(source)[i] for i in range(len(source)))
   for _, record in zip(range(tries), records):
-    out = _safe(pp_fn)(record, np.random.default_rng(0))
-    if out is not None and ERROR_KEY not in out:
+    out = skips.safe(pp_fn)(record, np.random.default_rng(0))
+    if out is not None and skips.ERROR_KEY not in out:
       return out
   raise ValueError(f"None of the first {tries} training records could be "
                    "preprocessed; check the data and config.input.pp.")
@@ -480,7 +200,7 @@ def remap_position(states, old_block, new_block):
 
 
 def _map_component(source, seed, shuffle, num_epochs):
-  ds = grain.MapDataset.source(_SafeSource(source))
+  ds = grain.MapDataset.source(skips.SafeSource(source))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   return ds.repeat(num_epochs)
@@ -500,199 +220,12 @@ def _iter_component(source, seed, shuffle, num_epochs, process_index,
         kwargs["shuffle_buffer"] = shuffle_buffer
       source = source.configure(**kwargs)
     return source
-  ds = grain.MapDataset.source(_SafeSource(source))
+  ds = grain.MapDataset.source(skips.SafeSource(source))
   if process_count > 1:
     ds = ds[process_index::process_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
   return ds.repeat(num_epochs).to_iter_dataset(read_options)
-
-
-# -- Grain workers: blocks of consecutive records, packed into shared memory.
-#
-# Worker w of W preprocesses blocks w, w + W, ... of `WORKER_BLOCK`
-# consecutive records and hands each over as one element (`pack`): its
-# usable records' arrays stacked (grain moves them through shared memory),
-# its failed records' reasons. Grain interleaves the workers round robin, so unpacking
-# (`_Unpack`, in the training process) gives the stream in its order for
-# any W; skipping and batching run after that. One element per block (not
-# per record) keeps grain's per-element cost (a queue message, shared
-# memory segments, the iterator state) off the records.
-
-# Records per block a worker hands over at once.
-WORKER_BLOCK = PREPROCESS_CHUNK
-
-
-def _stack(values):
-  """Numeric arrays of equal shapes stacked (grain's worker moves arrays
-  into shared memory, so the training process gets them without a copy);
-  anything else as a list."""
-  first = np.asarray(values[0])
-  if first.dtype.kind not in "biufc" or any(
-      np.shape(v) != first.shape for v in values):
-    return list(values)
-  return np.stack(values)
-
-
-def pack(records):
-  """A block of preprocessed records as one element.
-
-  Args:
-    records: preprocessed records in stream order; a failed one is None or
-      `{"__error__": reason}`.
-
-  Returns:
-    {"reasons": int32[n] (-1 for a usable record, else its
-    `SKIP_REASONS` index), "fields": {key: the usable records' values,
-    stacked}}.
-  """
-  reasons = np.full([len(records)], -1, np.int32)
-  good = []
-  for i, record in enumerate(records):
-    if record is None:
-      reasons[i] = reason_index("decode")
-    elif isinstance(record, dict) and ERROR_KEY in record:
-      reasons[i] = reason_index(record[ERROR_KEY])
-    else:
-      good.append(record)
-  fields = {k: _stack([r[k] for r in good]) for k in (good[0] if good
-                                                        else ())}
-  return {"reasons": reasons, "fields": fields}
-
-
-def unpack(block):
-  """The records of a `pack`ed block, in order (failed ones as
-  `{"__error__": reason}`)."""
-  fields, j = block["fields"], 0
-  for reason in block["reasons"]:
-    if reason >= 0:
-      yield {ERROR_KEY: SKIP_REASONS[int(reason)]}
-    else:
-      yield {k: (np.asarray(v[j]) if isinstance(v, np.ndarray) else v[j])
-             for k, v in fields.items()}
-      j += 1
-
-
-class _MapBlocks(grain.MapDataset):
-  """Element k: records `k * size ... (k + 1) * size - 1` of a MapDataset,
-  preprocessed on `threads` threads and `pack`ed."""
-
-  def __init__(self, parent, size, threads):
-    super().__init__(parent)
-    self._size, self._threads, self._pool = int(size), int(threads), None
-
-  def __len__(self):
-    return -(-len(self._parent) // self._size)
-
-  def __getitem__(self, k):
-    if isinstance(k, slice):
-      return self.slice(k)
-    first = k * self._size
-    indices = range(first, min(first + self._size, len(self._parent)))
-    if self._threads > 1:
-      if self._pool is None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            self._threads, thread_name_prefix="big_vl-pp")
-      return pack(list(self._pool.map(self._parent.__getitem__, indices)))
-    return pack([self._parent[i] for i in indices])
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_pool"] = None  # Each worker makes its own.
-    return state
-
-  def __str__(self):
-    return f"_MapBlocks(size={self._size}, threads={self._threads})"
-
-
-class Blocks(grain.IterDataset):
-  """A `ThreadedPreprocess` stream `pack`ed in blocks of `size` records.
-
-  Grain's `mp_prefetch` calls `set_slice(slice(w, None, W))` on worker w's
-  copy, which passes it to the stream as `keep_blocks(size, w, W)`: the
-  worker preprocesses only its blocks.
-  """
-
-  def __init__(self, parent, size):
-    super().__init__(parent)
-    self._size = int(size)
-
-  def set_slice(self, sl, sequential_slice=False):
-    if sequential_slice or sl.stop is not None or (sl.start or 0) < 0:
-      raise ValueError(f"Blocks takes strided worker slices only, not {sl}.")
-    self._parent.keep_blocks(self._size, sl.start or 0, sl.step or 1)
-
-  def __iter__(self):
-    return _BlocksIterator(self._parent.__iter__(), self._size)
-
-  def __str__(self):
-    return f"Blocks(size={self._size})"
-
-
-class _BlocksIterator(grain.DatasetIterator):
-  """See `Blocks`; its state is the stream's, between blocks."""
-
-  def __init__(self, parent, size):
-    super().__init__(parent)
-    self._size = size
-
-  def __next__(self):
-    records = []
-    for _ in range(self._size):
-      try:
-        records.append(next(self._parent))
-      except StopIteration:
-        break
-    if not records:
-      raise StopIteration
-    return pack(records)
-
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state):
-    self._parent.set_state(state)
-
-
-class _UnpackIterator(grain.DatasetIterator):
-  """Records of a stream of `pack`ed blocks.
-
-  State: {"blocks": the block stream's state before the current block,
-  "in_block": its records handed out}.
-  """
-
-  def __init__(self, parent):
-    super().__init__(parent)
-    self._before = None  # The block stream's state before `self._records`.
-    self._records, self._pos = [], 0
-
-  def __next__(self):
-    while self._pos >= len(self._records):
-      before = self._parent.get_state()
-      self._records = list(unpack(next(self._parent)))
-      self._before, self._pos = before, 0
-    self._pos += 1
-    return self._records[self._pos - 1]
-
-  def get_state(self):
-    if self._before is None or self._pos >= len(self._records):
-      return {"blocks": self._parent.get_state(), "in_block": 0}
-    return {"blocks": self._before, "in_block": self._pos}
-
-  def set_state(self, state):
-    self._parent.set_state(state["blocks"])
-    self._records, self._pos, self._before = [], 0, None
-    skip = int(state["in_block"])
-    if skip:
-      self._before = self._parent.get_state()
-      self._records = list(unpack(next(self._parent)))
-      self._pos = skip
-
-
-class _Unpack(grain.IterDataset):
-
-  def __iter__(self):
-    return _UnpackIterator(self._parent.__iter__())
 
 
 class _FromPosition(grain.DatasetIterator):
@@ -745,7 +278,7 @@ class _FromPosition(grain.DatasetIterator):
 def saved_workers(state):
   """Grain workers of the run that saved a streaming source's position
   (`make_train_iterator`'s state: ThreadedPreprocess's own state without
-  workers, `_Unpack`'s over grain's interleave of W workers)."""
+  workers, `worker_blocks.Unpack`'s over grain's interleave of W workers)."""
   blocks = state.get("blocks", state) if isinstance(state, dict) else {}
   if "iterators_in_use_states" in blocks:
     return len(blocks["iterators_in_use_states"])
@@ -786,7 +319,7 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
                         shuffle=True, workers=0, read_threads=4,
                         prefetch_buffer=4, process_index=None,
                         process_count=None, shuffle_buffer=None,
-                        worker_block=WORKER_BLOCK):
+                        worker_block=worker_blocks.WORKER_BLOCK):
   """Builds the training iterator over this process's share of `source`.
 
   The batches depend on neither `workers` nor `read_threads`: workers and
@@ -824,7 +357,7 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
     `workers` (a run may resume with another count); a streaming source's
     holds one reader state per worker and resumes with the same count.
   """
-  pp_fn = _safe(pp_lib.build(pp))
+  pp_fn = skips.safe(pp_lib.build(pp))
   read_options = grain.ReadOptions(num_threads=read_threads,
                                    prefetch_buffer_size=prefetch_buffer)
   components = source.sources if isinstance(
@@ -836,9 +369,9 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
     """Workers (blocks of records), then, in this process, the records in
     stream order, skipped and counted, batched."""
     if workers > 0:
-      ds = _Unpack(ds.mp_prefetch(
+      ds = worker_blocks.Unpack(ds.mp_prefetch(
           grain.MultiprocessingOptions(num_workers=workers)))
-    return _CountSkipped(ds).batch(batch_size, drop_remainder=True)
+    return skips.CountSkipped(ds).batch(batch_size, drop_remainder=True)
 
   if not is_streaming(source):
     parts = [_map_component(s, seed + i, shuffle, num_epochs)
@@ -853,7 +386,7 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
       records = ds[start:] if start else ds
       if workers > 0:  # One thread per worker reads blocks; each block's
         # records are preprocessed on `read_threads` threads.
-        return iter(finish(_MapBlocks(records, worker_block, read_threads)
+        return iter(finish(worker_blocks.MapBlocks(records, worker_block, read_threads)
                            .to_iter_dataset(grain.ReadOptions(
                                num_threads=1, prefetch_buffer_size=1))))
       return iter(finish(records.to_iter_dataset(read_options)))
@@ -866,10 +399,10 @@ def make_train_iterator(source, *, pp, batch_size, seed, num_epochs=None,
            for i, s in enumerate(components)]
   ds = parts[0] if len(parts) == 1 else grain.IterDataset.mix(
       parts, source.weights)
-  ds = ThreadedPreprocess(ds, pp_fn, seed=seed, threads=read_threads,
-                          chunk=min(batch_size, PREPROCESS_CHUNK))
+  ds = threaded_pp.ThreadedPreprocess(ds, pp_fn, seed=seed, threads=read_threads,
+                          chunk=min(batch_size, threaded_pp.PREPROCESS_CHUNK))
   if workers > 0:
-    ds = Blocks(ds, worker_block)
+    ds = worker_blocks.Blocks(ds, worker_block)
   return _StreamIterator(iter(finish(ds)), workers)
 
 
@@ -882,8 +415,8 @@ def num_eval_batches(num_examples, batch_size, process_count):
 def _padding_template(source, pp_fn, tries=64):
   """Zeros shaped like a preprocessed example (fills padding rows)."""
   for i in range(min(tries, len(source))):
-    example = pp_fn(_SafeSource(source)[i], None)
-    if example is not None and ERROR_KEY not in example:
+    example = pp_fn(skips.SafeSource(source)[i], None)
+    if example is not None and skips.ERROR_KEY not in example:
       return {k: np.zeros_like(np.asarray(v)) for k, v in example.items()}
   raise ValueError(f"None of the first {tries} records could be preprocessed;"
                    " check the data and the pp string.")
@@ -909,8 +442,8 @@ def eval_batches(source, *, pp, batch_size, process_index=None,
   process_index, process_count = _process_index_count(process_index,
                                                       process_count)
   n_batches = num_eval_batches(len(source), batch_size, process_count)
-  pp_fn = _safe(pp_lib.build(pp))
-  ds = grain.MapDataset.source(_SafeSource(source))
+  pp_fn = skips.safe(pp_lib.build(pp))
+  ds = grain.MapDataset.source(skips.SafeSource(source))
   ds = ds[process_index::process_count] if process_count > 1 else ds
   ds = ds.map(lambda x: pp_fn(x, None))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads),
@@ -937,8 +470,8 @@ def eval_batches(source, *, pp, batch_size, process_index=None,
   for element in ds:
     if element is None:
       rows.append(reason_index("decode"))
-    elif ERROR_KEY in element:
-      rows.append(reason_index(element[ERROR_KEY]))
+    elif skips.ERROR_KEY in element:
+      rows.append(reason_index(element[skips.ERROR_KEY]))
     else:
       rows.append(element)
     if len(rows) == batch_size:

@@ -35,7 +35,9 @@ Ops (image ops take `key="image"`, text ops `key="text"`):
 Images are resized with PIL on the uint8 image, like torchvision's PIL
 backend (which OpenAI CLIP and open_clip use), so bicubic results match
 theirs exactly.
-"""
+
+Length: every pp op (about 40, each a few lines) lives here, so that the
+vocabulary of a pp string is one file."""
 
 import ast
 import io

@@ -94,7 +94,10 @@ with [PAD] (0) and cut keeping [SEP] last, the ids `transformers` and
 sentence-transformers give (tested against all-MiniLM-L6-v2's tokenizer in
 tests/test_convert_hf_bert.py). A batch is encoded in one `encode_batch`
 call.
-"""
+
+Length: three tokenizer families (CLIP BPE, SentencePiece, WordPiece), each
+with its own text cleaning, behind the one `Tokenizer` padding/truncation
+contract defined here."""
 
 import functools
 import gzip

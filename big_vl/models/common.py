@@ -13,7 +13,9 @@
 
 Parameter names follow big_vision (`Transformer/encoderblock_0/...`,
 `encoder_norm`, `MAPHead_0/probe`), so its checkpoints map onto ours by name.
-"""
+
+Length: the transformer pieces both towers share (blocks, the encoder with scan
+/ remat, the MAP head, position embeddings, the size table)."""
 
 from collections.abc import Mapping
 import re

@@ -89,7 +89,9 @@ the object's size box (centre +- size/2) in relative coordinates. Records are
 in generation order: `src[i]` is `generate_example("train", i)`. Batched
 reads: `src.__getitems__([0, 1, 2])` (`src[[0, 1]]` is not supported).
 `tfds.data_source("big_vl_demo_shapes/small", ...)` reads the small config.
-"""
+
+Length: the dataset's generator, its caption grammar and the TFDS builder, with
+the data's facts in this docstring."""
 
 import io
 import math
