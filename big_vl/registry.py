@@ -22,6 +22,7 @@ KINDS = ("model", "outputs", "loss", "evaluator", "source", "pp",
 # Modules that define the built-in components. They are imported on lookup.
 BUILTIN_MODULES = (
     "big_vl.models.two_towers",
+    "big_vl.models.captioner",
     "big_vl.losses",
     "big_vl.evaluators.zeroshot",
     "big_vl.evaluators.retrieval",

@@ -433,6 +433,7 @@ RUNLOCAL_ARGS = {
     "configs/vitamin.py": ["runlocal"],
     "configs/lit_fashion_mnist.py": ["runlocal,text={minilm}"],
     "configs/finetune.py": ["runlocal,init={demo_run}"],
+    "configs/cappa.py": ["runlocal"],
 }
 
 

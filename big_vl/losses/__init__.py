@@ -38,7 +38,8 @@ Two implementations of each loss, chosen with the `impl` option:
 Both give the same loss, metrics and gradients w.r.t. `zimg`, `ztxt`, `t` and
 `b` (tests/test_losses_distributed.py checks this on 1 to 8 devices).
 
-The room (`big_vl/losses/`): `contrastive.py` (softmax, sigmoid), `filip.py`
+The room (`big_vl/losses/`): `contrastive.py` (softmax, sigmoid), `caption.py`
+(a captioner's token cross-entropy, over the outputs dict), `filip.py`
 (FILIP's token-wise late interaction), `dreamlip.py` (DreamLIP's
 sub-caption losses), each dense and ring, on `ring.py` (the one ring
 engine). Loss modules import jax, `big_vl.registry`, `big_vl.sharding`,
@@ -50,6 +51,7 @@ import functools
 
 from big_vl import config as config_lib
 from big_vl import registry
+from big_vl.losses import caption
 from big_vl.losses import contrastive
 from big_vl.losses import dreamlip
 from big_vl.losses import filip
@@ -61,6 +63,7 @@ softmax_loss = contrastive.softmax_loss
 sigmoid_loss = contrastive.sigmoid_loss
 filip_loss = filip.filip_loss
 dreamlip_loss = dreamlip.dreamlip_loss
+caption_loss = caption.caption_loss
 
 
 def get(name, where="config.loss", meta_keys=("name",), **options):

@@ -1,0 +1,19 @@
+"""Decoding captions from a captioner (`big_vl.models.captioner`).
+
+`greedy(model, params, image, start_id=..., end_id=...)` runs the decoder
+one token at a time with a KV cache: the model is cloned with
+`decode=True`, whose self-attention layers keep their keys and values in
+the "cache" collection, so step t costs one position instead of t. The
+whole loop is one jitted `lax.fori_loop` over static lengths, so one
+compile serves every batch of the same shape.
+
+`greedy_uncached` recomputes the whole prefix at every step (the reference
+the tests compare the cached decoder with).
+
+Not here yet (issue #19): beam search, sampling, classifier-free guidance.
+"""
+
+from big_vl.decode.greedy import greedy
+from big_vl.decode.greedy import greedy_uncached
+
+__all__ = ["greedy", "greedy_uncached"]

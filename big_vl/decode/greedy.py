@@ -1,0 +1,84 @@
+"""Greedy decoding with a KV cache, and its uncached reference."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from big_vl.models import captioner as captioner_lib
+
+
+def _finish(tokens, end_id, pad_id):
+  """Tokens after the first `end_id` of each row become `pad_id`."""
+  ended = jnp.cumsum(tokens == end_id, axis=1) - (tokens == end_id)
+  return jnp.where(ended > 0, pad_id, tokens)
+
+
+# Jitted decoders by (model repr, token ids): a linen module holding dicts
+# cannot be a static jit argument, its repr (its whole config) can key one.
+_JITTED = {}
+
+
+def greedy(model, params, image, *, start_id, end_id, pad_id=0):
+  """The most likely next token, step by step, with a KV cache.
+
+  Args:
+    model: a `Captioner` (any `decode` value; decoding uses a clone).
+    params: its params.
+    image: f32[B, H, W, 3] preprocessed images.
+    start_id: the first decoder input (CLIP BPE: 49406).
+    end_id: the token that ends a caption (CLIP BPE: 49407).
+    pad_id: what follows `end_id`.
+
+  Returns:
+    int32[B, model.max_len - 1]: the generated tokens (without the start
+    token); after the first `end_id` of a row, `pad_id`.
+  """
+  key = (repr(model), int(start_id), int(end_id), int(pad_id))
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(functools.partial(
+        _greedy, model, start_id=start_id, end_id=end_id, pad_id=pad_id))
+  return _JITTED[key](params, image)
+
+
+def _greedy(model, params, image, *, start_id, end_id, pad_id):
+  """`greedy`'s computation (traced once per model and shape)."""
+  dec = model.clone(decode=True)
+  length = model.max_len - 1
+  batch = image.shape[0]
+  variables = {"params": params}
+  memory = dec.apply(variables, image, method=captioner_lib.Captioner.encode)
+  # A call on a full-length input creates the (empty) caches.
+  _, cache = dec.apply(variables, jnp.zeros((batch, length), jnp.int32),
+                       memory, method=captioner_lib.Captioner.decode_tokens,
+                       mutable=["cache"])
+
+  def step(t, carry):
+    cache, token, out = carry
+    logits, cache = dec.apply(
+        {"params": params, **cache}, token[:, None], memory,
+        method=captioner_lib.Captioner.decode_tokens, mutable=["cache"])
+    token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    return cache, token, out.at[:, t].set(token)
+
+  start = jnp.full((batch,), start_id, jnp.int32)
+  out = jnp.full((batch, length), pad_id, jnp.int32)
+  _, _, out = jax.lax.fori_loop(0, length, step, (cache, start, out))
+  return _finish(out, end_id, pad_id)
+
+
+def greedy_uncached(model, params, image, *, start_id, end_id, pad_id=0):
+  """`greedy` without a cache: the decoder reruns the whole prefix at every
+  step (slow; the reference of the tests)."""
+  length = model.max_len - 1
+  batch = image.shape[0]
+  variables = {"params": params}
+  memory = model.apply(variables, image,
+                       method=captioner_lib.Captioner.encode)
+  tokens = jnp.full((batch, 1), start_id, jnp.int32)
+  for _ in range(length):
+    logits = model.apply(variables, tokens, memory,
+                         method=captioner_lib.Captioner.decode_tokens)
+    nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
+  return _finish(tokens[:, 1:], end_id, pad_id)

@@ -1,0 +1,57 @@
+"""Token cross-entropy of a captioner ("caption" loss).
+
+Reads the model's `outputs["logits"]` (f32[B, L - 1, V], the prediction of
+each next token) and the batch's caption ids `batch["text"]` (int[B, L]):
+the targets are `text[:, 1:]`; padding (id `pad_id`, 0 for CLIP BPE) is not
+counted. The loss is the mean over the batch's real target tokens (every
+token weighs the same, as big_vision's and open_clip's captioning losses);
+`label_smoothing` spreads that much target mass uniformly over the
+vocabulary.
+
+    config.objectives = dict(caption=dict(loss="caption", weight=1.0))
+
+Metrics: "token_acc" (top-1 accuracy over real tokens), "perplexity"
+(exp of the unsmoothed loss).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from big_vl import registry
+
+
+@registry.register("loss", "caption")
+def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
+                 pad_id=0):
+  """Mean token cross-entropy of `outputs["logits"]` vs `batch["text"][:, 1:]`.
+
+  Args:
+    outputs: the model's outputs dict with "logits" f32[B, L - 1, V].
+    batch: the step's batch with "text" int[B, L].
+    mesh: unused (XLA partitions the batch).
+    label_smoothing: e in [0, 1): the target is (1 - e) on the token plus
+      e / V everywhere.
+    pad_id: the padding id; those targets do not count.
+
+  Returns:
+    (loss, {"token_acc", "perplexity"}).
+  """
+  del mesh
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1) "
+                     "(the `label_smoothing` option of its objective).")
+  logits = outputs["logits"]
+  targets = batch["text"][:, 1:]
+  real = (targets != pad_id).astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(real), 1.0)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  plain = jnp.sum(nll * real) / count
+  loss = plain
+  if label_smoothing:
+    uniform = -jnp.mean(logp, axis=-1)
+    loss = jnp.sum(((1 - label_smoothing) * nll + label_smoothing * uniform)
+                   * real) / count
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return loss, {"token_acc": jnp.sum(correct * real) / count,
+                "perplexity": jnp.exp(plain)}

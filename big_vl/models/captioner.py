@@ -1,0 +1,146 @@
+"""Image captioners: a ViT encoder and a `decoder.TextDecoder` (CapPa).
+
+CapPa (Tschannen et al. 2023, "Image Captioners Are Scalable Vision
+Learners Too"): the decoder predicts the caption from the image tokens.
+During training a fraction `parallel_fraction` of the examples (paper:
+0.75) is predicted in parallel: every decoder input is the mask token and
+the causal mask is off, so each token is predicted from the image alone;
+the rest are teacher-forced autoregressively. With `uncond_prob` > 0 the
+image tokens of that fraction of examples are replaced by a learned null
+token, so the same model also learns p(caption) (classifier-free guidance
+at decoding, Kornblith et al. 2023).
+
+Captions are the tokenizer's ids `text` [B, L] (CLIP BPE: start token,
+words, end token, zero padding); the decoder reads `text[:, :-1]` and
+predicts `text[:, 1:]`. Registered as model "captioner"; its outputs
+function gives {"logits": f32[B, L - 1, V]} for the "caption" loss
+(`big_vl/losses/caption.py`).
+
+    model = Captioner(image={"variant": "mu/8"}, decoder={"width": 64,
+                      "depth": 2, "mlp_dim": 128, "num_heads": 2},
+                      max_len=24)
+    params = model.init(rng, image, text)["params"]  # image f32[B, H, W, 3]
+    logits = model.apply({"params": params}, image, text)  # [B, 23, V]
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from big_vl import registry
+from big_vl.models import decoder as decoder_lib
+from big_vl.models import vit
+
+
+def _as_dict(cfg):
+  if cfg is None:
+    return {}
+  return dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+
+
+@registry.register("model", "captioner")
+class Captioner(nn.Module):
+  """ViT image tokens -> decoder -> caption logits.
+
+  Attributes:
+    image: kwargs of `vit.ViT` (its patch tokens are the decoder's memory;
+      `num_classes` is not used).
+    decoder: kwargs of `decoder.TextDecoder` except `vocab_size`, `max_len`
+      and `decode` (width, depth, mlp_dim, num_heads, dropout, act, ...).
+    vocab_size: the tokenizer's vocabulary (CLIP BPE: 49408).
+    max_len: the tokenized caption length L (the decoder gets L - 1).
+    parallel_fraction: CapPa's fraction of examples predicted in parallel
+      (training only).
+    uncond_prob: fraction of examples whose image tokens are replaced by a
+      learned null (training only), for classifier-free guidance.
+    mask_token: the decoder input of parallel prediction (a token id).
+    dtype: compute dtype of both parts unless a block sets its own.
+    decode: build the decoder with a KV cache (`big_vl/decode.py`).
+  """
+  image: Any = None
+  decoder: Any = None
+  vocab_size: int = 49408
+  max_len: int = 24
+  parallel_fraction: float = 0.0
+  uncond_prob: float = 0.0
+  mask_token: int = 0
+  dtype: Any = "float32"
+  decode: bool = False
+
+  @staticmethod
+  def sub_configs(model_config):
+    del model_config
+    return [("image", vit.ViT, ()), ("decoder", decoder_lib.TextDecoder, ())]
+
+  def setup(self):
+    image = {"dtype": self.dtype, **_as_dict(self.image)}
+    image.pop("num_classes", None)
+    self.encoder = vit.ViT(**image, name="img")
+    dec = {"dtype": self.dtype, **_as_dict(self.decoder)}
+    owned = sorted({"vocab_size", "max_len", "decode"} & set(dec))
+    if owned:
+      raise ValueError(
+          f"config.model.decoder sets {owned}: the captioner sets them "
+          "(config.model.vocab_size, config.model.max_len).")
+    self.text_decoder = decoder_lib.TextDecoder(
+        vocab_size=self.vocab_size, max_len=self.max_len - 1,
+        decode=self.decode, **dec, name="decoder")
+    width = dec["width"]
+    self.memory_proj = nn.Dense(width, name="memory_proj")
+    self.null_memory = self.param("null_memory",
+                                  nn.initializers.normal(0.02), (1, 1, width))
+
+  def encode(self, image, *, train=False, uncond=None):
+    """[B, N, width] decoder memory of `image`; rows where `uncond` is True
+    get the learned null memory instead (p(caption) without the image)."""
+    _, aux = self.encoder(image, train=train)
+    memory = self.memory_proj(aux["tokens"])
+    if uncond is not None:
+      memory = jnp.where(uncond[:, None, None],
+                         jnp.broadcast_to(self.null_memory.astype(
+                             memory.dtype), memory.shape), memory)
+    return memory
+
+  def decode_tokens(self, tokens, memory, *, full_attention=None,
+                    train=False):
+    """Next-token logits for decoder inputs `tokens` [B, L'] (L' = 1 per
+    call with `decode=True`)."""
+    return self.text_decoder(tokens, memory, full_attention=full_attention,
+                             train=train)
+
+  def __call__(self, image, text, *, train=False):
+    """Teacher-forced (or parallel) logits f32[B, L - 1, V] of `text[:, 1:]`.
+
+    Args:
+      image: f32[B, H, W, 3].
+      text: int[B, L] caption ids.
+      train: enables dropout, parallel prediction and caption dropout (they
+        draw from the "dropout" rng).
+    """
+    batch = text.shape[0]
+    uncond = parallel = None
+    if train and self.uncond_prob > 0:
+      uncond = jax.random.bernoulli(self.make_rng("dropout"),
+                                    self.uncond_prob, (batch,))
+    memory = self.encode(image, train=train, uncond=uncond)
+    inputs = text[:, :-1]
+    if train and self.parallel_fraction > 0:
+      parallel = jax.random.bernoulli(self.make_rng("dropout"),
+                                      self.parallel_fraction, (batch,))
+      inputs = jnp.where(parallel[:, None], self.mask_token, inputs)
+    return self.decode_tokens(inputs, memory, full_attention=parallel,
+                              train=train)
+
+
+@registry.register("outputs", "captioner")
+def outputs(model, variables, batch, *, train=False, rngs=None):
+  """The captioner's outputs dict: {"logits": f32[B, L - 1, V]} for a batch
+  with "image" and "text"; {} for a batch without them (no param-only
+  outputs)."""
+  if batch.get("image") is None or batch.get("text") is None:
+    return {}
+  logits = model.apply(variables, batch["image"], batch["text"], train=train,
+                       rngs=rngs)
+  return {"logits": logits}

@@ -1,0 +1,147 @@
+"""A transformer text decoder over image tokens, with a KV cache.
+
+Pre-LN blocks: causal self-attention (`SelfAttention`), cross-attention to
+the image tower's tokens (`CrossAttention`), MLP (`MlpBlock_0`). Training
+runs the whole caption at once (teacher forcing, or CapPa's parallel
+prediction with the causal mask off per example); decoding builds the same
+module with `decode=True`, which keeps every self-attention's keys and
+values in the "cache" collection so each new token costs one position
+(`big_vl/decode.py`).
+
+    dec = TextDecoder(vocab_size=49408, width=64, depth=2, mlp_dim=128,
+                      num_heads=2, max_len=23)
+    params = dec.init(rng, tokens, memory)["params"]   # tokens i32[B, 23]
+    logits = dec.apply({"params": params}, tokens, memory)  # [B, 23, V]
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from big_vl.models import common
+
+
+class DecoderBlock(nn.Module):
+  """x + SelfAttn(LN(x)), x + CrossAttn(LN(x), memory), x + MLP(LN(x)).
+
+  Attributes:
+    mlp_dim: MLP hidden width.
+    num_heads: attention heads.
+    dropout: dropout on the residual branches.
+    dtype: compute dtype.
+    act: MLP activation name.
+    norm_eps: LayerNorm epsilon.
+    decode: keep the self-attention's keys / values in the "cache"
+      collection and take one position per call.
+  """
+  mlp_dim: int
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  act: str = "gelu"
+  norm_eps: float = 1e-6
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, memory, mask=None, deterministic=True):
+    """Applies the block.
+
+    Args:
+      x: [B, L, D] token states (L = 1 per call when decoding).
+      memory: [B, N, D] image tokens.
+      mask: bool self-attention mask broadcastable to [B, H, L, L] (True =
+        may attend), or None (decoding: the cache masks future positions).
+      deterministic: disables dropout.
+
+    Returns:
+      [B, L, D].
+    """
+    attention = dict(num_heads=self.num_heads, dtype=self.dtype,
+                     kernel_init=nn.initializers.xavier_uniform(),
+                     force_fp32_for_softmax=True, deterministic=True)
+    drop = lambda y: nn.Dropout(rate=self.dropout)(y, deterministic)
+    norm = lambda name: nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
+                                     name=name)
+    y = norm("LayerNorm_0")(x)
+    x = x + drop(nn.MultiHeadDotProductAttention(
+        **attention, decode=self.decode, name="SelfAttention")(
+            y, y, mask=mask))
+    y = norm("LayerNorm_1")(x)
+    x = x + drop(nn.MultiHeadDotProductAttention(
+        **attention, name="CrossAttention")(y, memory))
+    y = norm("LayerNorm_2")(x)
+    return x + drop(common.MlpBlock(
+        mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
+        act=self.act, name="MlpBlock_0")(y, deterministic))
+
+
+class TextDecoder(nn.Module):
+  """Token embedding + learned positions, `DecoderBlock`s, LN, logits.
+
+  Attributes:
+    width, depth, mlp_dim, num_heads: the blocks' sizes.
+    vocab_size: tokens (the tokenizer's vocabulary; default CLIP BPE's).
+    max_len: positions (the longest decoder input).
+    dropout: dropout rate.
+    dtype: compute dtype name.
+    act: MLP activation.
+    norm_eps: LayerNorm epsilon.
+    decode: one position per call, with a KV cache (see the module doc).
+  """
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  vocab_size: int = 49408
+  max_len: int = 76
+  dropout: float = 0.0
+  dtype: Any = "float32"
+  act: str = "gelu"
+  norm_eps: float = 1e-6
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens, memory, *, full_attention=None, train=False):
+    """Logits of the next token at every position.
+
+    Args:
+      tokens: int [B, L] decoder inputs (L <= max_len; 1 when decoding).
+      memory: [B, N, width] image tokens (already at the decoder's width).
+      full_attention: bool [B] or None: rows that attend to every position
+        (CapPa's parallel prediction) instead of causally.
+      train: enables dropout.
+
+    Returns:
+      f32 [B, L, vocab_size].
+    """
+    dtype = common.get_dtype(self.dtype)
+    x = nn.Embed(self.vocab_size, self.width,
+                 embedding_init=nn.initializers.normal(0.02),
+                 name="Embed_0")(tokens).astype(dtype)
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02),
+                     (1, self.max_len, self.width))
+    length = tokens.shape[1]
+    if self.decode and self.has_variable("cache", "index"):
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      x = x + jnp.take(pos[0], index.value + jnp.arange(length), axis=0)[None]
+      index.value = index.value + length
+      mask = None  # The self-attention caches mask what is not written yet.
+    else:
+      if self.decode:  # The call that creates the caches.
+        self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      x = x + pos[:, :length]
+      mask = nn.make_causal_mask(tokens, dtype=jnp.bool_)
+      if full_attention is not None:
+        mask = mask | full_attention[:, None, None, None]
+    memory = memory.astype(dtype)
+    for i in range(self.depth):
+      x = DecoderBlock(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                       dropout=self.dropout, dtype=dtype, act=self.act,
+                       norm_eps=self.norm_eps, decode=self.decode,
+                       name=f"decoderblock_{i}")(
+                           x, memory, mask, deterministic=not train)
+    x = nn.LayerNorm(epsilon=self.norm_eps, dtype=dtype, name="LayerNorm_0")(x)
+    return nn.Dense(self.vocab_size, dtype=dtype,
+                    kernel_init=nn.initializers.zeros,
+                    name="head")(x).astype(jnp.float32)
