@@ -167,3 +167,83 @@ def test_cappa_trains_on_the_demo_data_and_decodes(demo_data, tmp_path):
   np.testing.assert_array_equal(
       tokens, decode.greedy_uncached(model, params, image, start_id=START,
                                      end_id=END))
+
+
+def test_guidance_one_is_conditional_and_zero_unconditional():
+  model = _model(uncond_prob=0.5)
+  params = _params(model, seed=5)
+  image, _ = _inputs(batch=4, seed=2)
+  kw = dict(start_id=48, end_id=49)
+  cond = decode.greedy(model, params, image, **kw)
+  np.testing.assert_array_equal(
+      decode.greedy(model, params, image, guidance=1.0, **kw), cond)
+  # gamma = 0: p(c) alone, the same caption for every image.
+  uncond = decode.greedy(model, params, image, guidance=0.0, **kw)
+  assert len({tuple(r) for r in np.asarray(uncond).tolist()}) == 1
+  for gamma in (0.0, 2.5):
+    np.testing.assert_array_equal(
+        decode.greedy(model, params, image, guidance=gamma, **kw),
+        decode.greedy_uncached(model, params, image, guidance=gamma, **kw))
+  # Guidance above 1 moves away from the unconditional caption.
+  strong = decode.greedy(model, params, image, guidance=4.0, **kw)
+  assert strong.shape == cond.shape
+
+
+def _sequence_logp(model, params, image, tokens, start, end):
+  """Summed log-probability of each row's tokens up to its first `end`
+  (included), by teacher forcing without a cache."""
+  memory = model.apply({"params": params}, image,
+                       method=captioner_lib.Captioner.encode)
+  inputs = jnp.concatenate(
+      [jnp.full((tokens.shape[0], 1), start, jnp.int32), tokens[:, :-1]], 1)
+  logp = jax.nn.log_softmax(model.apply(
+      {"params": params}, inputs, memory,
+      method=captioner_lib.Captioner.decode_tokens), axis=-1)
+  picked = np.take_along_axis(np.asarray(logp), np.asarray(tokens)[..., None],
+                              -1)[..., 0]
+  seen_end = np.cumsum(np.asarray(tokens) == end, axis=1)
+  counted = (seen_end == 0) | ((seen_end == 1) & (np.asarray(tokens) == end))
+  return (picked * counted).sum(1)
+
+
+def test_beam_search_finds_at_least_greedy_and_beam_one_is_greedy():
+  model = _model()
+  params = _params(model, seed=7)
+  # A likely end token, so that hypotheses finish at different lengths.
+  params["decoder"]["head"]["bias"] = params["decoder"]["head"]["bias"].at[
+      49].set(2.0)
+  image, _ = _inputs(batch=4, seed=3)
+  kw = dict(start_id=48, end_id=49)
+  greedy_tokens = decode.greedy(model, params, image, **kw)
+  one, one_scores = decode.beam_search(model, params, image, beam=1, **kw)
+  np.testing.assert_array_equal(one, greedy_tokens)
+  wide, scores = decode.beam_search(model, params, image, beam=4, **kw)
+  # Its scores are the log-probabilities of what it returns ...
+  np.testing.assert_allclose(
+      scores, _sequence_logp(model, params, image, wide, 48, 49), atol=1e-4)
+  np.testing.assert_allclose(
+      one_scores, _sequence_logp(model, params, image, one, 48, 49),
+      atol=1e-4)
+  # With a beam as wide as every prefix, beam search is exhaustive: on a
+  # 6-token vocabulary and 3 steps it finds the best of all 216 captions.
+  small = captioner_lib.Captioner(
+      image={"variant": "mu/8"},
+      decoder={"width": 16, "depth": 1, "mlp_dim": 32, "num_heads": 2},
+      vocab_size=6, max_len=4)
+  params = small.init(jax.random.PRNGKey(0), image, jnp.zeros(
+      (4, 4), jnp.int32))["params"]
+  params["decoder"]["head"]["kernel"] = jax.random.normal(
+      jax.random.PRNGKey(1), params["decoder"]["head"]["kernel"].shape)
+  every = np.array(np.meshgrid(*[np.arange(6)] * 3, indexing="ij")).reshape(
+      3, -1).T.astype(np.int32)  # [216, 3]
+  best = []
+  for b in range(4):
+    logp = _sequence_logp(small, params, jnp.repeat(image[b:b + 1], 216, 0),
+                          jnp.asarray(every), 4, 5)
+    best.append(logp.max())
+  _, scores = decode.beam_search(small, params, image, beam=36, start_id=4,
+                                 end_id=5)
+  np.testing.assert_allclose(scores, best, atol=1e-5)
+  narrow, narrow_scores = decode.beam_search(small, params, image, beam=2,
+                                             start_id=4, end_id=5)
+  assert np.all(np.asarray(narrow_scores) <= np.asarray(best) + 1e-5)

@@ -10,10 +10,14 @@ compile serves every batch of the same shape.
 `greedy_uncached` recomputes the whole prefix at every step (the reference
 the tests compare the cached decoder with).
 
-Not here yet (issue #19): beam search, sampling, classifier-free guidance.
+`guidance=gamma` adds classifier-free guidance (Kornblith et al. 2023) in
+the same pass. `beam_search(..., beam=K, alpha=...)` keeps K hypotheses per
+image with the same cache (its rows follow their parents) and GNMT's length
+penalty. Not here yet (issue #19): sampling.
 """
 
+from big_vl.decode.beam import beam_search
 from big_vl.decode.greedy import greedy
 from big_vl.decode.greedy import greedy_uncached
 
-__all__ = ["greedy", "greedy_uncached"]
+__all__ = ["beam_search", "greedy", "greedy_uncached"]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from big_vl.models import captioner as captioner_lib
 
 
-def _finish(tokens, end_id, pad_id):
+def finish(tokens, end_id, pad_id):
   """Tokens after the first `end_id` of each row become `pad_id`."""
   ended = jnp.cumsum(tokens == end_id, axis=1) - (tokens == end_id)
   return jnp.where(ended > 0, pad_id, tokens)
@@ -19,8 +19,17 @@ def _finish(tokens, end_id, pad_id):
 _JITTED = {}
 
 
-def greedy(model, params, image, *, start_id, end_id, pad_id=0):
+def greedy(model, params, image, *, start_id, end_id, pad_id=0,
+           guidance=None):
   """The most likely next token, step by step, with a KV cache.
+
+  With `guidance` = gamma, the score of a token is classifier-free
+  guidance's `log p(c) + gamma * (log p(c | x) - log p(c))`, computed as
+  `(1 - gamma) * log p(c) + gamma * log p(c | x)` (exactly the conditional
+  scores at gamma = 1 and the unconditional ones at 0): the batch runs
+  twice in one pass, rows with the image and rows with the model's learned
+  null memory (`Captioner.uncond_prob` trains it), both fed the chosen
+  token.
 
   Args:
     model: a `Captioner` (any `decode` value; decoding uses a clone).
@@ -29,56 +38,82 @@ def greedy(model, params, image, *, start_id, end_id, pad_id=0):
     start_id: the first decoder input (CLIP BPE: 49406).
     end_id: the token that ends a caption (CLIP BPE: 49407).
     pad_id: what follows `end_id`.
+    guidance: gamma (a float), or None for plain conditional decoding.
 
   Returns:
     int32[B, model.max_len - 1]: the generated tokens (without the start
     token); after the first `end_id` of a row, `pad_id`.
   """
-  key = (repr(model), int(start_id), int(end_id), int(pad_id))
+  guidance = None if guidance is None else float(guidance)
+  key = (repr(model), int(start_id), int(end_id), int(pad_id), guidance)
   if key not in _JITTED:
     _JITTED[key] = jax.jit(functools.partial(
-        _greedy, model, start_id=start_id, end_id=end_id, pad_id=pad_id))
+        _greedy, model, start_id=start_id, end_id=end_id, pad_id=pad_id,
+        guidance=guidance))
   return _JITTED[key](params, image)
 
 
-def _greedy(model, params, image, *, start_id, end_id, pad_id):
+def _greedy(model, params, image, *, start_id, end_id, pad_id, guidance):
   """`greedy`'s computation (traced once per model and shape)."""
   dec = model.clone(decode=True)
   length = model.max_len - 1
   batch = image.shape[0]
   variables = {"params": params}
-  memory = dec.apply(variables, image, method=captioner_lib.Captioner.encode)
+  encode = functools.partial(dec.apply, variables,
+                             method=captioner_lib.Captioner.encode)
+  memory = encode(image)
+  if guidance is not None:  # Rows [with the image; with the null memory].
+    memory = jnp.concatenate(
+        [memory, encode(image, uncond=jnp.ones((batch,), bool))])
+  rows = memory.shape[0]
   # A call on a full-length input creates the (empty) caches.
-  _, cache = dec.apply(variables, jnp.zeros((batch, length), jnp.int32),
+  _, cache = dec.apply(variables, jnp.zeros((rows, length), jnp.int32),
                        memory, method=captioner_lib.Captioner.decode_tokens,
                        mutable=["cache"])
 
   def step(t, carry):
     cache, token, out = carry
+    fed = token if guidance is None else jnp.concatenate([token, token])
     logits, cache = dec.apply(
-        {"params": params, **cache}, token[:, None], memory,
+        {"params": params, **cache}, fed[:, None], memory,
         method=captioner_lib.Captioner.decode_tokens, mutable=["cache"])
-    token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    scores = jax.nn.log_softmax(logits[:, -1], axis=-1)
+    if guidance is not None:
+      scores = (1.0 - guidance) * scores[batch:] + guidance * scores[:batch]
+    token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
     return cache, token, out.at[:, t].set(token)
 
   start = jnp.full((batch,), start_id, jnp.int32)
   out = jnp.full((batch, length), pad_id, jnp.int32)
   _, _, out = jax.lax.fori_loop(0, length, step, (cache, start, out))
-  return _finish(out, end_id, pad_id)
+  return finish(out, end_id, pad_id)
 
 
-def greedy_uncached(model, params, image, *, start_id, end_id, pad_id=0):
+def greedy_uncached(model, params, image, *, start_id, end_id, pad_id=0,
+                    guidance=None):
   """`greedy` without a cache: the decoder reruns the whole prefix at every
-  step (slow; the reference of the tests)."""
+  step, and guidance runs the conditional and unconditional rows as two
+  calls (slow; the reference of the tests)."""
   length = model.max_len - 1
   batch = image.shape[0]
   variables = {"params": params}
-  memory = model.apply(variables, image,
-                       method=captioner_lib.Captioner.encode)
-  tokens = jnp.full((batch, 1), start_id, jnp.int32)
-  for _ in range(length):
+
+  def scores_of(tokens, memory):
     logits = model.apply(variables, tokens, memory,
                          method=captioner_lib.Captioner.decode_tokens)
-    nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    return jax.nn.log_softmax(logits[:, -1], axis=-1)
+
+  encode = functools.partial(model.apply, variables, image,
+                             method=captioner_lib.Captioner.encode)
+  memory = encode()
+  null = None if guidance is None else encode(
+      uncond=jnp.ones((batch,), bool))
+  tokens = jnp.full((batch, 1), start_id, jnp.int32)
+  for _ in range(length):
+    scores = scores_of(tokens, memory)
+    if guidance is not None:
+      scores = ((1.0 - guidance) * scores_of(tokens, null)
+                + guidance * scores)
+    nxt = jnp.argmax(scores, axis=-1).astype(jnp.int32)
     tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
-  return _finish(tokens[:, 1:], end_id, pad_id)
+  return finish(tokens[:, 1:], end_id, pad_id)
