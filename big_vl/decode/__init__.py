@@ -17,7 +17,7 @@ penalty. Not here yet (issue #19): sampling.
 """
 
 from big_vl.decode.beam import beam_search
-from big_vl.decode.greedy import greedy
-from big_vl.decode.greedy import greedy_uncached
+from big_vl.decode.greedy_search import greedy
+from big_vl.decode.greedy_search import greedy_uncached
 
 __all__ = ["beam_search", "greedy", "greedy_uncached"]

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from big_vl.decode import greedy as greedy_lib
+from big_vl.decode import greedy_search
 from big_vl.models import captioner as captioner_lib
 
 _NEG = -1.0e9
@@ -126,4 +126,4 @@ def _beam_search(model, params, image, *, beam, start_id, end_id, pad_id,
       axis=1)[:, 0]
   scores = jnp.take_along_axis(
       jnp.concatenate([fin_logp, live_logp], axis=1), best, axis=1)[:, 0]
-  return greedy_lib.finish(tokens, end_id, pad_id), scores
+  return greedy_search.finish(tokens, end_id, pad_id), scores
