@@ -3,8 +3,6 @@ workdir that is a file, a full disk while checkpointing; bugs keep their
 traceback."""
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -40,19 +38,18 @@ def test_raised_on_purpose_tells_big_vl_errors_from_bugs():
 
 def _cli(args, *, cwd=None, file_limit=None, timeout=300):
   """Runs `python -m ARGS...`; `file_limit` (bytes) makes bigger writes
-  fail with EFBIG, as a full disk fails them with ENOSPC."""
-
-  def limit():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (
-        file_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
+  fail with EFBIG, as a full disk fails them with ENOSPC (set by the shell:
+  `ulimit -f`, with SIGXFSZ ignored so that the write fails, not the
+  process)."""
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=(
       jax.config.jax_compilation_cache_dir or ""))
-  return subprocess.run([sys.executable, "-m", *args], cwd=cwd or REPO,
-                        env=env, capture_output=True, text=True,
-                        timeout=timeout, check=False,
-                        preexec_fn=limit if file_limit else None)
+  command = [sys.executable, "-m", *args]
+  if file_limit:
+    command = ["bash", "-c", f'trap "" XFSZ; ulimit -f {file_limit // 1024};'
+               ' exec "$@"', "bash", *command]
+  return subprocess.run(command, cwd=cwd or REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout,
+                        check=False)
 
 
 def _last_line(out):
