@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "big_vl.evaluators.retrieval",
     "big_vl.evaluators.linear_probe",
     "big_vl.evaluators.fewshot",
+    "big_vl.evaluators.captioning",
     "big_vl.data.sources",
     "big_vl.data.pp",
     "big_vl.data.tokenizers",

@@ -16,10 +16,12 @@ Run (the demo data is built on first use):
         --workdir=/tmp/cappa    # 20 steps, 32x32 images, tiny towers
 
 Metrics: train/caption/loss, train/caption/token_acc,
-train/caption/perplexity. Decode with `big_vl.decode.greedy`.
+train/caption/perplexity; at the end, greedy captions of the test split
+(64 images with `runlocal`, 1,000 otherwise) scored against their 5
+references: captioning/demo_shapes/cider, bleu_1 ... bleu_4.
 
-Not yet here (issue #19): captioning evaluators (CIDEr, CLIPScore,
-self-retrieval) and the full-size (WebLI-scale) recipe.
+Not yet here (issue #19): CLIPScore, self-retrieval, guidance sweeps and
+the full-size (WebLI-scale) recipe.
 
 Args (after the colon): `runlocal`, `steps=N`, `batch=N`, `parallel=F`
 (parallel_fraction), `uncond=F` (uncond_prob).
@@ -70,5 +72,11 @@ def get_config(arg=None):
   config.grad_clip_norm = 1.0
   config.mesh = (("data", -1),)
   config.sharding_rules = ((".*", "replicate"),)
-  config.evals = ml_collections.ConfigDict()
+  # Greedy captions of the test split, scored against its 5 references.
+  config.evals = ml_collections.ConfigDict(dict(captioning=dict(
+      type="captioning", data=config_lib.DEMO_DATA,
+      split="test[:64]" if arg.runlocal else "test[:1000]",
+      pp=pp.zeroshot_img.replace("|keep('image','label')", "|keep('image')"),
+      captions_key="captions", batch_size=32 if arg.runlocal else 250,
+      beam=1)))
   return config

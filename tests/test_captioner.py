@@ -152,6 +152,11 @@ def test_cappa_trains_on_the_demo_data_and_decodes(demo_data, tmp_path):
   config.mesh = (("data", 1),)
   result = train_lib.train(config, str(tmp_path), devices=jax.devices()[:1])
   assert result["step"] == 20
+  # The final evaluation decoded and scored the test captions.
+  final = result["final"]
+  assert final["captioning/demo_shapes/skipped"] == 0
+  for key in ("cider", "bleu_1", "bleu_4"):
+    assert 0.0 <= final[f"captioning/demo_shapes/{key}"] < 10.0, key
   rows = [r for r in metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
           if "train/caption/loss" in r]
   # From about ln(49408) = 10.8 (uniform over the vocabulary) down; the

@@ -355,6 +355,15 @@ def _run_eval(name, block, checks, tmp):
         out = pp_lib.build(block.pp)(record, None)
         checks.image(out, f"{what}.pp on {spec}", pp=block.pp)
         assert "label" in out, (what, sorted(out))
+  elif kind == "captioning":
+    for spec, record, _ in _records(block.data, block.split, tmp):
+      out = pp_lib.build(block.pp)(record, None)
+      assert set(out) == {"image"}, (what, spec, sorted(out))
+      checks.image(out, f"{what}.pp", pp=block.pp)
+      captions = record[block.get("captions_key", "captions")]
+      assert captions and all(
+          (c.decode() if isinstance(c, bytes) else c).strip()
+          for c in captions), (what, spec, captions)
   else:
     pytest.fail(f"{what}: teach this test the pp keys of evaluator "
                 f"{kind!r}.")

@@ -4,12 +4,17 @@
 (the trainer's periodic evaluations, `big_vl.evaluate`).
 """
 
+import inspect
+
 from big_vl import models
 from big_vl import registry
 
 
 def make_evaluators(config, model, mesh):
-  """[(name, every_steps or None, evaluator)] from config.evals."""
+  """[(name, every_steps or None, evaluator)] from config.evals.
+
+  Each evaluator gets the model's predict function and the mesh; one whose
+  constructor takes `model` (captioning) gets the model too."""
   evaluators = []
   predict_fn = models.make_predict_fn(
       model, config.get("model_name", "two_towers"))
@@ -17,6 +22,9 @@ def make_evaluators(config, model, mesh):
     block = dict(block)
     kind = block.pop("type", name)
     every = block.pop("every", None)
-    ev = registry.get("evaluator", kind)(predict_fn, mesh=mesh, **block)
+    cls = registry.get("evaluator", kind)
+    if "model" in inspect.signature(cls).parameters:
+      block["model"] = model
+    ev = cls(predict_fn, mesh=mesh, **block)
     evaluators.append((name, every, ev))
   return evaluators

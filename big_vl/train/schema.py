@@ -87,7 +87,8 @@ def check_model(config):
 
 def check_evals(config, where="config.evals"):
   """Checks each `config.evals` block against its evaluator's constructor
-  (minus `predict_fn` / `mesh`, plus the meta keys `type` and `every`)."""
+  (minus `predict_fn` / `mesh` / `model`, plus the meta keys `type` and
+  `every`)."""
   for name, block in (config.get("evals", None) or {}).items():
     kind = block.get("type", name)
     if kind not in registry.names("evaluator"):
@@ -95,7 +96,7 @@ def check_evals(config, where="config.evals"):
                        f"{kind!r}; known: {registry.names('evaluator')}.")
     config_lib.check_signature(
         block, registry.get("evaluator", kind), f"{where}.{name}",
-        skip=("predict_fn", "mesh"), extra=EVAL_META_KEYS)
+        skip=("predict_fn", "mesh", "model"), extra=EVAL_META_KEYS)
 
 
 def param_compute_dtype(config):

@@ -1,0 +1,100 @@
+"""Captioning: decode a split's captions and score them against its
+references (CIDEr-D, BLEU-1..4; `caption_metrics`).
+
+    config.evals.captioning = dict(
+        type="captioning", data="tfds:big_vl_demo_shapes", split="test",
+        pp="decode|resize(32)|value_range(-1,1)|keep('image')",
+        captions_key="captions", batch_size=64, beam=1)
+
+The images go through `pp`; their captions are decoded by
+`big_vl.decode.greedy` (or `beam_search` with `beam` > 1; `guidance` for
+classifier-free guidance) on the eval mesh, then detokenized; the references
+are the records' `captions_key` field (a list of captions), read from the
+source. Records that fail are skipped and counted like every evaluator's.
+
+Metrics: captioning/<dataset>/cider, bleu_1 ... bleu_4, skipped. The
+evaluator keeps `last`: (index, generated, references) of the first `keep`
+examples, for logs and plots.
+"""
+
+from big_vl import decode
+from big_vl import registry
+from big_vl.data import sources
+from big_vl.evaluators import caption_metrics
+from big_vl.evaluators import common
+
+
+def _text(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@registry.register("evaluator", "captioning")
+class Evaluator:
+  """Captioning evaluator.
+
+  Args:
+    predict_fn: unused (the evaluator decodes with `model`).
+    mesh: the Mesh the params live on.
+    data: source spec, e.g. "tfds:big_vl_demo_shapes".
+    split: split to evaluate.
+    pp: pp string giving "image".
+    model: the captioner (`big_vl.models.captioner.Captioner`); the
+      trainer and `big_vl.evaluate` pass the run's model.
+    captions_key: the records' field holding the reference captions.
+    batch_size: global eval batch size.
+    beam: 1 for greedy decoding, K > 1 for beam search.
+    alpha: beam search's length penalty exponent.
+    guidance: classifier-free guidance gamma (greedy only), or None.
+    tokenizer: registry tokenizer that decodes the ids ("clip_bpe").
+    start_id, end_id: the decoder's first input and the end token.
+    keep: examples kept in `last`.
+    data_dir: data directory.
+    name: dataset name in metric keys (default from `data`).
+  """
+
+  def __init__(self, predict_fn, *, mesh, data, split, pp, model=None,
+               captions_key="captions", batch_size=64, beam=1, alpha=0.0,
+               guidance=None, tokenizer="clip_bpe", start_id=49406,
+               end_id=49407, keep=16, data_dir=None, name=None):
+    del predict_fn
+    if model is None or not hasattr(model, "decode_tokens"):
+      raise ValueError("captioning: the model is not a captioner "
+                       f"({type(model).__name__}); use model_name="
+                       "'captioner'.")
+    if beam > 1 and guidance is not None:
+      raise ValueError("captioning: guidance works with greedy decoding "
+                       "(beam=1) only.")
+    self.model, self.mesh = model, mesh
+    self.source = sources.get(data, split=split, data_dir=data_dir)
+    self.pp, self.captions_key = pp, captions_key
+    self.batch_size, self.keep = batch_size, keep
+    self.name = name or common.dataset_label(data)
+    self.tokenizer = registry.get("tokenizer", tokenizer)()
+    ids = dict(start_id=start_id, end_id=end_id)
+    if beam > 1:
+      self._decode = lambda p, b: {"tokens": decode.beam_search(
+          model, p, b["image"], beam=beam, alpha=alpha, **ids)[0]}
+    else:
+      self._decode = lambda p, b: {"tokens": decode.greedy(
+          model, p, b["image"], guidance=guidance, **ids)}
+    self.last = None
+
+  def run(self, params):
+    """Yields (metric_name, value) pairs."""
+    prefix = f"captioning/{self.name}"
+    skipped = common.Skipped()
+    out = common.run_over(self.source, pp=self.pp,
+                          batch_size=self.batch_size, mesh=self.mesh,
+                          fn=self._decode, params=params, desc=prefix,
+                          with_index=True, skipped=skipped)
+    generated = [self.tokenizer.decode(row) for row in out["tokens"]]
+    references = [[_text(c) for c in self.source[int(i)][self.captions_key]]
+                  for i in out["index"]]
+    self.last = list(zip(out["index"].tolist(), generated,
+                         references))[:self.keep]
+    if generated:
+      yield f"{prefix}/cider", caption_metrics.cider_d(generated,
+                                                       references)[0]
+      for key, value in caption_metrics.bleu(generated, references).items():
+        yield f"{prefix}/{key}", value
+    yield from skipped.metrics(prefix)
