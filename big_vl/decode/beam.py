@@ -10,7 +10,6 @@ At the end the live hypotheses (captions cut at the maximum length) compete
 with the finished ones, and the best of each image is returned.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,6 @@ from big_vl.decode import greedy_search
 from big_vl.models import captioner as captioner_lib
 
 _NEG = -1.0e9
-_JITTED = {}
 
 
 def length_penalty(length, alpha):
@@ -43,13 +41,10 @@ def beam_search(model, params, image, *, beam, start_id, end_id, pad_id=0,
     (tokens int32[B, max_len - 1] as `greedy` gives them, scores f32[B]:
     their summed log-probabilities, end token included).
   """
-  key = (repr(model), int(beam), int(start_id), int(end_id), int(pad_id),
-         float(alpha))
-  if key not in _JITTED:
-    _JITTED[key] = jax.jit(functools.partial(
-        _beam_search, model, beam=int(beam), start_id=start_id,
-        end_id=end_id, pad_id=pad_id, alpha=float(alpha)))
-  return _JITTED[key](params, image)
+  return greedy_search.jitted(
+      _beam_search, model, beam=int(beam), start_id=int(start_id),
+      end_id=int(end_id), pad_id=int(pad_id), alpha=float(alpha))(
+          params, image)
 
 
 def _gather_rows(tree, rows):
@@ -66,9 +61,7 @@ def _beam_search(model, params, image, *, beam, start_id, end_id, pad_id,
   variables = {"params": params}
   memory = dec.apply(variables, image, method=captioner_lib.Captioner.encode)
   memory = jnp.repeat(memory, beam, axis=0)  # row b * beam + k
-  _, cache = dec.apply(variables, jnp.zeros((rows, length), jnp.int32),
-                       memory, method=captioner_lib.Captioner.decode_tokens,
-                       mutable=["cache"])
+  cache = greedy_search.empty_cache(dec, params, memory, length)
   # Live hypotheses: only beam 0 is real at the start.
   live_logp = jnp.tile(jnp.array([0.0] + [_NEG] * (beam - 1)), (batch, 1))
   live_seq = jnp.full((batch, beam, length), pad_id, jnp.int32)

@@ -14,9 +14,29 @@ def finish(tokens, end_id, pad_id):
   return jnp.where(ended > 0, pad_id, tokens)
 
 
-# Jitted decoders by (model repr, token ids): a linen module holding dicts
-# cannot be a static jit argument, its repr (its whole config) can key one.
+# Jitted decoders by (function, model repr, static options): a linen module
+# holding dicts cannot be a static jit argument; its repr (its whole config)
+# can key one.
 _JITTED = {}
+
+
+def jitted(fn, model, **static):
+  """`fn(model, params, image, **static)` as a jitted `(params, image)`
+  function, compiled once per model config and static options."""
+  key = (fn, repr(model), tuple(sorted(static.items())))
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(functools.partial(fn, model, **static))
+  return _JITTED[key]
+
+
+def empty_cache(dec, params, memory, length):
+  """The (empty) KV caches of decoder clone `dec` for `memory`'s rows: one
+  call on a full-length input creates them."""
+  _, cache = dec.apply({"params": params},
+                       jnp.zeros((memory.shape[0], length), jnp.int32),
+                       memory, method=captioner_lib.Captioner.decode_tokens,
+                       mutable=["cache"])
+  return cache
 
 
 def greedy(model, params, image, *, start_id, end_id, pad_id=0,
@@ -44,13 +64,9 @@ def greedy(model, params, image, *, start_id, end_id, pad_id=0,
     int32[B, model.max_len - 1]: the generated tokens (without the start
     token); after the first `end_id` of a row, `pad_id`.
   """
-  guidance = None if guidance is None else float(guidance)
-  key = (repr(model), int(start_id), int(end_id), int(pad_id), guidance)
-  if key not in _JITTED:
-    _JITTED[key] = jax.jit(functools.partial(
-        _greedy, model, start_id=start_id, end_id=end_id, pad_id=pad_id,
-        guidance=guidance))
-  return _JITTED[key](params, image)
+  return jitted(_greedy, model, start_id=int(start_id), end_id=int(end_id),
+                pad_id=int(pad_id), guidance=None if guidance is None
+                else float(guidance))(params, image)
 
 
 def _greedy(model, params, image, *, start_id, end_id, pad_id, guidance):
@@ -65,11 +81,7 @@ def _greedy(model, params, image, *, start_id, end_id, pad_id, guidance):
   if guidance is not None:  # Rows [with the image; with the null memory].
     memory = jnp.concatenate(
         [memory, encode(image, uncond=jnp.ones((batch,), bool))])
-  rows = memory.shape[0]
-  # A call on a full-length input creates the (empty) caches.
-  _, cache = dec.apply(variables, jnp.zeros((rows, length), jnp.int32),
-                       memory, method=captioner_lib.Captioner.decode_tokens,
-                       mutable=["cache"])
+  cache = empty_cache(dec, params, memory, length)
 
   def step(t, carry):
     cache, token, out = carry

@@ -30,14 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from big_vl import registry
+from big_vl.models import common
 from big_vl.models import decoder as decoder_lib
 from big_vl.models import vit
-
-
-def _as_dict(cfg):
-  if cfg is None:
-    return {}
-  return dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
 
 
 @registry.register("model", "captioner")
@@ -75,10 +70,10 @@ class Captioner(nn.Module):
     return [("image", vit.ViT, ()), ("decoder", decoder_lib.TextDecoder, ())]
 
   def setup(self):
-    image = {"dtype": self.dtype, **_as_dict(self.image)}
+    image = {"dtype": self.dtype, **common.as_dict(self.image)}
     image.pop("num_classes", None)
     self.encoder = vit.ViT(**image, name="img")
-    dec = {"dtype": self.dtype, **_as_dict(self.decoder)}
+    dec = {"dtype": self.dtype, **common.as_dict(self.decoder)}
     owned = sorted({"vocab_size", "max_len", "decode"} & set(dec))
     if owned:
       raise ValueError(

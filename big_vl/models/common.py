@@ -111,6 +111,15 @@ def resolve_dims(module_name, variant, names=DIM_NAMES, **explicit):
   return dims
 
 
+def as_dict(cfg):
+  """A model config block (dict, ConfigDict or None) as a plain dict."""
+  if cfg is None:
+    return {}
+  if hasattr(cfg, "to_dict"):  # ml_collections.ConfigDict
+    return cfg.to_dict()
+  return dict(cfg)
+
+
 def get_dtype(dtype):
   """Returns a jnp dtype from a name ("float32", "bfloat16") or a dtype."""
   try:

@@ -26,20 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from big_vl import registry
+from big_vl.models import common
 from big_vl.models import text_transformer
 from big_vl.models import vit
 from big_vl.models import vitamin
 
 # config.model.image["arch"] -> image tower module (default "vit").
 IMAGE_ARCHS = {"vit": vit.ViT, "vitamin": vitamin.ViTamin}
-
-
-def _as_dict(cfg):
-  if cfg is None:
-    return {}
-  if hasattr(cfg, "to_dict"):  # ml_collections.ConfigDict
-    return cfg.to_dict()
-  return dict(cfg)
 
 
 def l2_normalize(x, axis=-1, eps=1e-12):
@@ -95,7 +88,7 @@ class Model(nn.Module):
     """[(key, module class, keys the model itself reads)] of the blocks in
     a model config (what `big_vl.models.check_config` checks each against).
     """
-    image = _as_dict(model_config.get("image"))
+    image = common.as_dict(model_config.get("image"))
     arch = image.get("arch", "vit")
     if arch not in IMAGE_ARCHS:
       raise ValueError(f"config.model.image.arch: unknown {arch!r}; known: "
@@ -104,7 +97,7 @@ class Model(nn.Module):
             ("text", text_transformer.TextTransformer, ())]
 
   def _tower_kwargs(self, cfg, name):
-    kw = _as_dict(cfg)
+    kw = common.as_dict(cfg)
     if kw.get("num_classes") not in (None, 0, self.out_dim):
       raise ValueError(
           f"two_towers: {name}.num_classes={kw['num_classes']} conflicts with "
