@@ -166,6 +166,36 @@ def test_cappa_trains_on_the_demo_data_and_decodes(demo_data, tmp_path):
   assert rows[-1]["train/caption/token_acc"] > 0.15
   params = ckpt_lib.restore_params(str(tmp_path / "checkpoints"), 20)
   model = train_lib.make_model(config)
+  # The evaluator's numbers are those of its plain twin: greedy captions of
+  # the same images, detokenized, scored by caption_metrics against the
+  # records' captions.
+  from big_vl import evaluators  # pylint: disable=g-import-not-at-top
+  from big_vl import registry  # pylint: disable=g-import-not-at-top
+  from big_vl import sharding  # pylint: disable=g-import-not-at-top
+  from big_vl.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  from big_vl.data import sources  # pylint: disable=g-import-not-at-top
+  from big_vl.evaluators import caption_metrics  # pylint: disable=g-import-not-at-top
+  block = config.evals.captioning
+  mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+  (_, _, ev), = evaluators.make_evaluators(config, model, mesh)
+  ev.keep = 64
+  got = dict(ev.run(params))
+  source = sources.get(block.data, split=block.split)
+  pp = pp_lib.build(block.pp)
+  images = jnp.stack([pp(source[i], None)["image"] for i in range(64)])
+  tokenizer = registry.get("tokenizer", "clip_bpe")()
+  captions = [tokenizer.decode(r) for r in decode.greedy(
+      model, params, images, start_id=START, end_id=END)]
+  refs = [[c.decode() for c in source[i]["captions"]] for i in range(64)]
+  assert [g for _, g, _ in ev.last] == captions
+  assert [r for _, _, r in ev.last] == refs
+  assert got["captioning/demo_shapes/cider"] == pytest.approx(
+      caption_metrics.cider_d(captions, refs)[0])
+  assert got["captioning/demo_shapes/bleu_1"] == pytest.approx(
+      caption_metrics.bleu(captions, refs)["bleu_1"])
+  with pytest.raises(ValueError, match="no 'refs' field"):
+    block.captions_key = "refs"
+    evaluators.make_evaluators(config, model, mesh)
   image = jnp.zeros((2, 32, 32, 3), jnp.float32)
   tokens = decode.greedy(model, params, image, start_id=START, end_id=END)
   assert tokens.shape == (2, 23)

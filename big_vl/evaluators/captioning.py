@@ -66,6 +66,12 @@ class Evaluator:
                        "(beam=1) only.")
     self.model, self.mesh = model, mesh
     self.source = sources.get(data, split=split, data_dir=data_dir)
+    first = self.source[0] if len(self.source) else {}
+    if captions_key not in first:
+      raise ValueError(
+          f"captioning: the records of {data!r} have no {captions_key!r} "
+          f"field for the reference captions (fields: {sorted(first)}); "
+          "set captions_key.")
     self.pp, self.captions_key = pp, captions_key
     self.batch_size, self.keep = batch_size, keep
     self.name = name or common.dataset_label(data)
