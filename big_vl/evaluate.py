@@ -20,6 +20,8 @@ training config's `evals`; `every` is ignored), or the training config's own
   metrics.json     {"step": N, "checkpoint": DIR, metric: value, ...}
   results/*.json   one CLIP_benchmark-format file per (dataset, task), see
                    big_vl/results.py (`python -m big_vl.results aggregate`)
+  captions.jsonl   a captioning evaluator's captions, and captions.png (its
+                   first images with generated and reference captions)
 
 Eval config keys (all optional): mesh, sharding_rules, evals, model_name,
 model, model_label (results' "model", default the run's model_name),
@@ -186,6 +188,7 @@ def _evaluate_holding(config, checkpoint, *, output, step, devices,
         pretrained=config.get("pretrained", None) or default_pretrained(
             ckpt_dir, step),
         language=config.get("language", None) or results_lib.LANGUAGE)
+    files += evaluators_lib.write_files(evaluators, staged.local)
     if staged.staged:
       files = [f"{staged.target}/{os.path.relpath(f, staged.local)}"
                for f in files]

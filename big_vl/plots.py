@@ -1,7 +1,9 @@
-"""Pictures of a run: training curves and retrieval examples, as PNGs.
+"""Pictures of a run: training curves, retrieval and caption examples, as
+PNGs.
 
     plot_curves(rows, "workdir/curves.png")      # rows from metrics.jsonl
     plot_retrieval(queries, images, scores, "workdir/retrieval.png")
+    plot_captions(images, generated, references, "workdir/captions.png")
 """
 
 import io
@@ -78,10 +80,7 @@ def plot_retrieval(queries, images, scores, path, correct=None):
       caption was written for (drawn with a green frame; other images may
       match the query just as well, so they get no frame).
   """
-  images = np.asarray(images)
-  if images.dtype != np.uint8:
-    lo = -1.0 if images.min() < 0 else 0.0
-    images = np.clip((images - lo) / (1.0 - lo), 0, 1)
+  images = _to_unit(images)
   q, k = images.shape[:2]
   fig, axes = new_figure(q, k + 1, figsize=(1.6 * (k + 1) + 2.4, 1.7 * q),
                          squeeze=False,
@@ -100,6 +99,46 @@ def plot_retrieval(queries, images, scores, path, correct=None):
         for spine in ax.spines.values():
           spine.set_edgecolor("tab:green")
           spine.set_linewidth(4)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def _to_unit(images):
+  """uint8 images as they are; float ones ([-1, 1] or [0, 1]) in [0, 1]."""
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    return images
+  lo = -1.0 if images.min() < 0 else 0.0
+  return np.clip((images - lo) / (1.0 - lo), 0, 1)
+
+
+def plot_captions(images, generated, references, path, columns=4):
+  """A grid of images, each with its generated caption (bold) and its
+  reference captions below.
+
+  Args:
+    images: N images [H, W, 3] (uint8, or float in [-1, 1] / [0, 1]); they
+      may differ in size.
+    generated: N generated captions.
+    references: N lists of reference captions (the first 3 are shown).
+    path: output PNG path.
+    columns: images per row.
+  """
+  n = len(images)
+  rows = max(1, math.ceil(n / columns))
+  fig, axes = new_figure(rows, columns, figsize=(3.2 * columns, 3.6 * rows),
+                         squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for i in range(n):
+    ax = axes.flat[i]
+    ax.imshow(_to_unit(images[i]), interpolation="nearest")
+    ax.set_title(textwrap.fill(generated[i], 36), fontsize=8,
+                 fontweight="bold")
+    refs = "\n".join(textwrap.fill("- " + r, 40)
+                     for r in list(references[i])[:3])
+    ax.text(0.5, -0.02, refs, transform=ax.transAxes, ha="center",
+            va="top", fontsize=7, color="0.3")
   fig.tight_layout()
   save(fig, path)
 

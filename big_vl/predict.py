@@ -7,10 +7,14 @@
     zimg = predictor.embed_images(images)                # f32[N, D], unit rows
     ztxt = predictor.embed_texts(["a red circle"])       # f32[1, D]
 
+    captioner = Predictor.load("workdirs/cappa")         # a captioner run
+    captioner.caption(["cat.jpg"], beam=4)               # ["a cat on a mat"]
+
 Images may be file paths, encoded bytes, PIL images or uint8 arrays
 [H, W, 3]; they go through the model's evaluation pp (a converted model's
-`preprocessing`, or a training run's zero-shot evaluator pp), in fixed-size
-batches so that any number of images compiles once.
+`preprocessing`, or a training run's zero-shot evaluator pp; a
+captioner's: its captioning evaluator's pp), in fixed-size batches so that
+any number of images compiles once.
 """
 
 import io
@@ -23,8 +27,10 @@ import numpy as np
 from PIL import Image
 
 from big_vl import checkpoint as ckpt_lib
+from big_vl import decode
 from big_vl import models
 from big_vl import pretrained
+from big_vl import registry
 from big_vl.data import pp as pp_lib
 from big_vl.evaluators import common
 from big_vl.evaluators import zeroshot
@@ -45,7 +51,8 @@ def default_pp(config):
   Args:
     config: the run config stored with the checkpoint (converted:
       "preprocessing"; trained: the first evaluator with "pp_img" and
-      "pp_txt", e.g. zero-shot).
+      "pp_txt", e.g. zero-shot; a captioner: its captioning evaluator's
+      "pp", with no pp_txt).
 
   Returns:
     (pp_img, pp_txt) strings, either None if the config names none.
@@ -53,10 +60,25 @@ def default_pp(config):
   prep = config.get("preprocessing", None) or {}
   if prep.get("pp_img") or prep.get("pp_txt"):
     return prep.get("pp_img"), prep.get("pp_txt")
-  for block in (config.get("evals", None) or {}).values():
+  blocks = list((config.get("evals", None) or {}).values())
+  for block in blocks:
     if block.get("pp_img") and block.get("pp_txt"):
       return _strip_keep(block["pp_img"]), _strip_keep(block["pp_txt"])
+  for block in blocks:
+    if block.get("type") == "captioning" and block.get("pp"):
+      return _strip_keep(block["pp"]), None
   return None, None
+
+
+def caption_options(config):
+  """The tokenizer and start / end ids of a run's captioning evaluator
+  (defaults: CLIP BPE's), for `Predictor.caption`."""
+  options = {"tokenizer": "clip_bpe", "start_id": 49406, "end_id": 49407}
+  for block in (config.get("evals", None) or {}).values():
+    if block.get("type") == "captioning":
+      options.update({k: block[k] for k in options if k in block})
+      break
+  return options
 
 
 def _encoded(image):
@@ -77,22 +99,30 @@ def _encoded(image):
 
 
 class Predictor:
-  """A two-tower model with its preprocessing, for embedding and zero-shot.
+  """A model with its preprocessing: a two-tower model for embedding and
+  zero-shot, a captioner for captions.
 
   Args:
     model: the linen model.
     params: its params (numpy or jax arrays).
     pp_img: pp string from {"image": encoded bytes} to {"image": f32[H,W,3]}.
-    pp_txt: pp string from {"text": str} to {"text": i32[L]}.
+    pp_txt: pp string from {"text": str} to {"text": i32[L]} (two-tower
+      models; None for a captioner).
     batch_size: images / texts per compiled call.
+    caption_options: a captioner's {"tokenizer", "start_id", "end_id"}
+      (default: CLIP BPE's).
   """
 
-  def __init__(self, model, params, *, pp_img, pp_txt, batch_size=64):
+  def __init__(self, model, params, *, pp_img, pp_txt=None, batch_size=64,
+               caption_options=None):
     self.model, self.params = model, params
     self.pp_img, self.pp_txt = pp_img, pp_txt
     self.batch_size = batch_size
+    self.caption_options = dict(caption_options or {
+        "tokenizer": "clip_bpe", "start_id": 49406, "end_id": 49407})
+    self.is_captioner = hasattr(model, "decode_tokens")
     self._img_fn = pp_lib.build(pp_img)
-    self._txt_fn = pp_lib.build(pp_txt)
+    self._txt_fn = None if pp_txt is None else pp_lib.build(pp_txt)
     outputs = lambda p, batch: models.outputs_fn("two_towers")(
         model, {"params": p}, batch, train=False)
     self._embed_img = jax.jit(lambda p, x: outputs(p, {"image": x})["zimg"])
@@ -122,11 +152,16 @@ class Predictor:
         ckpt_dir, latest if step is None else step))
     default_img, default_txt = default_pp(config)
     pp_img, pp_txt = pp_img or default_img, pp_txt or default_txt
-    if not pp_img or not pp_txt:
+    model = models.get(model_config)
+    captioner = hasattr(model, "decode_tokens")
+    if not pp_img or not (pp_txt or captioner):
       raise ValueError(f"The checkpoint in {path} names no evaluation "
-                       "preprocessing; pass pp_img= and pp_txt=.")
-    return cls(models.get(model_config), params, pp_img=pp_img,
-               pp_txt=pp_txt, batch_size=batch_size)
+                       "preprocessing; pass pp_img="
+                       + ("" if captioner else " and pp_txt=") + ".")
+    return cls(model, params, pp_img=pp_img, pp_txt=pp_txt,
+               batch_size=batch_size,
+               caption_options=caption_options(config) if captioner
+               else None)
 
   def _batched(self, fn, rows):
     """fn over rows in fixed-size batches (the last one padded)."""
@@ -150,6 +185,9 @@ class Predictor:
 
   def tokenize(self, texts):
     """i32[N, L] token ids of `texts` with the model's text pp."""
+    if self._txt_fn is None:
+      raise ValueError("This Predictor has no text pp (pp_txt): a "
+                       f"{type(self.model).__name__} does not embed texts.")
     return np.stack([np.asarray(self._txt_fn({"text": t})["text"], np.int32)
                      for t in texts])
 
@@ -186,3 +224,61 @@ class Predictor:
     logits = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     return probs / probs.sum(axis=1, keepdims=True)
+
+  def caption(self, images, **options):
+    """Captions of `images` (paths, bytes, PIL images or uint8 arrays) by a
+    captioner: `caption_pixels` of their preprocessed pixels.
+
+    Returns:
+      A list of N caption strings.
+    """
+    return self.caption_pixels(self.preprocess_images(images), **options)
+
+  def caption_pixels(self, pixels, *, beam=1, alpha=0.0, guidance=None,
+                     temperature=0.0, top_k=None, top_p=None, seed=0,
+                     first=0):
+    """Captions of preprocessed images by a captioner.
+
+    Args:
+      pixels: f32[N, H, W, 3] (`preprocess_images`' output).
+      beam: 1: greedy (or sampled, with `temperature` > 0); K > 1: beam
+        search with K hypotheses (`big_vl.decode.beam_search`).
+      alpha: beam search's length penalty exponent.
+      guidance: classifier-free guidance gamma (greedy or sampling), or
+        None.
+      temperature, top_k, top_p: sampling (`big_vl.decode.sample`);
+        temperature 0 is greedy.
+      seed: the sampling seed; the batch starting at image i draws with
+        `fold_in(PRNGKey(seed), first + i)`.
+      first: the position of `pixels[0]` in a longer stream captioned in
+        chunks (a multiple of `batch_size`), so that the chunks draw what
+        one call would.
+
+    Returns:
+      A list of N caption strings.
+    """
+    if not self.is_captioner:
+      raise ValueError(f"caption() needs a captioner; this model is a "
+                       f"{type(self.model).__name__}.")
+    if beam > 1 and (guidance is not None or temperature > 0):
+      raise ValueError("beam search takes neither guidance nor temperature "
+                       "(use beam=1 for those).")
+    options = self.caption_options
+    ids = {"start_id": options["start_id"], "end_id": options["end_id"]}
+    model, starts = self.model, iter(range(first, first + len(pixels),
+                                           self.batch_size))
+
+    def run(params, image):
+      if beam > 1:
+        return decode.beam_search(model, params, image, beam=beam,
+                                  alpha=alpha, **ids)[0]
+      if temperature > 0:
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), next(starts))
+        return decode.sample(model, params, image, key,
+                             temperature=temperature, top_k=top_k,
+                             top_p=top_p, guidance=guidance, **ids)
+      return decode.greedy(model, params, image, guidance=guidance, **ids)
+
+    tokens = self._batched(run, list(pixels))
+    tokenizer = registry.get("tokenizer", options["tokenizer"])()
+    return [tokenizer.decode(row) for row in tokens]

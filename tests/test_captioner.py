@@ -193,6 +193,58 @@ def test_cappa_trains_on_the_demo_data_and_decodes(demo_data, tmp_path):
       caption_metrics.cider_d(captions, refs)[0])
   assert got["captioning/demo_shapes/bleu_1"] == pytest.approx(
       caption_metrics.bleu(captions, refs)["bleu_1"])
+  # The run wrote every test caption (64) and a grid of the first 16.
+  import json  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rows = [json.loads(line) for line in
+          (tmp_path / "captions.jsonl").read_text().splitlines()]
+  assert [r["index"] for r in rows] == list(range(64))
+  assert [r["caption"] for r in rows] == captions
+  assert rows[3]["references"] == refs[3]
+  with Image.open(tmp_path / "captions.png") as png:
+    assert png.size[0] > 600 and png.size[1] > 600
+  # Predictor.caption and `python -m big_vl.caption` give the same captions
+  # from the image files; a file that is not an image is skipped, counted.
+  from big_vl import caption as caption_cli  # pylint: disable=g-import-not-at-top
+  from big_vl import predict  # pylint: disable=g-import-not-at-top
+  predictor = predict.Predictor.load(str(tmp_path), batch_size=8)
+  assert predictor.caption([source[i]["image"] for i in range(5)]) == (
+      captions[:5])
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  for i in range(3):
+    (folder / f"{i}.png").write_bytes(source[i]["image"])
+  (folder / "3.png").write_bytes(b"not an image")
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  out = subprocess.run(
+      [sys.executable, "-m", "big_vl.caption", f"--checkpoint={tmp_path}",
+       f"--images={folder}", f"--output={tmp_path / 'out.jsonl'}",
+       "--batch_size=2"], cwd=root, capture_output=True, text=True,
+      timeout=300, check=False, env=dict(
+          os.environ, JAX_COMPILATION_CACHE_DIR=(
+              jax.config.jax_compilation_cache_dir or "")))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Captioned 3 images" in out.stderr and "skipped 1." in out.stderr
+  got_rows = [json.loads(line) for line in
+              (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert [r["caption"] for r in got_rows] == captions[:3]
+  assert got_rows[0]["image"] == str(folder / "0.png")
+  # A source spec, in process: the same captions; sampling with top_k = 1
+  # is greedy, and sampled rows do not depend on the chunk size.
+  items = caption_cli.list_images(block.data, "test", limit=4)
+  written = []
+  caption_cli.caption_all(predictor, items, written.append, progress=False)
+  assert [r["caption"] for r in written] == captions[:4]
+  assert [r["image"] for r in written] == [0, 1, 2, 3]
+  drawn = {}
+  for chunk in (8, 16):
+    drawn[chunk] = []
+    caption_cli.caption_all(
+        predictor, caption_cli.list_images(block.data, "test", limit=16),
+        drawn[chunk].append, chunk=chunk, progress=False, temperature=1.0,
+        seed=3)
+  assert drawn[8] == drawn[16]
   with pytest.raises(ValueError, match="no 'refs' field"):
     block.captions_key = "refs"
     evaluators.make_evaluators(config, model, mesh)
@@ -282,3 +334,111 @@ def test_beam_search_finds_at_least_greedy_and_beam_one_is_greedy():
   narrow, narrow_scores = decode.beam_search(small, params, image, beam=2,
                                              start_id=4, end_id=5)
   assert np.all(np.asarray(narrow_scores) <= np.asarray(best) + 1e-5)
+
+
+def test_filter_scores_keeps_the_top_k_and_the_nucleus():
+  probs = jnp.asarray([[0.5, 0.2, 0.15, 0.1, 0.05],
+                       [0.05, 0.1, 0.15, 0.2, 0.5]])
+  scores = jnp.log(probs)
+  kept = lambda s: np.isfinite(np.asarray(s)).tolist()
+  assert kept(decode.sampling.filter_scores(scores, top_k=2)) == [
+      [True, True, False, False, False], [False, False, False, True, True]]
+  # 0.5 + 0.2 = 0.7 < 0.8: the token that crosses 0.8 (0.15) is kept too.
+  assert kept(decode.sampling.filter_scores(scores, top_p=0.8)) == [
+      [True, True, True, False, False], [False, False, True, True, True]]
+  assert kept(decode.sampling.filter_scores(scores, top_p=0.7))[0] == [
+      True, True, False, False, False]
+  assert kept(decode.sampling.filter_scores(scores, top_p=0.01))[0] == [
+      True, False, False, False, False]
+  assert kept(decode.sampling.filter_scores(scores, top_k=3, top_p=0.6))[
+      0] == [True, True, False, False, False]
+  np.testing.assert_array_equal(
+      decode.sampling.filter_scores(scores, top_k=5, top_p=1.0), scores)
+  for bad in (dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0),
+              dict(top_p=1.5)):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      decode.sample(_model(), None, None, None, start_id=48, end_id=49,
+                    **bad)
+
+
+def test_sampling_draws_from_the_cut_distribution():
+  model = _model()
+  params = _params(model, seed=11)
+  image, _ = _inputs(batch=1, seed=4)
+  kw = dict(start_id=48, end_id=49)
+  many = jnp.repeat(image, 4000, axis=0)
+  # The first token's distribution, by teacher forcing.
+  memory = model.apply({"params": params}, image,
+                       method=captioner_lib.Captioner.encode)
+  logp = jax.nn.log_softmax(model.apply(
+      {"params": params}, jnp.full((1, 1), 48, jnp.int32), memory,
+      method=captioner_lib.Captioner.decode_tokens)[0, 0])
+  for temperature, top_k in ((1.0, None), (0.5, 3)):
+    want = jax.nn.softmax(decode.sampling.filter_scores(
+        logp[None] / temperature, top_k=top_k))[0]
+    first = np.asarray(decode.sample(
+        model, params, many, jax.random.PRNGKey(0), temperature=temperature,
+        top_k=top_k, **kw))[:, 0]
+    seen = np.bincount(first, minlength=50) / len(first)
+    sigma = np.sqrt(np.asarray(want) * (1 - np.asarray(want)) / len(first))
+    assert np.all(np.abs(seen - want) <= 5 * sigma + 1e-9), temperature
+    if top_k is not None:
+      assert set(first.tolist()) <= set(np.argsort(-np.asarray(logp))[
+          :top_k].tolist())
+  # Every later token too stays inside the top k of its prefix's
+  # distribution (checked by teacher forcing the sampled captions).
+  image4, _ = _inputs(batch=4, seed=5)
+  drawn = decode.sample(model, params, image4, jax.random.PRNGKey(1),
+                        top_k=2, **kw)
+  mem4 = model.apply({"params": params}, image4,
+                     method=captioner_lib.Captioner.encode)
+  inputs = jnp.concatenate([jnp.full((4, 1), 48, jnp.int32), drawn[:, :-1]],
+                           1)
+  forced = model.apply({"params": params}, inputs, mem4,
+                       method=captioner_lib.Captioner.decode_tokens)
+  rank = (np.asarray(forced) > np.take_along_axis(
+      np.asarray(forced), np.asarray(drawn)[..., None], -1)).sum(-1)
+  live = np.cumsum(np.asarray(drawn) == 49, axis=1) - (
+      np.asarray(drawn) == 49) == 0
+  assert rank[live].max() <= 1
+  # The same key draws the same captions; another key others; top_k = 1
+  # and temperature 0 are greedy.
+  again = decode.sample(model, params, image4, jax.random.PRNGKey(1),
+                        top_k=2, **kw)
+  np.testing.assert_array_equal(drawn, again)
+  other = decode.sample(model, params, image4, jax.random.PRNGKey(2),
+                        top_k=2, **kw)
+  assert not np.array_equal(drawn, other)
+  greedy = decode.greedy(model, params, image4, **kw)
+  for options in (dict(top_k=1), dict(temperature=0.0),
+                  dict(top_p=1e-6, temperature=3.0)):
+    np.testing.assert_array_equal(
+        decode.sample(model, params, image4, jax.random.PRNGKey(3),
+                      **options, **kw), greedy)
+
+
+def test_decoding_sharded_over_8_devices_equals_one_device():
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  assert jax.device_count() == 8
+  model = _model(uncond_prob=0.5)
+  params = _params(model, seed=13)
+  image, _ = _inputs(batch=16, seed=6)
+  mesh = jax.make_mesh((8,), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.device_put(image, NamedSharding(mesh, P("data")))
+  replicated = jax.device_put(params, NamedSharding(mesh, P()))
+  one = jax.devices()[0]
+  single = (jax.device_put(image, one), jax.device_put(params, one))
+  kw = dict(start_id=48, end_id=49)
+  runs = {
+      "greedy": lambda p, x: decode.greedy(model, p, x, **kw),
+      "guidance": lambda p, x: decode.greedy(model, p, x, guidance=2.0, **kw),
+      "beam": lambda p, x: decode.beam_search(model, p, x, beam=3, **kw)[0],
+      "sample": lambda p, x: decode.sample(model, p, x, jax.random.PRNGKey(4),
+                                           top_k=5, **kw),
+  }
+  for name, run in runs.items():
+    out = run(replicated, sharded)
+    assert len(out.sharding.device_set) == 8, name
+    np.testing.assert_array_equal(out, run(single[1], single[0]),
+                                  err_msg=name)

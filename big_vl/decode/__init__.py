@@ -13,11 +13,15 @@ the tests compare the cached decoder with).
 `guidance=gamma` adds classifier-free guidance (Kornblith et al. 2023) in
 the same pass. `beam_search(..., beam=K, alpha=...)` keeps K hypotheses per
 image with the same cache (its rows follow their parents) and GNMT's length
-penalty. Not here yet (issue #19): sampling.
+penalty. `sample(model, params, image, rng, temperature=..., top_k=...,
+top_p=...)` draws captions token by token with the same cache
+(`sampling.filter_scores` makes the top-k and nucleus cuts).
 """
 
+from big_vl.decode import sampling
 from big_vl.decode.beam import beam_search
 from big_vl.decode.greedy_search import greedy
 from big_vl.decode.greedy_search import greedy_uncached
+from big_vl.decode.greedy_search import sample
 
-__all__ = ["beam_search", "greedy", "greedy_uncached"]
+__all__ = ["beam_search", "greedy", "greedy_uncached", "sample", "sampling"]

@@ -1,10 +1,12 @@
-"""Greedy decoding with a KV cache, and its uncached reference."""
+"""Token-by-token decoding with a KV cache: greedy and sampled, and the
+uncached greedy reference."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 
+from big_vl.decode import sampling
 from big_vl.models import captioner as captioner_lib
 
 
@@ -64,13 +66,50 @@ def greedy(model, params, image, *, start_id, end_id, pad_id=0,
     int32[B, model.max_len - 1]: the generated tokens (without the start
     token); after the first `end_id` of a row, `pad_id`.
   """
-  return jitted(_greedy, model, start_id=int(start_id), end_id=int(end_id),
+  return _run(model, params, image, None, start_id=start_id, end_id=end_id,
+              pad_id=pad_id, guidance=guidance)
+
+
+def sample(model, params, image, rng, *, start_id, end_id, pad_id=0,
+           temperature=1.0, top_k=None, top_p=None, guidance=None):
+  """Captions drawn token by token, with a KV cache.
+
+  Each step draws from `softmax(scores / temperature)` cut to the `top_k`
+  tokens and / or the `top_p` nucleus (`sampling.filter_scores`), where
+  `scores` are the log-probabilities (with `guidance`, the guided scores of
+  `greedy`). Step t draws with `fold_in(rng, t)`: the same key gives the
+  same captions. `temperature=0` or `top_k=1` is `greedy`.
+
+  Args:
+    model, params, image, start_id, end_id, pad_id, guidance: as `greedy`.
+    rng: a PRNG key.
+    temperature: > 0 (0: greedy).
+    top_k: keep the k most likely tokens (None: all).
+    top_p: keep the nucleus holding this much probability (None: all).
+
+  Returns:
+    int32[B, model.max_len - 1], as `greedy`.
+  """
+  sampling.check_options(temperature, top_k, top_p)
+  return _run(model, params, image, rng, start_id=start_id, end_id=end_id,
+              pad_id=pad_id, guidance=guidance, temperature=float(temperature),
+              top_k=None if top_k is None else int(top_k),
+              top_p=None if top_p is None else float(top_p))
+
+
+def _run(model, params, image, rng, *, start_id, end_id, pad_id, guidance,
+         temperature=0.0, top_k=None, top_p=None):
+  """`_stepwise`, jitted once per model and options."""
+  return jitted(_stepwise, model, start_id=int(start_id), end_id=int(end_id),
                 pad_id=int(pad_id), guidance=None if guidance is None
-                else float(guidance))(params, image)
+                else float(guidance), temperature=temperature, top_k=top_k,
+                top_p=top_p)(params, image, rng)
 
 
-def _greedy(model, params, image, *, start_id, end_id, pad_id, guidance):
-  """`greedy`'s computation (traced once per model and shape)."""
+def _stepwise(model, params, image, rng, *, start_id, end_id, pad_id,
+              guidance, temperature, top_k, top_p):
+  """`greedy`'s and `sample`'s computation (traced once per model, shape
+  and options)."""
   dec = model.clone(decode=True)
   length = model.max_len - 1
   batch = image.shape[0]
@@ -92,7 +131,9 @@ def _greedy(model, params, image, *, start_id, end_id, pad_id, guidance):
     scores = jax.nn.log_softmax(logits[:, -1], axis=-1)
     if guidance is not None:
       scores = (1.0 - guidance) * scores[batch:] + guidance * scores[:batch]
-    token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    token = sampling.choose(
+        scores, None if rng is None else jax.random.fold_in(rng, t),
+        temperature=temperature, top_k=top_k, top_p=top_p)
     return cache, token, out.at[:, t].set(token)
 
   start = jnp.full((batch,), start_id, jnp.int32)

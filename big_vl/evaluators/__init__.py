@@ -28,3 +28,30 @@ def make_evaluators(config, model, mesh):
     ev = cls(predict_fn, mesh=mesh, **block)
     evaluators.append((name, every, ev))
   return evaluators
+
+
+def write_files(evaluators, folder):
+  """The files of the evaluators' last runs (captioning: captions.jsonl and
+  captions.png), written into `folder`.
+
+  An evaluator with a `write_files(folder, stem)` method writes its files
+  named `stem`.*: its type's default stem when it is the only evaluator of
+  its type in the config, else `<default>_<evaluator name>`.
+
+  Args:
+    evaluators: `make_evaluators`' list.
+    folder: the run's files folder (local or URL).
+
+  Returns:
+    The paths written.
+  """
+  writers = [(name, ev) for name, _, ev in evaluators
+             if hasattr(ev, "write_files")]
+  kinds = [type(ev) for _, ev in writers]
+  paths = []
+  for name, ev in writers:
+    stem = ev.FILE_STEM
+    if kinds.count(type(ev)) > 1:
+      stem = f"{stem}_{name}"
+    paths += ev.write_files(folder, stem)
+  return paths

@@ -13,11 +13,23 @@ are the records' `captions_key` field (a list of captions), read from the
 source. Records that fail are skipped and counted like every evaluator's.
 
 Metrics: captioning/<dataset>/cider, bleu_1 ... bleu_4, skipped. The
-evaluator keeps `last`: (index, generated, references) of the first `keep`
-examples, for logs and plots.
+evaluator keeps `captions`: (index, generated, references) of every
+example, and `last`, the first `keep` of them; `write_files(folder)` writes
+them as `captions.jsonl` (every example) and `captions.png` (the first
+`keep` images with their generated and reference captions), which the
+trainer and `big_vl.evaluate` do at the end.
 """
 
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
 from big_vl import decode
+from big_vl import plots
+from big_vl import storage
 from big_vl import registry
 from big_vl.data import sources
 from big_vl.evaluators import caption_metrics
@@ -52,6 +64,8 @@ class Evaluator:
     name: dataset name in metric keys (default from `data`).
   """
 
+  FILE_STEM = "captions"  # `write_files`' default stem
+
   def __init__(self, predict_fn, *, mesh, data, split, pp, model=None,
                captions_key="captions", batch_size=64, beam=1, alpha=0.0,
                guidance=None, tokenizer="clip_bpe", start_id=49406,
@@ -83,7 +97,7 @@ class Evaluator:
     else:
       self._decode = lambda p, b: {"tokens": decode.greedy(
           model, p, b["image"], guidance=guidance, **ids)}
-    self.last = None
+    self.last = self.captions = None
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""
@@ -96,11 +110,45 @@ class Evaluator:
     generated = [self.tokenizer.decode(row) for row in out["tokens"]]
     references = [[_text(c) for c in self.source[int(i)][self.captions_key]]
                   for i in out["index"]]
-    self.last = list(zip(out["index"].tolist(), generated,
-                         references))[:self.keep]
+    self.captions = list(zip(out["index"].tolist(), generated, references))
+    self.last = self.captions[:self.keep]
     if generated:
       yield f"{prefix}/cider", caption_metrics.cider_d(generated,
                                                        references)[0]
       for key, value in caption_metrics.bleu(generated, references).items():
         yield f"{prefix}/{key}", value
     yield from skipped.metrics(prefix)
+
+  def write_files(self, folder, stem="captions"):
+    """Writes the last run's captions next to the metrics.
+
+    Args:
+      folder: a local folder or URL (the run's files folder).
+      stem: file name stem (`big_vl.evaluators.write_files` passes
+        "captions", or "captions_<evaluator name>" when a config has
+        several captioning evaluators).
+
+    Returns:
+      The paths written: `stem`.jsonl (one {"index", "caption",
+      "references"} row per example, in index order) and `stem`.png (the
+      first `keep` images with their captions).
+    """
+    if self.captions is None:
+      return []
+    jsonl = os.path.join(folder, f"{stem}.jsonl")
+    storage.write(jsonl, "".join(
+        json.dumps({"index": i, "caption": c, "references": r}) + "\n"
+        for i, c, r in self.captions).encode())
+    png = os.path.join(folder, f"{stem}.png")
+    images = [_image(self.source[i]["image"]) for i, _, _ in self.last]
+    plots.plot_captions(images, [c for _, c, _ in self.last],
+                        [r for _, _, r in self.last], png)
+    return [jsonl, png]
+
+
+def _image(value):
+  """uint8 [H, W, 3] of a record's image (encoded bytes or an array)."""
+  if isinstance(value, (bytes, np.bytes_)):
+    with Image.open(io.BytesIO(value)) as im:
+      return np.asarray(im.convert("RGB"))
+  return np.asarray(value)

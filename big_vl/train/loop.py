@@ -29,6 +29,8 @@ the checkpoint together. Outputs:
   workdir/checkpoints/     Orbax checkpoints (state, data position, meta)
   workdir/curves.png       loss and eval metrics over steps
   workdir/retrieval.png    text queries and their top retrieved images
+  workdir/captions.jsonl   a captioning evaluator's captions (and .png:
+                           the first images with their captions)
   workdir/results/         final metrics, CLIP_benchmark JSON files per
                            dataset and task (config.results_dir; "": none)
 
@@ -433,6 +435,7 @@ class _Loop:
               and getattr(ev, "last", None) is not None):
             ev.plot_examples(os.path.join(outputs.files, "retrieval.png"),
                              registry.get("tokenizer", "clip_bpe")())
+        evaluators_lib.write_files(self.evaluators, outputs.files)
       _log_summary(result["final"], self.skipped)
     self.writer.close()
     outputs.checkpointer.close()
