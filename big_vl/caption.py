@@ -37,30 +37,40 @@ from big_vl.data import sources
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
                   ".tiff")
 
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A captioner's training workdir or converted folder.")
-_IMAGES = flags.DEFINE_string(
-    "images", None, "A folder of images, an image file, or a data source "
-    "spec (tfds:NAME, jsonl:FILE, csv:FILE).")
-_SPLIT = flags.DEFINE_string("split", "test", "Split of a tfds source.")
-_OUTPUT = flags.DEFINE_string("output", "-", "Output JSONL ('-': stdout).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: "
-                             "latest).")
-_BEAM = flags.DEFINE_integer("beam", 1, "Beam size (1: greedy or sampling).")
-_ALPHA = flags.DEFINE_float("alpha", 0.0, "Beam search length penalty.")
-_GUIDANCE = flags.DEFINE_float(
-    "guidance", None, "Classifier-free guidance gamma (needs a model trained "
-    "with uncond_prob > 0).")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0,
-                                  "Sampling temperature (0: greedy).")
-_TOP_K = flags.DEFINE_integer("top_k", None, "Sampling: keep the k most "
-                              "likely tokens.")
-_TOP_P = flags.DEFINE_float("top_p", None, "Sampling: nucleus mass.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per decoding "
-                                   "call.")
-_LIMIT = flags.DEFINE_integer("limit", None, "Caption at most this many "
-                              "images.")
+# Also a library (list_images, caption_all): its flags live in their own
+# FlagValues (export defines --checkpoint too).
+_FLAGS = flags.FlagValues()
+_DEFINE = {"string": flags.DEFINE_string, "integer": flags.DEFINE_integer,
+           "float": flags.DEFINE_float}
+
+
+def _flag(kind, name, default, help_):
+  return _DEFINE[kind](name, default, help_, flag_values=_FLAGS)
+
+
+_CHECKPOINT = _flag("string", "checkpoint", None,
+                    "A captioner's training workdir or converted folder.")
+_IMAGES = _flag("string", "images", None,
+                "A folder of images, an image file, or a data source spec "
+                "(tfds:NAME, jsonl:FILE, csv:FILE).")
+_SPLIT = _flag("string", "split", "test", "Split of a tfds source.")
+_OUTPUT = _flag("string", "output", "-", "Output JSONL ('-': stdout).")
+_STEP = _flag("integer", "step", None, "Checkpoint step (default: latest).")
+_BEAM = _flag("integer", "beam", 1, "Beam size (1: greedy or sampling).")
+_ALPHA = _flag("float", "alpha", 0.0, "Beam search length penalty.")
+_GUIDANCE = _flag("float", "guidance", None,
+                  "Classifier-free guidance gamma (needs a model trained "
+                  "with uncond_prob > 0).")
+_TEMPERATURE = _flag("float", "temperature", 0.0,
+                     "Sampling temperature (0: greedy).")
+_TOP_K = _flag("integer", "top_k", None,
+               "Sampling: keep the k most likely tokens.")
+_TOP_P = _flag("float", "top_p", None, "Sampling: nucleus mass.")
+_SEED = _flag("integer", "seed", 0, "Sampling seed.")
+_BATCH_SIZE = _flag("integer", "batch_size", 64,
+                    "Images per decoding call.")
+_LIMIT = _flag("integer", "limit", None,
+               "Caption at most this many images.")
 
 
 def list_images(spec, split=None, limit=None):
@@ -192,4 +202,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(_FLAGS))

@@ -38,6 +38,25 @@ def raised_on_purpose(error):
       _PACKAGE_DIR + os.sep)
 
 
+def flags_parser(flag_values):
+  """An `app.run(main, flags_parser=...)` for an entry point whose flags
+  live in their own `flag_values` (a module that is also a library, imported
+  next to other entry points that define flags of the same names): parses
+  them first, then absl's own (--verbosity, ...)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def parse(argv):
+    try:
+      rest = flag_values(argv, known_only=True)
+      return flags.FLAGS(rest)
+    except flags.Error as e:
+      sys.stderr.write(f"FATAL Flags parsing error: {e}\n"
+                       f"{flag_values.main_module_help()}\n")
+      sys.exit(1)
+
+  return parse
+
+
 def user_errors(main):
   """Wraps an entry point's `main`: see the module docstring."""
 

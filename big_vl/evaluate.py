@@ -294,17 +294,6 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).",
                              flag_values=_FLAGS)
 
 
-def _parse_flags(argv):
-  """Parses the evaluator's flags, then absl's own (--verbosity, ...)."""
-  try:
-    rest = _FLAGS(argv, known_only=True)
-    return flags.FLAGS(rest)
-  except flags.Error as e:
-    sys.stderr.write(f"FATAL Flags parsing error: {e}\n"
-                     f"{_FLAGS.main_module_help()}\n")
-    sys.exit(1)
-
-
 @cli.user_errors
 def main(argv):
   if len(argv) > 1:
@@ -326,4 +315,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser(_FLAGS))

@@ -7,7 +7,8 @@ r"""Exports a big_vl checkpoint to another framework's format.
 checkpoint folder (see `big_vl.pretrained`). For `--to open_clip` the model
 must be a CLIP-style two-tower model open_clip can build (ViT with a class
 token and ln_pre, causal text transformer with end-of-text pooling, no
-projection biases); writes:
+projection biases) or a CoCa (model "coca", open_clip's `coca_*` layout);
+writes:
 
   FILE.safetensors   the open_clip state dict (float32)
   FILE.json          its open_clip model config ({"embed_dim",
@@ -46,7 +47,8 @@ def export_open_clip(model_config, params, out_path):
   """Writes big_vl params as an open_clip safetensors file + config JSON.
 
   Args:
-    model_config: the big_vl model config ({"name": "two_towers", ...}).
+    model_config: the big_vl model config ({"name": "two_towers", ...} or
+      {"name": "coca", ...}).
     params: its params (nested dict of arrays).
     out_path: the .safetensors file to write (its folder is created);
       the model config goes to the same path with a .json suffix.
@@ -63,10 +65,13 @@ def export_open_clip(model_config, params, out_path):
   # pylint: disable=g-import-not-at-top
   from safetensors import numpy as st_numpy
   from big_vl.convert import open_clip
+  from big_vl.convert import open_clip_coca
   # pylint: enable=g-import-not-at-top
-  arch_or_config, state_dict = open_clip.to_state_dict(model_config, params)
+  converter = (open_clip_coca if dict(model_config).get("name") == "coca"
+               else open_clip)
+  arch_or_config, state_dict = converter.to_state_dict(model_config, params)
   if isinstance(arch_or_config, str):
-    arch, oc_config = arch_or_config, open_clip.ARCHS[arch_or_config]
+    arch, oc_config = arch_or_config, converter.ARCHS[arch_or_config]
   else:
     arch, oc_config = None, arch_or_config
   out_path = os.path.abspath(out_path)

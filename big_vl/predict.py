@@ -100,7 +100,7 @@ def _encoded(image):
 
 class Predictor:
   """A model with its preprocessing: a two-tower model for embedding and
-  zero-shot, a captioner for captions.
+  zero-shot, a captioner for captions (CoCa: both).
 
   Args:
     model: the linen model.
@@ -111,10 +111,12 @@ class Predictor:
     batch_size: images / texts per compiled call.
     caption_options: a captioner's {"tokenizer", "start_id", "end_id"}
       (default: CLIP BPE's).
+    model_name: the registered model kind (its outputs function embeds:
+      "two_towers", "coca").
   """
 
   def __init__(self, model, params, *, pp_img, pp_txt=None, batch_size=64,
-               caption_options=None):
+               caption_options=None, model_name="two_towers"):
     self.model, self.params = model, params
     self.pp_img, self.pp_txt = pp_img, pp_txt
     self.batch_size = batch_size
@@ -123,7 +125,7 @@ class Predictor:
     self.is_captioner = hasattr(model, "decode_tokens")
     self._img_fn = pp_lib.build(pp_img)
     self._txt_fn = None if pp_txt is None else pp_lib.build(pp_txt)
-    outputs = lambda p, batch: models.outputs_fn("two_towers")(
+    outputs = lambda p, batch: models.outputs_fn(model_name)(
         model, {"params": p}, batch, train=False)
     self._embed_img = jax.jit(lambda p, x: outputs(p, {"image": x})["zimg"])
     self._embed_txt = jax.jit(lambda p, x: outputs(p, {"text": x})["ztxt"])
@@ -161,7 +163,7 @@ class Predictor:
     return cls(model, params, pp_img=pp_img, pp_txt=pp_txt,
                batch_size=batch_size,
                caption_options=caption_options(config) if captioner
-               else None)
+               else None, model_name=model_config.get("name", "two_towers"))
 
   def _batched(self, fn, rows):
     """fn over rows in fixed-size batches (the last one padded)."""

@@ -30,9 +30,9 @@ The runs (each `configs/NAME.py:runlocal` plus overrides): demo, demo with
 the sigmoid loss, demo with `grad_accum_steps=4`, clip (ring loss + device
 pp), siglip, align (bf16 compute, LAMB, FSDP), filip with
 `grad_accum_steps=2`, dreamlip, growclip (growth numbers in "metrics"),
-vitamin, cappa (a captioner, added 2026-12-07: a capture made before
-lacks it, which `compare` reports as a difference; capture both sides with
-the same code's RUNS).
+vitamin, cappa (a captioner, added 2026-12-07) and coca (added
+2026-12-07; a capture made before either lacks it, which `compare` reports
+as a difference; capture both sides with the same code's RUNS).
 """
 
 import argparse
@@ -57,6 +57,7 @@ RUNS = {
     "growclip": ("growclip", "runlocal", {}),
     "vitamin": ("vitamin", "runlocal", {}),
     "cappa": ("cappa", "runlocal", {}),
+    "coca": ("coca", "runlocal", {}),
 }
 WALL_CLOCK = ("train/examples_per_sec",)
 

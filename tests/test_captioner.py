@@ -442,3 +442,68 @@ def test_decoding_sharded_over_8_devices_equals_one_device():
     assert len(out.sharding.device_set) == 8, name
     np.testing.assert_array_equal(out, run(single[1], single[0]),
                                   err_msg=name)
+
+
+def test_caption_scoring_is_the_likelihood_of_each_class_prompt(demo_data):
+  """The evaluator's class scores are the mean over templates of each
+  prompt's summed token log-probability (a plain teacher-forced twin)."""
+  del demo_data
+  from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from big_vl import evaluators  # pylint: disable=g-import-not-at-top
+  from big_vl import sharding  # pylint: disable=g-import-not-at-top
+  from big_vl.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  from big_vl.data import sources  # pylint: disable=g-import-not-at-top
+  from big_vl.evaluators import caption_scoring  # pylint: disable=g-import-not-at-top
+  from big_vl.evaluators import zeroshot  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  model = captioner_lib.Captioner(
+      image={"variant": "mu/8"},
+      decoder={"width": 32, "depth": 2, "mlp_dim": 64, "num_heads": 2},
+      max_len=12)
+  image = jnp.zeros((2, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(0), image,
+                      jnp.zeros((2, 12), jnp.int32))["params"]
+  params["decoder"]["head"]["kernel"] = 0.3 * jax.random.normal(
+      jax.random.PRNGKey(1), params["decoder"]["head"]["kernel"].shape)
+  pp = config_lib.demo_pp(16, 12)
+  templates = ["a {}.", "a photo of a {}."]
+  config = ml_collections.ConfigDict(dict(
+      model_name="captioner", evals=dict(scored=dict(
+          type="caption_scoring", data=config_lib.DEMO_DATA,
+          split="test[:12]", pp_img=pp.zeroshot_img, pp_txt=pp.text,
+          templates=templates, batch_size=8))))
+  mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+  (_, _, ev), = evaluators.make_evaluators(config, model, mesh)
+  got = dict(ev.run(params))
+  # The twin: one image and one prompt at a time.
+  source = sources.get(config_lib.DEMO_DATA, split="test")
+  img_fn, txt_fn = pp_lib.build(pp.zeroshot_img), pp_lib.build(pp.text)
+  rows = [img_fn(source[i]) for i in range(12)]
+  names = ev.class_names
+  prompts = [t.format(name) for name in names for t in templates]
+
+  @jax.jit
+  def one(image, tokens):  # One image, one prompt: teacher forcing.
+    memory = model.apply({"params": params}, image[None], method="encode")
+    logp = jax.nn.log_softmax(model.apply(
+        {"params": params}, tokens[None, :-1], memory,
+        method="decode_tokens")[0])
+    picked = logp[jnp.arange(tokens.shape[0] - 1), tokens[1:]]
+    return jnp.sum(jnp.where(tokens[1:] != 0, picked, 0.0))
+
+  loglik = np.zeros((12, len(prompts)))
+  for k, prompt in enumerate(prompts):
+    tokens = jnp.asarray(txt_fn({"text": prompt})["text"])
+    for i, row in enumerate(rows):
+      loglik[i, k] = float(one(row["image"], tokens))
+  scores = loglik.reshape(12, len(names), len(templates)).mean(axis=2)
+  labels = np.array([r["label"] for r in rows])
+  want = zeroshot.classification_metrics(scores, labels, len(names))
+  for key, value in want.items():
+    assert got[f"zeroshot/demo_shapes/{key}"] == pytest.approx(value), key
+  assert got["zeroshot/demo_shapes/skipped"] == 0
+  # Directly: the batched log-likelihoods equal the twin's sums.
+  batch = jnp.stack([r["image"] for r in rows[:4]])
+  fast = caption_scoring.prompt_log_likelihoods(
+      model, params, batch, jnp.asarray(ev.tokens[:3]))
+  np.testing.assert_allclose(fast, loglik[:4, :3], rtol=1e-4, atol=1e-3)

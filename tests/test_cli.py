@@ -98,9 +98,27 @@ def test_full_disk_while_checkpointing_keeps_the_last_good_one(
 
 # -- Entry points import the library, never the trainer's CLI (issue 31) --
 
-ENTRY_POINTS = ("big_vl.train", "big_vl.evaluate", "big_vl.export",
-                "big_vl.sweep", "big_vl.predict", "big_vl.interpolate",
-                "big_vl.results", "big_vl.adapt.run", "big_vl.convert")
+def _entry_modules():
+  """Every module of big_vl that is both a library and an entry point (a
+  `__main__` guard): importable next to each other, so their flags must
+  not collide (`__main__.py` files are run, never imported)."""
+  found = []
+  for root, _, names in os.walk(os.path.join(REPO, "big_vl")):
+    for name in names:
+      path = os.path.join(root, name)
+      if not name.endswith(".py"):
+        continue
+      with open(path) as f:
+        text = f.read()
+      if name != "__main__.py" and 'if __name__ == "__main__"' in text:
+        found.append(os.path.relpath(path, REPO)[:-3].replace(os.sep, "."))
+  return tuple(sorted(found))
+
+
+ENTRY_POINTS = tuple(dict.fromkeys((
+    "big_vl.train", "big_vl.evaluate", "big_vl.export", "big_vl.sweep",
+    "big_vl.predict", "big_vl.interpolate", "big_vl.results",
+    "big_vl.adapt.run", "big_vl.convert") + _entry_modules()))
 TRAINER_FLAGS = ("workdir", "stop_after_steps", "allow_config_change",
                  "distributed", "coordinator", "num_processes", "process_id",
                  "init_timeout", "heartbeat_timeout")

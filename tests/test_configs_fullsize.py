@@ -443,6 +443,7 @@ RUNLOCAL_ARGS = {
     "configs/lit_fashion_mnist.py": ["runlocal,text={minilm}"],
     "configs/finetune.py": ["runlocal,init={demo_run}"],
     "configs/cappa.py": ["runlocal"],
+    "configs/coca.py": ["runlocal"],
 }
 
 

@@ -2,6 +2,8 @@ r"""Converts a released checkpoint into a big_vl checkpoint folder.
 
     python -m big_vl.convert --from open_clip --src model.safetensors \
         --arch ViT-B-32 --out workdirs/vit_b32
+    python -m big_vl.convert --from open_clip --src coca.safetensors \
+        --arch coca_ViT-B-32 --out workdirs/coca_b32
     python -m big_vl.convert --from openai --src ViT-B-32.pt \
         --allow_torchscript --out ...
     python -m big_vl.convert --from big_vision --src siglip.npz \

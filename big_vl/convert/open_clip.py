@@ -9,7 +9,8 @@ Supported: open_clip's `CLIP` with a ViT image tower and its own text
 transformer (every `ViT-*` config in `ARCHS`, the `-quickgelu` variants and
 OpenAI's released ViT archives), in any size. Not supported (a ValueError
 names the feature): ResNet / timm image towers, HF / custom text towers,
-attentional poolers, layer scale, `no_ln_pre`, text projection biases,
+attentional poolers (open_clip's CoCa: `open_clip_coca`, which `load`
+hands CoCa checkpoints to), layer scale, `no_ln_pre`, text projection biases,
 "avg" pooling and the custom attention blocks. Also converted both ways:
 `act_kwargs` {"approximate": "tanh"} (big_vl act "gelu"), `norm_kwargs`
 {"eps": ...} (norm_eps), text `no_causal_mask` (causal=False) and text
@@ -247,12 +248,12 @@ def _norm_eps(norm_kwargs, where):
   return float(eps)
 
 
-def _mlp_dim(width, mlp_ratio):
+def mlp_width(width, mlp_ratio):
   """open_clip's MLP width: int(width * mlp_ratio)."""
   return int(width * (DEFAULT_MLP_RATIO if mlp_ratio is None else mlp_ratio))
 
 
-def _image_kwargs(vision, quick_gelu):
+def image_kwargs(vision, quick_gelu):
   """big_vl ViT kwargs of an open_clip vision_cfg."""
   _check_keys(vision, "vision_cfg.", _VISION_FIXED, _VISION_KNOWN)
   if isinstance(vision.get("layers", 12), (list, tuple)):
@@ -271,7 +272,7 @@ def _image_kwargs(vision, quick_gelu):
   return {
       "width": width,
       "depth": int(vision.get("layers", 12)),
-      "mlp_dim": _mlp_dim(width, vision.get("mlp_ratio")),
+      "mlp_dim": mlp_width(width, vision.get("mlp_ratio")),
       "num_heads": width // head_width,
       "patch_size": patch,
       "image_size": image,
@@ -284,7 +285,7 @@ def _image_kwargs(vision, quick_gelu):
   }
 
 
-def _text_kwargs(text, quick_gelu):
+def text_kwargs(text, quick_gelu):
   """big_vl TextTransformer kwargs of an open_clip text_cfg."""
   _check_keys(text, "text_cfg.", _TEXT_FIXED, _TEXT_KNOWN)
   pool = text.get("pool_type", "argmax")
@@ -303,7 +304,7 @@ def _text_kwargs(text, quick_gelu):
   return {
       "width": width,
       "depth": int(text.get("layers", 12)),
-      "mlp_dim": _mlp_dim(width, text.get("mlp_ratio")),
+      "mlp_dim": mlp_width(width, text.get("mlp_ratio")),
       "num_heads": heads,
       "vocab_size": int(text.get("vocab_size", CLIP_VOCAB_SIZE)),
       "max_len": int(text.get("context_length", CONTEXT_LENGTH)),
@@ -347,8 +348,8 @@ def model_config_from_open_clip(oc_config):
   config = {
       "name": "two_towers",
       "out_dim": int(oc_config["embed_dim"]),
-      "image": _image_kwargs(dict(oc_config["vision_cfg"]), quick_gelu),
-      "text": _text_kwargs(dict(oc_config["text_cfg"]), quick_gelu),
+      "image": image_kwargs(dict(oc_config["vision_cfg"]), quick_gelu),
+      "text": text_kwargs(dict(oc_config["text_cfg"]), quick_gelu),
       "temperature_init": float(math.exp(scale)),
   }
   if oc_config.get("init_logit_bias") is not None:
@@ -380,7 +381,7 @@ def _oc_act_norm(tower_cfg, act, norm_eps):
     tower_cfg["norm_kwargs"] = {"eps": float(norm_eps)}
 
 
-def _mlp_ratio(width, mlp_dim):
+def mlp_ratio_of(width, mlp_dim):
   """An mlp_ratio with int(width * ratio) == mlp_dim (None for 4.0)."""
   if mlp_dim == width * DEFAULT_MLP_RATIO:
     return None
@@ -409,7 +410,7 @@ def _oc_vision_cfg(image, image_size):
          "width": dims["width"]}
   if dims["width"] // dims["num_heads"] != DEFAULT_HEAD_WIDTH:
     cfg["head_width"] = dims["width"] // dims["num_heads"]
-  ratio = _mlp_ratio(dims["width"], dims["mlp_dim"])
+  ratio = mlp_ratio_of(dims["width"], dims["mlp_dim"])
   if ratio is not None:
     cfg["mlp_ratio"] = ratio
   cfg["patch_size"] = patch
@@ -437,7 +438,7 @@ def _oc_text_cfg(text):
          "vocab_size": int(text.get("vocab_size", CLIP_VOCAB_SIZE)),
          "width": dims["width"], "heads": dims["num_heads"],
          "layers": dims["depth"]}
-  ratio = _mlp_ratio(dims["width"], dims["mlp_dim"])
+  ratio = mlp_ratio_of(dims["width"], dims["mlp_dim"])
   if ratio is not None:
     cfg["mlp_ratio"] = ratio
   if not text.get("causal", False):
@@ -450,7 +451,7 @@ def _oc_text_cfg(text):
   return cfg
 
 
-def _as_plain(config):
+def as_plain(config):
   if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
     return config.to_dict()
   return dict(config)
@@ -470,11 +471,11 @@ def open_clip_config(model_config, image_size=None):
   Raises:
     ValueError: naming a big_vl setting open_clip cannot represent.
   """
-  mc = _as_plain(model_config)
+  mc = as_plain(model_config)
   if mc.get("name", "two_towers") != "two_towers":
     raise ValueError(f"Only two_towers models can be exported to open_clip, "
                      f"not {mc.get('name')!r}.")
-  image, text = _as_plain(mc.get("image") or {}), _as_plain(mc.get("text")
+  image, text = as_plain(mc.get("image") or {}), as_plain(mc.get("text")
                                                             or {})
   image_size = image_size or image.get("image_size")
   if not image_size:
@@ -501,7 +502,7 @@ def open_clip_config(model_config, image_size=None):
 
 def _comparable(model_config):
   """A model config without the settings that only affect initialisation."""
-  mc = json.loads(json.dumps(_as_plain(model_config)))
+  mc = json.loads(json.dumps(as_plain(model_config)))
   for key in ("temperature_init", "bias_init"):
     mc.pop(key, None)
   return mc
@@ -529,7 +530,7 @@ def _resolve_arch(arch_or_config):
                        f"known: {', '.join(ARCHS)} (or pass an open_clip "
                        "model-config dict).")
     return ARCHS[arch_or_config]
-  return _as_plain(arch_or_config)
+  return as_plain(arch_or_config)
 
 
 # ---------------------------------------------------------------------------
@@ -541,7 +542,8 @@ _UNSUPPORTED_PREFIXES = (
     ("visual.trunk.", "a timm image tower"),
     ("visual.layer1.", "a ModifiedResNet (RN50, ...) image tower"),
     ("text.", "a custom (CustomTextCLIP / Hugging Face) text tower"),
-    ("text_decoder.", "a CoCa text decoder"),
+    ("text_decoder.", "a CoCa text decoder (convert CoCa checkpoints with "
+     "a coca_* arch: big_vl.convert.open_clip_coca)"),
     ("text_projection.weight", "a text projection bias (proj_bias)"),
 )
 _UNSUPPORTED_PARTS = (
@@ -602,13 +604,13 @@ def _infer_config(state_dict, quick_gelu=False):
             "layers": _count_blocks(state_dict, "visual.transformer"),
             "width": v_width, "patch_size": patch}
   if v_mlp != 4 * v_width:
-    vision["mlp_ratio"] = _mlp_ratio(v_width, v_mlp)
+    vision["mlp_ratio"] = mlp_ratio_of(v_width, v_mlp)
   text = {"context_length": np.shape(state_dict["positional_embedding"])[0],
           "vocab_size": np.shape(state_dict["token_embedding.weight"])[0],
           "width": t_width, "heads": max(t_width // DEFAULT_HEAD_WIDTH, 1),
           "layers": _count_blocks(state_dict, "transformer")}
   if t_mlp != 4 * t_width:
-    text["mlp_ratio"] = _mlp_ratio(t_width, t_mlp)
+    text["mlp_ratio"] = mlp_ratio_of(t_width, t_mlp)
   config = {"embed_dim": np.shape(state_dict["text_projection"])[1]}
   if quick_gelu:
     config["quick_gelu"] = True
@@ -654,21 +656,21 @@ _norm = torch_params.norm
 _dense = torch_params.dense
 
 
-def _attention(read, prefix, heads):
+def attention_params(read, prefix, heads):
   """nn.MultiheadAttention -> flax MultiHeadDotProductAttention params."""
   return torch_params.attention(read, f"{prefix}.in_proj_weight",
                                 f"{prefix}.in_proj_bias",
                                 f"{prefix}.out_proj", heads)
 
 
-def _encoder(read, prefix, depth, heads):
+def encoder_params(read, prefix, depth, heads):
   """open_clip `Transformer` blocks -> big_vl `Encoder` blocks."""
   blocks = {}
   for i in range(depth):
     p = f"{prefix}.resblocks.{i}"
     blocks[f"encoderblock_{i}"] = {
         "LayerNorm_0": _norm(read, f"{p}.ln_1"),
-        "MultiHeadDotProductAttention_0": _attention(read, f"{p}.attn",
+        "MultiHeadDotProductAttention_0": attention_params(read, f"{p}.attn",
                                                      heads),
         "LayerNorm_1": _norm(read, f"{p}.ln_2"),
         "MlpBlock_0": {"Dense_0": _dense(read, f"{p}.mlp.c_fc"),
@@ -680,7 +682,7 @@ def _encoder(read, prefix, depth, heads):
 def _image_params(read, image):
   conv = read("visual.conv1.weight")  # [W, 3, p, p]
   pos = read("visual.positional_embedding")  # [1 + N, W]
-  transformer = _encoder(read, "visual.transformer", image["depth"],
+  transformer = encoder_params(read, "visual.transformer", image["depth"],
                          image["num_heads"])
   transformer["encoder_norm"] = _norm(read, "visual.ln_post")
   return {
@@ -695,7 +697,8 @@ def _image_params(read, image):
 
 
 def _text_params(read, text):
-  encoder = _encoder(read, "transformer", text["depth"], text["num_heads"])
+  encoder = encoder_params(read, "transformer", text["depth"],
+                           text["num_heads"])
   encoder["encoder_norm"] = _norm(read, "ln_final")
   return {
       "Embed_0": {"embedding": read("token_embedding.weight")},
@@ -722,39 +725,41 @@ def _params(state_dict, model_config):
   return params
 
 
-def _expected_shapes(model_config):
+def _expected_shapes(model_config, text_len=None):
   """{"a/b/c": shape} of the params `models.get(model_config)` creates."""
   model = models.get(model_config)
   size = model_config["image"]["image_size"]
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  text = jax.ShapeDtypeStruct((1, model_config["text"]["max_len"]),
-                              jnp.int32)
+  text = jax.ShapeDtypeStruct(
+      (1, text_len or model_config["text"]["max_len"]), jnp.int32)
   shapes = jax.eval_shape(
       lambda i, t: model.init(jax.random.key(0), i, t)["params"], image, text)
-  return {k: tuple(v.shape) for k, v in _flatten(shapes).items()}
+  return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
   """{"a/b/c": leaf} of a nested mapping."""
   out = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if hasattr(value, "items"):
-      out.update(_flatten(value, name + "/"))
+      out.update(flatten(value, name + "/"))
     else:
       out[name] = value
   return out
 
 
-def check_params(model_config, params):
+def check_params(model_config, params, text_len=None):
   """Raises ValueError unless `params` has exactly the model's tree/shapes.
 
   Args:
     model_config: a big_vl model config with image.image_size set.
     params: nested dict of arrays.
+    text_len: the text length to build the model with (default: the text
+      tower's max_len).
   """
-  expected = _expected_shapes(model_config)
-  got = {k: tuple(np.shape(v)) for k, v in _flatten(params).items()}
+  expected = _expected_shapes(model_config, text_len)
+  got = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
   problems = [f"{k}: missing" for k in expected if k not in got]
   problems += [f"{k}: not in the model" for k in got if k not in expected]
   problems += [f"{k}: {got[k]} vs model {s}" for k, s in expected.items()
@@ -939,6 +944,15 @@ def _sibling_config(path):
   return None
 
 
+def is_coca(state_dict, arch=None):
+  """Whether a state dict (or the arch named for it) is an open_clip CoCa."""
+  if isinstance(arch, str) and arch.startswith("coca_"):
+    return True
+  if isinstance(arch, dict) and "multimodal_cfg" in arch:
+    return True
+  return any(k.startswith("text_decoder.") for k in state_dict)
+
+
 def load(path, arch=None, *, image_size=None, allow_torchscript=False):
   """Reads an open_clip / OpenAI CLIP checkpoint file into big_vl params.
 
@@ -953,12 +967,23 @@ def load(path, arch=None, *, image_size=None, allow_torchscript=False):
       code stored in the file; see `read_state_dict`.
 
   Returns:
-    (model_config, params) as `convert`.
+    (model_config, params) as `convert` (a CoCa checkpoint, `coca_*` arch
+    or with `text_decoder.*` keys: as `open_clip_coca.convert`).
   """
   state_dict, is_openai = read_state_dict(
       path, allow_torchscript=allow_torchscript)
   if arch is None:
     arch = _sibling_config(path)
+  if is_coca(state_dict, arch):
+    from big_vl.convert import open_clip_coca  # pylint: disable=g-import-not-at-top
+    if image_size:
+      raise ValueError("image_size: resampling a CoCa checkpoint's position "
+                       "embedding is not supported.")
+    if arch is None:
+      raise ValueError("A CoCa checkpoint needs its architecture: --arch="
+                       f"{' or '.join(open_clip_coca.ARCHS)} or an open_clip "
+                       "model-config JSON.")
+    return open_clip_coca.convert(state_dict, arch)
   if arch is None and is_openai:
     arch = _infer_config(state_dict, quick_gelu=True)
   return convert(state_dict, arch, image_size=image_size)
@@ -986,9 +1011,10 @@ def preprocessing(model_config, image_size=None):
 tokenizer='clip_bpe')", 'tokenizer': {'name': 'clip', 'max_len': 77}, \
 'image_size': 336}
   """
-  mc = _as_plain(model_config)
-  size = int(image_size or _as_plain(mc["image"]).get("image_size") or 224)
-  max_len = int(_as_plain(mc["text"]).get("max_len", CONTEXT_LENGTH))
+  mc = as_plain(model_config)
+  size = int(image_size or as_plain(mc["image"]).get("image_size") or 224)
+  max_len = int(mc.get("max_len")  # CoCa: the model's caption length
+                or as_plain(mc["text"]).get("max_len", CONTEXT_LENGTH))
   return {"pp_img": f"clip_preprocess({size})",
           "pp_txt": f"tokenize(max_len={max_len}, tokenizer='clip_bpe')",
           "tokenizer": {"name": "clip", "max_len": max_len},
@@ -999,15 +1025,15 @@ tokenizer='clip_bpe')", 'tokenizer': {'name': 'clip', 'max_len': 77}, \
 # Export: big_vl params -> open_clip state dict.
 
 
-def _t_norm(p, prefix):
+def norm_tensors(p, prefix):
   return {f"{prefix}.weight": p["scale"], f"{prefix}.bias": p["bias"]}
 
 
-def _t_dense(p, prefix):
+def dense_tensors(p, prefix):
   return {f"{prefix}.weight": p["kernel"].T, f"{prefix}.bias": p["bias"]}
 
 
-def _t_attention(p, prefix):
+def attention_tensors(p, prefix):
   """flax MultiHeadDotProductAttention -> nn.MultiheadAttention tensors."""
   width = p["query"]["kernel"].shape[0]
   names = ("query", "key", "value")
@@ -1021,17 +1047,17 @@ def _t_attention(p, prefix):
           f"{prefix}.out_proj.bias": p["out"]["bias"]}
 
 
-def _t_encoder(p, prefix):
+def encoder_tensors(p, prefix):
   out = {}
   i = 0
   while f"encoderblock_{i}" in p:
     b, q = p[f"encoderblock_{i}"], f"{prefix}.resblocks.{i}"
-    out.update(_t_norm(b["LayerNorm_0"], f"{q}.ln_1"))
-    out.update(_t_attention(b["MultiHeadDotProductAttention_0"],
+    out.update(norm_tensors(b["LayerNorm_0"], f"{q}.ln_1"))
+    out.update(attention_tensors(b["MultiHeadDotProductAttention_0"],
                             f"{q}.attn"))
-    out.update(_t_norm(b["LayerNorm_1"], f"{q}.ln_2"))
-    out.update(_t_dense(b["MlpBlock_0"]["Dense_0"], f"{q}.mlp.c_fc"))
-    out.update(_t_dense(b["MlpBlock_0"]["Dense_1"], f"{q}.mlp.c_proj"))
+    out.update(norm_tensors(b["LayerNorm_1"], f"{q}.ln_2"))
+    out.update(dense_tensors(b["MlpBlock_0"]["Dense_0"], f"{q}.mlp.c_fc"))
+    out.update(dense_tensors(b["MlpBlock_0"]["Dense_1"], f"{q}.mlp.c_proj"))
     i += 1
   return out
 
@@ -1053,9 +1079,9 @@ def _t_image(p):
          "visual.class_embedding": p["cls"].reshape(-1),
          "visual.positional_embedding": np.concatenate(
              [np.zeros_like(pos[:1]), pos], axis=0)}
-  out.update(_t_norm(p["pre_norm"], "visual.ln_pre"))
-  out.update(_t_encoder(p["Transformer"], "visual.transformer"))
-  out.update(_t_norm(p["Transformer"]["encoder_norm"], "visual.ln_post"))
+  out.update(norm_tensors(p["pre_norm"], "visual.ln_pre"))
+  out.update(encoder_tensors(p["Transformer"], "visual.transformer"))
+  out.update(norm_tensors(p["Transformer"]["encoder_norm"], "visual.ln_post"))
   out["visual.proj"] = _head_kernel(p["head"], "image")
   return out
 
@@ -1063,15 +1089,15 @@ def _t_image(p):
 def _t_text(p):
   out = {"token_embedding.weight": p["Embed_0"]["embedding"],
          "positional_embedding": p["pos_embedding"][0]}
-  out.update(_t_encoder(p["Encoder_0"], "transformer"))
-  out.update(_t_norm(p["Encoder_0"]["encoder_norm"], "ln_final"))
+  out.update(encoder_tensors(p["Encoder_0"], "transformer"))
+  out.update(norm_tensors(p["Encoder_0"]["encoder_norm"], "ln_final"))
   out["text_projection"] = _head_kernel(p["head"], "text")
   return out
 
 
 def _image_size_of(model_config, params):
   """Image side implied by the position embedding grid and the patch."""
-  patch = _tower_dims(vit.ViT, _as_plain(model_config["image"]))[
+  patch = _tower_dims(vit.ViT, as_plain(model_config["image"]))[
       "patch_size"]
   patch = patch if isinstance(patch, int) else patch[0]
   n = np.shape(params["img"]["pos_embedding"])[1]
@@ -1104,8 +1130,8 @@ def to_state_dict(model_config, params):
       pad masking, post-LN, ...), named in the message.
   """
   params = jax.tree.map(lambda x: np.asarray(x, np.float32),
-                        common.unstack_block_params(_as_plain(params)))
-  mc = _as_plain(model_config)
+                        common.unstack_block_params(as_plain(params)))
+  mc = as_plain(model_config)
   oc_config = open_clip_config(mc, _image_size_of(mc, params))
   if "b" in params:
     oc_config["init_logit_bias"] = float(params["b"])

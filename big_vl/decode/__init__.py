@@ -1,4 +1,5 @@
-"""Decoding captions from a captioner (`big_vl.models.captioner`).
+"""Decoding captions from a captioner (`big_vl.models.captioner`, or a
+CoCa: `big_vl.models.coca`; any model with `encode` and `decode_tokens`).
 
 `greedy(model, params, image, start_id=..., end_id=...)` runs the decoder
 one token at a time with a KV cache: the model is cloned with

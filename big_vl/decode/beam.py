@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from big_vl.decode import greedy_search
-from big_vl.models import captioner as captioner_lib
 
 _NEG = -1.0e9
 
@@ -59,7 +58,7 @@ def _beam_search(model, params, image, *, beam, start_id, end_id, pad_id,
   batch = image.shape[0]
   rows = batch * beam
   variables = {"params": params}
-  memory = dec.apply(variables, image, method=captioner_lib.Captioner.encode)
+  memory = dec.apply(variables, image, method="encode")
   memory = jnp.repeat(memory, beam, axis=0)  # row b * beam + k
   cache = greedy_search.empty_cache(dec, params, memory, length)
   # Live hypotheses: only beam 0 is real at the start.
@@ -74,7 +73,7 @@ def _beam_search(model, params, image, *, beam, start_id, end_id, pad_id,
     cache, token, live_logp, live_seq, fin_score, fin_logp, fin_seq = carry
     logits, cache = dec.apply(
         {"params": params, **cache}, token[:, None], memory,
-        method=captioner_lib.Captioner.decode_tokens, mutable=["cache"])
+        method="decode_tokens", mutable=["cache"])
     logp = jax.nn.log_softmax(logits[:, -1], axis=-1)
     vocab = logp.shape[-1]
     cand = (live_logp[:, :, None] + logp.reshape(batch, beam, vocab))

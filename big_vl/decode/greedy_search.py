@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 
 from big_vl.decode import sampling
-from big_vl.models import captioner as captioner_lib
 
 
 def finish(tokens, end_id, pad_id):
@@ -36,7 +35,7 @@ def empty_cache(dec, params, memory, length):
   call on a full-length input creates them."""
   _, cache = dec.apply({"params": params},
                        jnp.zeros((memory.shape[0], length), jnp.int32),
-                       memory, method=captioner_lib.Captioner.decode_tokens,
+                       memory, method="decode_tokens",
                        mutable=["cache"])
   return cache
 
@@ -115,7 +114,7 @@ def _stepwise(model, params, image, rng, *, start_id, end_id, pad_id,
   batch = image.shape[0]
   variables = {"params": params}
   encode = functools.partial(dec.apply, variables,
-                             method=captioner_lib.Captioner.encode)
+                             method="encode")
   memory = encode(image)
   if guidance is not None:  # Rows [with the image; with the null memory].
     memory = jnp.concatenate(
@@ -127,7 +126,7 @@ def _stepwise(model, params, image, rng, *, start_id, end_id, pad_id,
     fed = token if guidance is None else jnp.concatenate([token, token])
     logits, cache = dec.apply(
         {"params": params, **cache}, fed[:, None], memory,
-        method=captioner_lib.Captioner.decode_tokens, mutable=["cache"])
+        method="decode_tokens", mutable=["cache"])
     scores = jax.nn.log_softmax(logits[:, -1], axis=-1)
     if guidance is not None:
       scores = (1.0 - guidance) * scores[batch:] + guidance * scores[:batch]
@@ -153,11 +152,11 @@ def greedy_uncached(model, params, image, *, start_id, end_id, pad_id=0,
 
   def scores_of(tokens, memory):
     logits = model.apply(variables, tokens, memory,
-                         method=captioner_lib.Captioner.decode_tokens)
+                         method="decode_tokens")
     return jax.nn.log_softmax(logits[:, -1], axis=-1)
 
   encode = functools.partial(model.apply, variables, image,
-                             method=captioner_lib.Captioner.encode)
+                             method="encode")
   memory = encode()
   null = None if guidance is None else encode(
       uncond=jnp.ones((batch,), bool))

@@ -14,7 +14,8 @@ def make_evaluators(config, model, mesh):
   """[(name, every_steps or None, evaluator)] from config.evals.
 
   Each evaluator gets the model's predict function and the mesh; one whose
-  constructor takes `model` (captioning) gets the model too."""
+  constructor takes `model` / `model_name` (captioning) gets the model and
+  its kind too."""
   evaluators = []
   predict_fn = models.make_predict_fn(
       model, config.get("model_name", "two_towers"))
@@ -23,8 +24,11 @@ def make_evaluators(config, model, mesh):
     kind = block.pop("type", name)
     every = block.pop("every", None)
     cls = registry.get("evaluator", kind)
-    if "model" in inspect.signature(cls).parameters:
+    takes = inspect.signature(cls).parameters
+    if "model" in takes:
       block["model"] = model
+    if "model_name" in takes:
+      block.setdefault("model_name", config.get("model_name", "two_towers"))
     ev = cls(predict_fn, mesh=mesh, **block)
     evaluators.append((name, every, ev))
   return evaluators

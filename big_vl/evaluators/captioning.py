@@ -12,7 +12,15 @@ classifier-free guidance) on the eval mesh, then detokenized; the references
 are the records' `captions_key` field (a list of captions), read from the
 source. Records that fail are skipped and counted like every evaluator's.
 
-Metrics: captioning/<dataset>/cider, bleu_1 ... bleu_4, skipped. The
+With `scorer` (a contrastive model: "self" for a CoCa run's own model, or
+the path of a big_vl workdir / converted folder of a two-tower model or a
+CoCa) the captions are also scored by how well they fit their images
+(`clip_score`): CLIPScore and RefCLIPScore (Hessel et al. 2021) and
+caption-to-image self-retrieval R@1 / R@5 among the evaluated images.
+
+Metrics: captioning/<dataset>/cider, bleu_1 ... bleu_4, skipped; with a
+scorer also clip_score, ref_clip_score, self_retrieval_r@1, _r@5 and
+empty_captions (scored 0). The
 evaluator keeps `captions`: (index, generated, references) of every
 example, and `last`, the first `keep` of them; `write_files(folder)` writes
 them as `captions.jsonl` (every example) and `captions.png` (the first
@@ -29,10 +37,12 @@ from PIL import Image
 
 from big_vl import decode
 from big_vl import plots
+from big_vl import predict
 from big_vl import storage
 from big_vl import registry
 from big_vl.data import sources
 from big_vl.evaluators import caption_metrics
+from big_vl.evaluators import clip_score
 from big_vl.evaluators import common
 
 
@@ -59,9 +69,16 @@ class Evaluator:
     guidance: classifier-free guidance gamma (greedy only), or None.
     tokenizer: registry tokenizer that decodes the ids ("clip_bpe").
     start_id, end_id: the decoder's first input and the end token.
-    keep: examples kept in `last`.
+    keep: examples kept in `last` (and drawn in captions.png).
     data_dir: data directory.
     name: dataset name in metric keys (default from `data`).
+    scorer: None, "self" (the run's model, which must embed images and
+      texts: a CoCa) or a checkpoint path (`big_vl.predict.Predictor.load`)
+      of the contrastive model that scores the captions.
+    scorer_pp_img, scorer_pp_txt: the scorer's pp from {"image": encoded
+      bytes} / {"text": str} (default: a checkpoint's own; "self": `pp`
+      and scorer_pp_txt is required).
+    model_name: the run's model kind (the trainer passes it).
   """
 
   FILE_STEM = "captions"  # `write_files`' default stem
@@ -69,7 +86,9 @@ class Evaluator:
   def __init__(self, predict_fn, *, mesh, data, split, pp, model=None,
                captions_key="captions", batch_size=64, beam=1, alpha=0.0,
                guidance=None, tokenizer="clip_bpe", start_id=49406,
-               end_id=49407, keep=16, data_dir=None, name=None):
+               end_id=49407, keep=16, data_dir=None, name=None, scorer=None,
+               scorer_pp_img=None, scorer_pp_txt=None,
+               model_name="captioner"):
     del predict_fn
     if model is None or not hasattr(model, "decode_tokens"):
       raise ValueError("captioning: the model is not a captioner "
@@ -98,6 +117,20 @@ class Evaluator:
       self._decode = lambda p, b: {"tokens": decode.greedy(
           model, p, b["image"], guidance=guidance, **ids)}
     self.last = self.captions = None
+    self.scorer = None
+    if scorer == "self":
+      if not hasattr(model, "embed_image") or not scorer_pp_txt:
+        raise ValueError(
+            "captioning: scorer='self' needs a model that embeds images and "
+            "texts (a CoCa) and scorer_pp_txt (its text pp).")
+      self.scorer = predict.Predictor(
+          model, None, pp_img=scorer_pp_img or pp, pp_txt=scorer_pp_txt,
+          batch_size=batch_size, model_name=model_name)
+    elif scorer:
+      self.scorer = predict.Predictor.load(
+          scorer, pp_img=scorer_pp_img, pp_txt=scorer_pp_txt,
+          batch_size=batch_size)
+    self.scorer_is_self = scorer == "self"
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""
@@ -117,7 +150,35 @@ class Evaluator:
                                                        references)[0]
       for key, value in caption_metrics.bleu(generated, references).items():
         yield f"{prefix}/{key}", value
+      if self.scorer is not None:
+        yield from self._scores(params, out["index"], generated, references,
+                                prefix)
     yield from skipped.metrics(prefix)
+
+  def _scores(self, params, index, generated, references, prefix):
+    """CLIPScore, RefCLIPScore and self-retrieval by the scorer.
+
+    An empty generated caption (a text pp refuses it) gets a zero
+    embedding: CLIP-S and RefCLIP-S 0, and its image ranked last; their
+    number is `empty_captions`."""
+    if self.scorer_is_self:
+      self.scorer.params = params
+    scorer = self.scorer
+    zimg = scorer.embed_images([self.source[int(i)]["image"] for i in index])
+    said = [i for i, c in enumerate(generated) if c.strip()]
+    zcap = np.zeros_like(zimg)
+    if said:
+      zcap[said] = scorer.embed_texts([generated[i] for i in said])
+    yield f"{prefix}/empty_captions", len(generated) - len(said)
+    flat = [r for refs in references for r in refs]
+    owner = [i for i, refs in enumerate(references) for _ in refs]
+    zref = scorer.embed_texts(flat)
+    yield f"{prefix}/clip_score", float(np.mean(
+        clip_score.clip_scores(zimg, zcap)))
+    yield f"{prefix}/ref_clip_score", float(np.mean(
+        clip_score.ref_clip_scores(zimg, zcap, zref, owner)))
+    for key, value in clip_score.self_retrieval(zimg, zcap).items():
+      yield f"{prefix}/self_retrieval_{key}", value
 
   def write_files(self, folder, stem="captions"):
     """Writes the last run's captions next to the metrics.

@@ -4,6 +4,10 @@
 - `text_transformer.TextTransformer`: CLIP/SigLIP/BERT-style text tower.
 - `two_towers.Model`: image + text towers with a shared embedding space,
   registered as model "two_towers".
+- `decoder.TextDecoder`, `captioner.Captioner`: a captioner (CapPa), model
+  "captioner".
+- `coca.CoCa`: a contrastive captioner (dual encoder + decoder), model
+  "coca".
 - `common`: pieces shared by the towers (size table, transformer encoder,
   MAP head, sin-cos position embeddings).
 

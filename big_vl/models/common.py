@@ -284,6 +284,9 @@ class EncoderBlock(nn.Module):
       open_clip 1e-5, BERT 1e-12).
     norm_position: "pre" or "post".
     mlp_type: "mlp" (`MlpBlock_0`) or "geglu" (`GeGluMlpBlock_0`, ViTamin).
+    decode: keep the self-attention's keys / values in the "cache"
+      collection and take one position per call (autoregressive decoding;
+      `mask` is then None once the cache exists).
   """
   mlp_dim: int
   num_heads: int
@@ -293,6 +296,7 @@ class EncoderBlock(nn.Module):
   norm_eps: float = 1e-6
   norm_position: str = "pre"
   mlp_type: str = "mlp"
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
@@ -322,6 +326,7 @@ class EncoderBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         force_fp32_for_softmax=True,
         deterministic=True,
+        decode=self.decode,
         name="MultiHeadDotProductAttention_0",
     )(y, y, mask=mask)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
@@ -415,6 +420,7 @@ class Encoder(nn.Module):
     mlp_type: "mlp" or "geglu" (see `EncoderBlock`).
     final_norm: whether a pre-LN stack ends with `encoder_norm` (False:
       the caller normalises, e.g. after pooling as ViTamin does).
+    decode: blocks with KV caches (see `EncoderBlock`; not with scan).
   """
   depth: int
   mlp_dim: int
@@ -428,10 +434,14 @@ class Encoder(nn.Module):
   norm_position: str = "pre"
   mlp_type: str = "mlp"
   final_norm: bool = True
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
     """Encodes `x` [B, L, D] (optionally under `mask`) to [B, L, D]."""
+    if self.decode and self.scan:
+      raise ValueError("Encoder: decode=True does not work with scan=True "
+                       "(build the decoding model unscanned).")
     policy_name = resolve_remat_policy(self.remat_policy)
     block_cls = EncoderBlock
     if policy_name != "none":
@@ -444,7 +454,7 @@ class Encoder(nn.Module):
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                     dropout=self.dropout, dtype=self.dtype, act=self.act,
                     norm_eps=self.norm_eps, norm_position=self.norm_position,
-                    mlp_type=self.mlp_type)
+                    mlp_type=self.mlp_type, decode=self.decode)
     if self.scan:
       def body(block, carry, mask):
         return block(carry, mask, deterministic), None

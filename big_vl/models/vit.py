@@ -142,6 +142,8 @@ class ViT(nn.Module):
     norm_eps: epsilon of every LayerNorm (1e-6 flax / big_vision; 1e-5 for
       PyTorch-trained CLIP weights).
     head_bias: whether `head` has a bias (CLIP's `proj` has none).
+    final_norm: end the blocks with `Transformer/encoder_norm` (False:
+      CoCa, whose attentional pooler normalises after pooling).
     image_size: informational, not used in the computation: the image
       side the learned position embedding was made for. Converters
       record it so that evaluation preprocessing can be derived from the
@@ -166,6 +168,7 @@ class ViT(nn.Module):
   norm_eps: float = 1e-6
   head_bias: bool = True
   image_size: int | None = None
+  final_norm: bool = True
 
   def dims(self):
     """The resolved {width, depth, mlp_dim, num_heads, patch_size}."""
@@ -187,7 +190,8 @@ class ViT(nn.Module):
       (out, aux): out is [B, num_classes] (or [B, width] without a head) in
       the compute dtype; aux = {"tokens": [B, N, width] final-LayerNorm
       patch tokens (N = H*W/patch**2; the class token is not included),
-      "pre_logits": [B, width] pooled features}.
+      "pre_logits": [B, width] pooled features}. With final_norm=False
+      neither is normalised.
     """
     if self.pool_type not in POOL_TYPES:
       raise ValueError(f"ViT: unknown pool_type {self.pool_type!r}; known: "
@@ -234,7 +238,7 @@ class ViT(nn.Module):
         remat_policy=common.resolve_remat_policy(
             self.remat_policy, self.remat, "ViT"),
         scan=self.scan, act=self.act, norm_eps=self.norm_eps,
-        name="Transformer",
+        final_norm=self.final_norm, name="Transformer",
     )(x, None, not train)
 
     if self.pool_type == "cls":

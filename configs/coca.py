@@ -1,0 +1,100 @@
+r"""CoCa (Yu et al. 2022): a contrastive captioner, on the demo shapes data.
+
+One model (`big_vl/models/coca.py`) is a CLIP-style dual encoder and an
+image captioner: unimodal causal text layers give the text embedding from
+an appended [CLS] token, an attentional pooler gives the image embedding
+(query 0) and the decoder's memory (the other queries), and multimodal
+layers cross-attend to that memory to predict the caption. The step
+minimises two named objectives, the softmax contrastive loss (weight 1)
+and the caption cross-entropy (weight 2.0, the paper's caption_weight).
+The layout is open_clip's `coca_*` models' (`big_vl.convert.open_clip_coca`
+converts their weights both ways).
+
+Run (the demo data is built on first use):
+
+    python -m big_vl.train --config=configs/coca.py --workdir=workdirs/coca
+    python -m big_vl.train --config=configs/coca.py:runlocal \
+        --workdir=/tmp/coca    # 20 steps, 32x32 images, tiny towers
+
+Metrics: train/contrastive/loss, train/caption/loss (and token_acc,
+perplexity), train/loss (1 x contrastive + 2 x caption); at the end
+zero-shot and retrieval on the test split (zeroshot/demo_shapes/top1,
+retrieval/demo_shapes/...) and greedy captions of its first 64 / 1,000
+images (captioning/demo_shapes/cider, bleu_*; clip_score,
+ref_clip_score and self_retrieval_r@1/5 by the model's own embeddings;
+captions.jsonl/.png).
+
+Not yet here (issue #19): the full-size (LAION / WebLI) recipe with a
+measured result.
+
+Args (after the colon): `runlocal`, `steps=N`, `batch=N`,
+`caption_weight=F`, `uncond=F` (uncond_prob, for classifier-free guidance).
+"""
+
+import ml_collections
+
+from big_vl import config as config_lib
+
+
+def get_config(arg=None):
+  """The CoCa demo config."""
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=128,
+                             caption_weight=2.0, uncond=0.0, res=64,
+                             max_len=24)
+  res = 32 if arg.runlocal else arg.res
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  pp = config_lib.demo_pp(res, arg.max_len)
+  config.input = ml_collections.ConfigDict(dict(
+      data=config_lib.data_field(config_lib.DEMO_DATA), split="train",
+      data_dir=None, batch_size=32 if arg.runlocal else arg.batch,
+      pp=pp.train, workers=0, read_threads=4, shuffle=True))
+
+  config.model_name = "coca"
+  width = 64 if arg.runlocal else 128
+  image = (dict(variant="mu/8") if arg.runlocal else
+           dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=8))
+  tower = (dict(width=64, depth=2, mlp_dim=256, num_heads=2)
+           if arg.runlocal else
+           dict(width=128, depth=4, mlp_dim=512, num_heads=4))
+  patches = (res // 8) ** 2
+  config.model = ml_collections.ConfigDict(dict(
+      image=image, text=tower, decoder=dict(tower), out_dim=width,
+      vocab_size=49408, max_len=arg.max_len,
+      # One query for the contrastive embedding, one per patch for the
+      # decoder (open_clip: 256 at any resolution).
+      num_queries=patches + 1, pool_heads=tower["num_heads"],
+      uncond_prob=arg.uncond, dtype="float32"))
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0, impl="dense"),
+      caption=dict(loss="caption", weight=arg.caption_weight,
+                   label_smoothing=0.0)))
+
+  config.total_steps = 20 if arg.runlocal else arg.steps
+  config.warmup_steps = 2 if arg.runlocal else 100
+  config.log_steps = 5 if arg.runlocal else 25
+  config.ckpt_steps = config.total_steps
+  config.keep_ckpts = 2
+  config.lr = 1e-3
+  config.wd = 1e-4
+  config.wd_mode = "coupled"
+  config.schedule = dict(name="cosine", end_frac=0.0)
+  config.optim = dict(name="adamw", b1=0.9, b2=0.999, eps=1e-8)
+  config.grad_clip_norm = 1.0
+  config.mesh = (("data", -1),)
+  config.sharding_rules = ((".*", "replicate"),)
+  config.evals = config_lib.demo_evals(
+      res, arg.max_len, batch_size=32 if arg.runlocal else 256)
+  config.evals.captioning = dict(
+      type="captioning", data=config_lib.DEMO_DATA,
+      split="test[:64]" if arg.runlocal else "test[:1000]",
+      pp=pp.zeroshot_img.replace("|keep('image','label')", "|keep('image')"),
+      captions_key="captions", batch_size=32 if arg.runlocal else 250,
+      beam=1,
+      # CLIPScore, RefCLIPScore and self-retrieval by the model's own
+      # contrastive half.
+      scorer="self", scorer_pp_txt=pp.text)
+  if arg.runlocal:
+    for name in ("zeroshot", "retrieval"):
+      config.evals[name].split = "test[:256]"
+  return config
