@@ -22,7 +22,8 @@ zero-shot and retrieval on the test split (zeroshot/demo_shapes/top1,
 retrieval/demo_shapes/...) and greedy captions of its first 64 / 1,000
 images (captioning/demo_shapes/cider, bleu_*; clip_score,
 ref_clip_score and self_retrieval_r@1/5 by the model's own embeddings;
-captions.jsonl/.png).
+captions.jsonl/.png), and zero-shot by the decoder's likelihood of the
+class prompts (zeroshot/demo_shapes_scored/top1, `caption_scoring`).
 
 Not yet here (issue #19): the full-size (LAION / WebLI) recipe with a
 measured result.
@@ -94,6 +95,14 @@ def get_config(arg=None):
       # CLIPScore, RefCLIPScore and self-retrieval by the model's own
       # contrastive half.
       scorer="self", scorer_pp_txt=pp.text)
+  # Zero-shot by the decoder's likelihood of each class prompt (CapPa's
+  # protocol), next to the contrastive zero-shot above.
+  config.evals.caption_zeroshot = dict(
+      type="caption_scoring", data=config_lib.DEMO_DATA,
+      split="test[:64]" if arg.runlocal else "test[:1000]",
+      pp_img=pp.zeroshot_img, pp_txt=pp.text,
+      templates=["a {}."] if arg.runlocal else "demo_shapes",
+      batch_size=32 if arg.runlocal else 250, name="demo_shapes_scored")
   if arg.runlocal:
     for name in ("zeroshot", "retrieval"):
       config.evals[name].split = "test[:256]"

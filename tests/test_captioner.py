@@ -51,9 +51,13 @@ def test_cached_decoding_equals_teacher_forcing_step_by_step():
   _, cache = dec.apply({"params": params}, jnp.zeros_like(text[:, :-1]),
                        memory, method=captioner_lib.Captioner.decode_tokens,
                        mutable=["cache"])
+  # The image tokens' keys and values are cached by the first call: the
+  # steps read them, not `memory` (zeros here).
+  cross = cache["cache"]["decoder"]["decoderblock_0"]["CrossAttention"]
+  assert cross["cross_key"].shape == (3, 4, 2, 16)  # [B, N, heads, dim]
   for t in range(text.shape[1] - 1):
     logits, cache = dec.apply(
-        {"params": params, **cache}, text[:, t:t + 1], memory,
+        {"params": params, **cache}, text[:, t:t + 1], jnp.zeros_like(memory),
         method=captioner_lib.Captioner.decode_tokens, mutable=["cache"])
     np.testing.assert_allclose(logits[:, 0], forced[:, t], atol=1e-5,
                                rtol=1e-5, err_msg=f"step {t}")

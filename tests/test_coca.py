@@ -247,7 +247,9 @@ def test_coca_trains_on_the_demo_data(demo_data, tmp_path):
   assert result["step"] == 20
   final = result["final"]
   for key in ("zeroshot/demo_shapes/top1", "retrieval/demo_shapes/img2txt_r@1",
-              "captioning/demo_shapes/cider"):
+              "captioning/demo_shapes/cider",
+              "captioning/demo_shapes/clip_score",
+              "zeroshot/demo_shapes_scored/top1"):
     assert 0.0 <= final[key] <= 10.0, key
   rows = [r for r in metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")
           if "train/caption/loss" in r]

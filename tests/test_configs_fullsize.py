@@ -324,7 +324,7 @@ def _run_train(config, checks, tmp):
 def _run_eval(name, block, checks, tmp):
   kind = block.get("type", name)
   what = f"evals.{name}"
-  if kind == "zeroshot":
+  if kind in ("zeroshot", "caption_scoring"):
     for spec, record, names in _records(block.data, block.split, tmp):
       out = pp_lib.build(block.pp_img)(record, None)
       assert set(out) == {"image", block.get("label_key", "label")}, (

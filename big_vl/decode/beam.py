@@ -47,8 +47,13 @@ def beam_search(model, params, image, *, beam, start_id, end_id, pad_id=0,
 
 
 def _gather_rows(tree, rows):
-  """Leaves with a leading row axis reordered by `rows` (scalars kept)."""
-  return jax.tree.map(lambda x: x[rows] if x.ndim else x, tree)
+  """Leaves with a leading row axis reordered by `rows`; scalars and the
+  cached memory keys / values (`cross_*`: the same for every hypothesis of
+  an image) are kept."""
+  def gather(path, x):
+    name = str(getattr(path[-1], "key", path[-1]))
+    return x if not x.ndim or name.startswith("cross_") else x[rows]
+  return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 def _beam_search(model, params, image, *, beam, start_id, end_id, pad_id,

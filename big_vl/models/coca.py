@@ -50,6 +50,7 @@ import numpy as np
 
 from big_vl import registry
 from big_vl.models import common
+from big_vl.models import decoder as decoder_lib
 from big_vl.models import two_towers
 from big_vl.models import vit
 
@@ -90,13 +91,15 @@ class AttentionalPooler(nn.Module):
 
 class CrossBlock(nn.Module):
   """x + MHA(LN(x), LN_kv(memory)), then x + MLP(LN(x)) (open_clip's
-  cross-attention `ResidualAttentionBlock`)."""
+  cross-attention `ResidualAttentionBlock`); with `decode=True` the
+  memory's keys and values are cached (`decoder.CrossAttention`)."""
   mlp_dim: int
   num_heads: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
   act: str = "gelu_exact"
   norm_eps: float = 1e-5
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x, memory, deterministic=True):
@@ -104,10 +107,8 @@ class CrossBlock(nn.Module):
                                      name=name)
     drop = lambda y: nn.Dropout(rate=self.dropout)(y, deterministic)
     kv = norm("LayerNorm_kv")(memory)
-    x = x + drop(nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        force_fp32_for_softmax=True, deterministic=True,
+    x = x + drop(decoder_lib.CrossAttention(
+        num_heads=self.num_heads, dtype=self.dtype, decode=self.decode,
         name="MultiHeadDotProductAttention_0")(norm("LayerNorm_0")(x), kv))
     return x + drop(common.MlpBlock(
         mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
@@ -390,7 +391,8 @@ class _Decoder(nn.Module):
     for i in range(self.depth):
       x = common.EncoderBlock(**block, decode=self.decode,
                               name=f"selfblock_{i}")(x, mask, not train)
-      x = CrossBlock(**block, name=f"crossblock_{i}")(x, memory, not train)
+      x = CrossBlock(**block, decode=self.decode, name=f"crossblock_{i}")(
+          x, memory, not train)
     x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
                      name="LayerNorm_0")(x)
     return nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,

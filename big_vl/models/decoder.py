@@ -14,12 +14,58 @@ values in the "cache" collection so each new token costs one position
     logits = dec.apply({"params": params}, tokens, memory)  # [B, 23, V]
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from big_vl.models import common
+
+
+class CrossAttention(nn.Module):
+  """Attention from tokens to a fixed memory (the image tokens), with the
+  params of flax's `MultiHeadDotProductAttention` (`query`, `key`,
+  `value`, `out`) and the same numbers.
+
+  With `decode=True` the memory's keys and values are computed once, by the
+  call that creates the caches, and kept in the "cache" collection
+  (`cross_key`, `cross_value` [B, N, heads, head_dim]): a decoding step
+  then projects its one query instead of all N memory tokens again (for
+  open_clip's CoCa, N = 255 tokens per layer and step).
+
+  Attributes:
+    num_heads: attention heads.
+    dtype: compute dtype.
+    decode: cache the memory's keys and values (see above).
+  """
+  num_heads: int
+  dtype: Any = jnp.float32
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, memory):
+    """[B, L, D] queries attending to memory [B, N, D] -> [B, L, D]."""
+    features = x.shape[-1]
+    dense = functools.partial(
+        nn.DenseGeneral, axis=-1, dtype=self.dtype,
+        features=(self.num_heads, features // self.num_heads),
+        kernel_init=nn.initializers.xavier_uniform())
+    query = dense(name="query")(x)
+    if self.decode and self.has_variable("cache", "cross_key"):
+      key = self.get_variable("cache", "cross_key")
+      value = self.get_variable("cache", "cross_value")
+    else:
+      key, value = dense(name="key")(memory), dense(name="value")(memory)
+      if self.decode:  # The call that creates the caches.
+        self.put_variable("cache", "cross_key", key)
+        self.put_variable("cache", "cross_value", value)
+    out = nn.dot_product_attention(query, key, value, dtype=self.dtype,
+                                   deterministic=True,
+                                   force_fp32_for_softmax=True)
+    return nn.DenseGeneral(features=features, axis=(-2, -1), dtype=self.dtype,
+                           kernel_init=nn.initializers.xavier_uniform(),
+                           name="out")(out)
 
 
 class DecoderBlock(nn.Module):
@@ -33,7 +79,8 @@ class DecoderBlock(nn.Module):
     act: MLP activation name.
     norm_eps: LayerNorm epsilon.
     decode: keep the self-attention's keys / values in the "cache"
-      collection and take one position per call.
+      collection and take one position per call (and the memory's keys /
+      values, `CrossAttention`).
   """
   mlp_dim: int
   num_heads: int
@@ -68,8 +115,9 @@ class DecoderBlock(nn.Module):
         **attention, decode=self.decode, name="SelfAttention")(
             y, y, mask=mask))
     y = norm("LayerNorm_1")(x)
-    x = x + drop(nn.MultiHeadDotProductAttention(
-        **attention, name="CrossAttention")(y, memory))
+    x = x + drop(CrossAttention(
+        num_heads=self.num_heads, dtype=self.dtype, decode=self.decode,
+        name="CrossAttention")(y, memory))
     y = norm("LayerNorm_2")(x)
     return x + drop(common.MlpBlock(
         mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
