@@ -42,7 +42,6 @@ import datetime
 import json
 import os
 import sys
-import time
 
 from absl import flags
 
@@ -50,7 +49,6 @@ flags.FLAGS.mark_as_parsed()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,12 +59,12 @@ from big_vl.losses import filip as filip_lib  # pylint: disable=g-import-not-at-
 from big_vl import metrics as metrics_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl import pretrained  # pylint: disable=g-import-not-at-top,wrong-import-position
-from big_vl import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.data import pp as pp_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.data.builders import demo_shapes  # pylint: disable=g-import-not-at-top,wrong-import-position
 import host  # pylint: disable=g-import-not-at-top,wrong-import-position
 import results_md  # pylint: disable=g-import-not-at-top,wrong-import-position
+import runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HEADING = "## Methods in miniature (bench/methods.py)"
 RES, MAX_LEN, EVAL_IMAGES = 32, 24, 512
@@ -239,14 +237,7 @@ def evaluate(workdir, scoring, data):
 
 def _train(config, workdir):
   """Trains (or reuses a finished) run; (final loss, train seconds)."""
-  timing = os.path.join(workdir, "bench_seconds.json")
-  if not os.path.exists(timing):
-    t0 = time.time()
-    train.train(config, workdir)
-    with open(timing, "w") as f:
-      json.dump({"seconds": time.time() - t0}, f)
-  with open(timing) as f:
-    seconds = json.load(f)["seconds"]
+  seconds = runs.train_or_reuse(config, workdir)
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   return [r["train/loss"] for r in rows if "train/loss" in r][-1], seconds
 

@@ -24,7 +24,7 @@ import results_md
 import train_throughput
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-HELPERS = ("host.py", "peer.py", "results_md.py")
+HELPERS = ("host.py", "peer.py", "results_md.py", "runs.py")
 SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in HELPERS)
 
 OLD = """# Benchmark results

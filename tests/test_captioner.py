@@ -511,3 +511,30 @@ def test_caption_scoring_is_the_likelihood_of_each_class_prompt(demo_data):
   fast = caption_scoring.prompt_log_likelihoods(
       model, params, batch, jnp.asarray(ev.tokens[:3]))
   np.testing.assert_allclose(fast, loglik[:4, :3], rtol=1e-4, atol=1e-3)
+
+
+def test_a_prefix_is_forced_and_decoding_continues_after_it():
+  model = _model(uncond_prob=0.5)
+  params = _params(model, seed=17)
+  image, _ = _inputs(batch=3, seed=7)
+  kw = dict(start_id=48, end_id=49)
+  plain = np.asarray(decode.greedy(model, params, image, **kw))
+  # Row 0: two forced tokens; row 1: one; row 2: none (-1 throughout).
+  prefix = np.array([[7, 8], [9, -1], [-1, -1]], np.int32)
+  for guidance in (None, 2.0):
+    got = np.asarray(decode.greedy(model, params, image, prefix=prefix,
+                                   guidance=guidance, **kw))
+    np.testing.assert_array_equal(
+        got, decode.greedy_uncached(model, params, image, prefix=prefix,
+                                    guidance=guidance, **kw))
+    assert got[0, :2].tolist() == [7, 8] and got[1, 0] == 9
+    if guidance is None:
+      np.testing.assert_array_equal(got[2], plain[2])  # not forced
+      assert got[0, 2:].tolist() != plain[0, 2:].tolist()  # continues
+  # Sampling with top_k = 1 keeps the prefix and equals greedy.
+  np.testing.assert_array_equal(
+      decode.sample(model, params, image, jax.random.PRNGKey(0), top_k=1,
+                    prefix=prefix, **kw),
+      decode.greedy(model, params, image, prefix=prefix, **kw))
+  with pytest.raises(ValueError, match="prefix"):
+    decode.greedy(model, params, image, prefix=np.zeros((3, 9)), **kw)

@@ -341,3 +341,58 @@ def test_captioning_scores_with_the_run_s_own_coca(demo_data):
   with pytest.raises(ValueError, match="scorer_pp_txt"):
     config.evals.captioning.scorer_pp_txt = None
     evaluators.make_evaluators(config, model, mesh)
+
+
+def _one_coca_step(grad_accum_steps):
+  """(params before, after, metrics) of one trainer step of a tiny CoCa
+  (contrastive + caption objectives), Adam with a huge eps so that the
+  update is proportional to the gradient."""
+  import os  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from big_vl import sharding  # pylint: disable=g-import-not-at-top
+  from big_vl import train as train_lib  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load_config(os.path.join(root, "configs", "coca.py")
+                                  + ":runlocal")
+  config.evals = ml_collections.ConfigDict()
+  config.mesh, config.sharding_rules = (("data", 1),), ((".*", "replicate"),)
+  config.model.text = config.model.decoder = dict(TOWER)
+  config.model.out_dim, config.model.num_queries = 32, 5
+  config.model.pool_heads = 2
+  config.lr, config.wd, config.grad_clip_norm = 1e3, 0.0, None
+  config.optim = dict(name="adam", b1=0.9, b2=0.999, eps=1e3)
+  config.schedule, config.warmup_steps = dict(name="constant"), 0
+  config.total_steps = config.log_steps = config.ckpt_steps = 1
+  config.grad_accum_steps = grad_accum_steps
+  image, text = _inputs(batch=8, seed=3)
+  batch = {"image": np.asarray(image), "text": np.asarray(text, np.int32)}
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  run = train_lib.build(config, mesh, {k: v[0] for k, v in batch.items()},
+                        1, 0)
+  state = run.init_state()
+  before = jax.tree.map(np.array, state["params"])
+  state, metrics = run.train_step(state, sharding.to_global(batch, mesh))
+  return before, jax.tree.map(np.array, state["params"]), jax.device_get(
+      metrics)
+
+
+def test_accumulated_coca_step_equals_the_full_batch_step():
+  """GradCache over CoCa's outputs (embeddings and caption logits): 2
+  micro-batches give the full batch's update and losses."""
+  before, full, m_full = _one_coca_step(1)
+  moved = jax.tree.map(lambda x, y: np.abs(x - y).max(), before, full)
+  assert max(jax.tree.leaves(moved)) > 0.1  # a real, gradient-sized step
+  assert moved["dec"]["head"]["kernel"] > 1e-3  # the caption loss acts
+  assert moved["t"] > 1e-3  # and the contrastive one
+  _, acc, m_acc = _one_coca_step(2)
+  # The updates (= the gradients here) agree to float32 rounding of the
+  # summed micro-batch gradients (updates reach a few hundred; a param
+  # without a gradient moves by its own rounding, ~1e-7).
+  for x, y, b in zip(jax.tree.leaves(acc), jax.tree.leaves(full),
+                     jax.tree.leaves(before)):
+    np.testing.assert_allclose(x - b, y - b, rtol=1e-4,
+                               atol=1e-6 * np.abs(y - b).max() + 1e-6)
+  for key in ("train/loss", "train/caption/loss", "train/contrastive/loss"):
+    np.testing.assert_allclose(m_acc[key], m_full[key], rtol=2e-6,
+                               err_msg=key)

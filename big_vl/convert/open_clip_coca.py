@@ -303,10 +303,7 @@ def _params(state_dict, mc):
     }
   if "logit_bias" in state_dict:
     params["b"] = read("logit_bias").reshape(())
-  unused = read.unused()
-  if unused:
-    raise ValueError(f"open_clip CoCa state dict has {len(unused)} keys the "
-                     f"converter does not use: {unused[:8]}")
+  read.check_all_used()
   return params
 
 

@@ -97,8 +97,5 @@ def convert(state_dict):
   if read.has("head.weight"):
     params["head"] = torch_params.dense(read, "head")
     num_classes = params["head"]["kernel"].shape[1]
-  unused = read.unused()
-  if unused:
-    raise ValueError(f"timm ViTamin tensors not converted: {unused[:8]}"
-                     f"{' ...' if len(unused) > 8 else ''}")
+  read.check_all_used()
   return {"variant": variant, "num_classes": num_classes}, params

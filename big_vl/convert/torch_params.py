@@ -6,7 +6,7 @@
               "conv": conv(read, "stem.conv1"),
               "MultiHeadDotProductAttention_0": attention(
                   read, "blocks.0.attn.qkv", "blocks.0.attn.proj", heads=6)}
-    assert not read.unused()    # every tensor of the checkpoint was used
+    read.check_all_used()       # every tensor of the checkpoint was used
 """
 
 import numpy as np
@@ -36,6 +36,16 @@ class StateDictReader:
 
   def unused(self):
     return sorted(set(self._sd) - self.used)
+
+  def check_all_used(self):
+    """Raises ValueError naming the tensors no read took (not converted:
+    a feature the converter does not know would be lost silently)."""
+    unused = self.unused()
+    if unused:
+      raise ValueError(
+          f"{self._source} state dict has {len(unused)} tensors the "
+          f"converter does not use (not converted): {unused[:8]}"
+          f"{' ...' if len(unused) > 8 else ''}")
 
 
 def norm(read, prefix):

@@ -16,7 +16,10 @@ the same pass. `beam_search(..., beam=K, alpha=...)` keeps K hypotheses per
 image with the same cache (its rows follow their parents) and GNMT's length
 penalty. `sample(model, params, image, rng, temperature=..., top_k=...,
 top_p=...)` draws captions token by token with the same cache
-(`sampling.filter_scores` makes the top-k and nucleus cuts).
+(`sampling.filter_scores` makes the top-k and nucleus cuts). `greedy` and
+`sample` take a `prefix` ([B, P] token ids, -1 = free) that is forced
+through the cache before decoding continues (a task prompt, or the start
+of a caption).
 """
 
 from big_vl.decode import sampling

@@ -40,8 +40,18 @@ def empty_cache(dec, params, memory, length):
   return cache
 
 
+def forced_tokens(prefix, length):
+  """int32[B, length]: `prefix` [B, P] (-1: not forced) padded with -1."""
+  prefix = jnp.asarray(prefix, jnp.int32)
+  if prefix.ndim != 2 or prefix.shape[1] > length:
+    raise ValueError(f"prefix must be int[B, P] with P <= {length} (the "
+                     f"decoded length), got shape {prefix.shape}.")
+  return jnp.pad(prefix, ((0, 0), (0, length - prefix.shape[1])),
+                 constant_values=-1)
+
+
 def greedy(model, params, image, *, start_id, end_id, pad_id=0,
-           guidance=None):
+           guidance=None, prefix=None):
   """The most likely next token, step by step, with a KV cache.
 
   With `guidance` = gamma, the score of a token is classifier-free
@@ -60,17 +70,23 @@ def greedy(model, params, image, *, start_id, end_id, pad_id=0,
     end_id: the token that ends a caption (CLIP BPE: 49407).
     pad_id: what follows `end_id`.
     guidance: gamma (a float), or None for plain conditional decoding.
+    prefix: optional int[B, P]: the first P tokens of each caption are
+      these (teacher forced through the cache) and decoding continues
+      after them; -1 entries are not forced (a row's shorter prefix is
+      padded with -1). E.g. a task prompt, or a caption's beginning.
 
   Returns:
     int32[B, model.max_len - 1]: the generated tokens (without the start
-    token); after the first `end_id` of a row, `pad_id`.
+    token, the prefix included); after the first `end_id` of a row,
+    `pad_id`.
   """
   return _run(model, params, image, None, start_id=start_id, end_id=end_id,
-              pad_id=pad_id, guidance=guidance)
+              pad_id=pad_id, guidance=guidance, prefix=prefix)
 
 
 def sample(model, params, image, rng, *, start_id, end_id, pad_id=0,
-           temperature=1.0, top_k=None, top_p=None, guidance=None):
+           temperature=1.0, top_k=None, top_p=None, guidance=None,
+           prefix=None):
   """Captions drawn token by token, with a KV cache.
 
   Each step draws from `softmax(scores / temperature)` cut to the `top_k`
@@ -80,7 +96,8 @@ def sample(model, params, image, rng, *, start_id, end_id, pad_id=0,
   same captions. `temperature=0` or `top_k=1` is `greedy`.
 
   Args:
-    model, params, image, start_id, end_id, pad_id, guidance: as `greedy`.
+    model, params, image, start_id, end_id, pad_id, guidance, prefix: as
+      `greedy`.
     rng: a PRNG key.
     temperature: > 0 (0: greedy).
     top_k: keep the k most likely tokens (None: all).
@@ -93,19 +110,21 @@ def sample(model, params, image, rng, *, start_id, end_id, pad_id=0,
   return _run(model, params, image, rng, start_id=start_id, end_id=end_id,
               pad_id=pad_id, guidance=guidance, temperature=float(temperature),
               top_k=None if top_k is None else int(top_k),
-              top_p=None if top_p is None else float(top_p))
+              top_p=None if top_p is None else float(top_p), prefix=prefix)
 
 
 def _run(model, params, image, rng, *, start_id, end_id, pad_id, guidance,
-         temperature=0.0, top_k=None, top_p=None):
+         temperature=0.0, top_k=None, top_p=None, prefix=None):
   """`_stepwise`, jitted once per model and options."""
+  forced = None if prefix is None else forced_tokens(prefix,
+                                                     model.max_len - 1)
   return jitted(_stepwise, model, start_id=int(start_id), end_id=int(end_id),
                 pad_id=int(pad_id), guidance=None if guidance is None
                 else float(guidance), temperature=temperature, top_k=top_k,
-                top_p=top_p)(params, image, rng)
+                top_p=top_p)(params, image, rng, forced)
 
 
-def _stepwise(model, params, image, rng, *, start_id, end_id, pad_id,
+def _stepwise(model, params, image, rng, forced, *, start_id, end_id, pad_id,
               guidance, temperature, top_k, top_p):
   """`greedy`'s and `sample`'s computation (traced once per model, shape
   and options)."""
@@ -133,6 +152,8 @@ def _stepwise(model, params, image, rng, *, start_id, end_id, pad_id,
     token = sampling.choose(
         scores, None if rng is None else jax.random.fold_in(rng, t),
         temperature=temperature, top_k=top_k, top_p=top_p)
+    if forced is not None:
+      token = jnp.where(forced[:, t] >= 0, forced[:, t], token)
     return cache, token, out.at[:, t].set(token)
 
   start = jnp.full((batch,), start_id, jnp.int32)
@@ -142,7 +163,7 @@ def _stepwise(model, params, image, rng, *, start_id, end_id, pad_id,
 
 
 def greedy_uncached(model, params, image, *, start_id, end_id, pad_id=0,
-                    guidance=None):
+                    guidance=None, prefix=None):
   """`greedy` without a cache: the decoder reruns the whole prefix at every
   step, and guidance runs the conditional and unconditional rows as two
   calls (slow; the reference of the tests)."""
@@ -161,11 +182,14 @@ def greedy_uncached(model, params, image, *, start_id, end_id, pad_id=0,
   null = None if guidance is None else encode(
       uncond=jnp.ones((batch,), bool))
   tokens = jnp.full((batch, 1), start_id, jnp.int32)
-  for _ in range(length):
+  forced = None if prefix is None else forced_tokens(prefix, length)
+  for step in range(length):
     scores = scores_of(tokens, memory)
     if guidance is not None:
       scores = ((1.0 - guidance) * scores_of(tokens, null)
                 + guidance * scores)
     nxt = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    if forced is not None:
+      nxt = jnp.where(forced[:, step] >= 0, forced[:, step], nxt)
     tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
   return finish(tokens[:, 1:], end_id, pad_id)

@@ -89,13 +89,8 @@ class Evaluator:
                        f"({type(model).__name__}).")
     self.mesh = mesh
     self.source = sources.get(data, split=split, data_dir=data_dir)
-    if isinstance(class_names, str):
-      class_names = prompts.classnames(class_names)
-    self.class_names = list(class_names or sources.class_names(
-        self.source, label_key) or [])
-    if not self.class_names:
-      raise ValueError(f"caption_scoring: no class names for {data!r}; "
-                       "give class_names in the config.")
+    self.class_names = zeroshot.resolve_class_names(
+        self.source, class_names, label_key, data, "caption_scoring")
     self.templates = prompts.get(templates)
     self.pp_img, self.pp_txt = pp_img, pp_txt
     self.batch_size, self.label_key = batch_size, label_key

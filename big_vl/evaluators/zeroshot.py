@@ -57,6 +57,32 @@ def classifier(text_encode_fn, tokenizer, classnames, templates):
   return common.l2_normalize(z.mean(axis=1)).T
 
 
+def resolve_class_names(source, class_names, label_key, data, evaluator):
+  """The class names of a zero-shot evaluator's config.
+
+  Args:
+    source: the evaluated source.
+    class_names: a list, a shipped set's name (`prompts.classnames`), or
+      None for the dataset's ClassLabel names.
+    label_key: the label field.
+    data: the source spec, for the message.
+    evaluator: the evaluator type, for the message.
+
+  Returns:
+    A list of class names.
+
+  Raises:
+    ValueError: none are given and the dataset has none.
+  """
+  if isinstance(class_names, str):
+    class_names = prompts.classnames(class_names)
+  names = list(class_names or sources.class_names(source, label_key) or [])
+  if not names:
+    raise ValueError(f"{evaluator}: no class names for {data!r}; give "
+                     "class_names in the config.")
+  return names
+
+
 def classification_metrics(logits, labels, num_classes):
   """top1, top5 and mean per-class recall from logits [N, C] and labels [N]."""
   order = np.argsort(-logits, axis=1)
@@ -94,13 +120,8 @@ class Evaluator:
     self.predict_fn = predict_fn
     self.mesh = mesh
     self.source = sources.get(data, split=split, data_dir=data_dir)
-    if isinstance(class_names, str):
-      class_names = prompts.classnames(class_names)
-    self.class_names = list(class_names or sources.class_names(
-        self.source, label_key) or [])
-    if not self.class_names:
-      raise ValueError(f"zeroshot: no class names for {data!r}; give "
-                       "class_names in the config.")
+    self.class_names = resolve_class_names(self.source, class_names,
+                                           label_key, data, "zeroshot")
     self.templates = prompts.get(templates)
     self.pp_img, self.pp_txt = pp_img, pp_txt
     self.batch_size = batch_size

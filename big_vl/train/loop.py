@@ -472,5 +472,8 @@ def _run_evals(evaluators, params, step, writer, final=False):
 def _log_summary(final, skipped):
   lines = [f"  {k} = {v:.4f}" for k, v in sorted(final.items())
            if not k.startswith("eval_time/")]
+  if not lines:  # A run without evaluators: only the data it skipped.
+    console.log(f"Done; data/skipped = {skipped} (no evaluators).")
+    return
   console.log("Final evaluation:\n" + "\n".join(lines) +
-       f"\n  data/skipped = {skipped}")
+              f"\n  data/skipped = {skipped}")
