@@ -2,7 +2,7 @@ r"""Captions images with a trained (or converted) captioner, as JSONL.
 
     python -m big_vl.caption --checkpoint=workdirs/cappa --images=photos/ \
         [--beam=4 | --guidance=2.0 | --temperature=0.7 --top_p=0.9] \
-        [--output=captions.jsonl]
+        [--prefix="a photo of"] [--output=captions.jsonl]
     python -m big_vl.caption --checkpoint=workdirs/cappa \
         --images=tfds:big_vl_demo_shapes --split=test --limit=100
 
@@ -67,6 +67,8 @@ _TOP_K = _flag("integer", "top_k", None,
                "Sampling: keep the k most likely tokens.")
 _TOP_P = _flag("float", "top_p", None, "Sampling: nucleus mass.")
 _SEED = _flag("integer", "seed", 0, "Sampling seed.")
+_PREFIX = _flag("string", "prefix", None,
+                "Text every caption starts with (greedy or sampling).")
 _BATCH_SIZE = _flag("integer", "batch_size", 64,
                     "Images per decoding call.")
 _LIMIT = _flag("integer", "limit", None,
@@ -180,7 +182,8 @@ def main(argv):
                             f"(suffixes {', '.join(IMAGE_SUFFIXES)}).")
   options = dict(beam=_BEAM.value, alpha=_ALPHA.value,
                  guidance=_GUIDANCE.value, temperature=_TEMPERATURE.value,
-                 top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value)
+                 top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value,
+                 prefix=_PREFIX.value)
   if _OUTPUT.value == "-":
     stats = caption_all(predictor, items,
                         lambda row: print(json.dumps(row), flush=True),

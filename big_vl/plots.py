@@ -133,8 +133,8 @@ def plot_captions(images, generated, references, path, columns=4):
   for i in range(n):
     ax = axes.flat[i]
     ax.imshow(_to_unit(images[i]), interpolation="nearest")
-    ax.set_title(textwrap.fill(generated[i], 36), fontsize=8,
-                 fontweight="bold")
+    ax.set_title(textwrap.fill(generated[i] or "(empty caption)", 36),
+                 fontsize=8, fontweight="bold")
     refs = "\n".join(textwrap.fill("- " + r, 40)
                      for r in list(references[i])[:3])
     ax.text(0.5, -0.02, refs, transform=ax.transAxes, ha="center",

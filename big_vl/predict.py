@@ -238,7 +238,7 @@ class Predictor:
 
   def caption_pixels(self, pixels, *, beam=1, alpha=0.0, guidance=None,
                      temperature=0.0, top_k=None, top_p=None, seed=0,
-                     first=0):
+                     first=0, prefix=None):
     """Captions of preprocessed images by a captioner.
 
     Args:
@@ -255,6 +255,8 @@ class Predictor:
       first: the position of `pixels[0]` in a longer stream captioned in
         chunks (a multiple of `batch_size`), so that the chunks draw what
         one call would.
+      prefix: optional text every caption starts with (e.g. "a photo
+        of"); decoding continues after it (greedy or sampling).
 
     Returns:
       A list of N caption strings.
@@ -262,11 +264,15 @@ class Predictor:
     if not self.is_captioner:
       raise ValueError(f"caption() needs a captioner; this model is a "
                        f"{type(self.model).__name__}.")
-    if beam > 1 and (guidance is not None or temperature > 0):
-      raise ValueError("beam search takes neither guidance nor temperature "
-                       "(use beam=1 for those).")
+    if beam > 1 and (guidance is not None or temperature > 0 or prefix):
+      raise ValueError("beam search takes neither guidance, temperature nor "
+                       "a prefix (use beam=1 for those).")
     options = self.caption_options
+    tokenizer = registry.get("tokenizer", options["tokenizer"])()
     ids = {"start_id": options["start_id"], "end_id": options["end_id"]}
+    if prefix:
+      ids["prefix"] = np.tile(np.asarray(tokenizer.encode(prefix), np.int32),
+                              (self.batch_size, 1))
     model, starts = self.model, iter(range(first, first + len(pixels),
                                            self.batch_size))
 
@@ -282,5 +288,4 @@ class Predictor:
       return decode.greedy(model, params, image, guidance=guidance, **ids)
 
     tokens = self._batched(run, list(pixels))
-    tokenizer = registry.get("tokenizer", options["tokenizer"])()
     return [tokenizer.decode(row) for row in tokens]

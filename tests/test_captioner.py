@@ -125,6 +125,22 @@ def test_caption_loss_is_the_mean_over_real_tokens():
   with pytest.raises(ValueError, match="label_smoothing"):
     losses.caption_loss({"logits": logits}, {"text": text},
                         label_smoothing=1.0)
+  # Per-token weights: a prompt's tokens (here the first target of each
+  # row) do not count.
+  weights = np.ones_like(text, np.float32)
+  weights[:, 1] = 0.0  # weighs the target text[:, 1]
+  counted = real.copy()
+  counted[:, 0] = False
+  weighted, metrics = losses.caption_loss(
+      {"logits": jnp.asarray(logits)},
+      {"text": jnp.asarray(text), "w": jnp.asarray(weights)},
+      weights_key="w")
+  np.testing.assert_allclose(weighted, nll[counted].mean(), rtol=1e-6)
+  np.testing.assert_allclose(
+      metrics["token_acc"], (logits.argmax(-1) == targets)[counted].mean())
+  with pytest.raises(ValueError, match="weights_key"):
+    losses.caption_loss({"logits": logits}, {"text": text},
+                        weights_key="mask")
 
 
 def test_the_outputs_function_and_config_checks():
@@ -538,3 +554,26 @@ def test_a_prefix_is_forced_and_decoding_continues_after_it():
       decode.greedy(model, params, image, prefix=prefix, **kw))
   with pytest.raises(ValueError, match="prefix"):
     decode.greedy(model, params, image, prefix=np.zeros((3, 9)), **kw)
+
+
+def test_predictor_captions_continue_a_text_prefix():
+  from big_vl import predict  # pylint: disable=g-import-not-at-top
+  model = captioner_lib.Captioner(
+      image={"variant": "mu/8"},
+      decoder={"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2},
+      max_len=10)
+  image = jnp.zeros((1, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(0), image,
+                      jnp.zeros((1, 10), jnp.int32))["params"]
+  params["decoder"]["head"]["kernel"] = jax.random.normal(
+      jax.random.PRNGKey(1), params["decoder"]["head"]["kernel"].shape)
+  predictor = predict.Predictor(model, params, pp_img="value_range(-1,1)",
+                                batch_size=2)
+  pixels = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(
+      np.float32)
+  plain = predictor.caption_pixels(pixels)
+  prompted = predictor.caption_pixels(pixels, prefix="a red circle")
+  assert all(c.startswith("a red circle") for c in prompted), prompted
+  assert prompted != plain
+  with pytest.raises(ValueError, match="prefix"):
+    predictor.caption_pixels(pixels, beam=2, prefix="a")

@@ -10,7 +10,12 @@ vocabulary.
 
     config.objectives = dict(caption=dict(loss="caption", weight=1.0))
 
-Metrics: "token_acc" (top-1 accuracy over real tokens), "perplexity"
+With `weights_key`, a batch field of per-token weights (float or bool,
+shaped like `text`; entry t weighs the prediction of `text[:, t]`) also
+scales each target: a prompt that conditions the caption but is not to be
+predicted (LocCa's task prefixes) gets weight 0.
+
+Metrics: "token_acc" (top-1 accuracy over the counted tokens), "perplexity"
 (exp of the unsmoothed loss).
 """
 
@@ -22,7 +27,7 @@ from big_vl import registry
 
 @registry.register("loss", "caption")
 def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
-                 pad_id=0):
+                 pad_id=0, weights_key=None):
   """Mean token cross-entropy of `outputs["logits"]` vs `batch["text"][:, 1:]`.
 
   Args:
@@ -32,6 +37,8 @@ def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
     label_smoothing: e in [0, 1): the target is (1 - e) on the token plus
       e / V everywhere.
     pad_id: the padding id; those targets do not count.
+    weights_key: optional batch field [B, L] of per-token weights (see the
+      module docstring).
 
   Returns:
     (loss, {"token_acc", "perplexity"}).
@@ -43,6 +50,11 @@ def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
   logits = outputs["logits"]
   targets = batch["text"][:, 1:]
   real = (targets != pad_id).astype(jnp.float32)
+  if weights_key is not None:
+    if weights_key not in batch:
+      raise ValueError(f"caption loss: weights_key={weights_key!r} is not a "
+                       f"field of the batch (fields: {sorted(batch)}).")
+    real = real * batch[weights_key][:, 1:].astype(jnp.float32)
   count = jnp.maximum(jnp.sum(real), 1.0)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
