@@ -33,9 +33,10 @@ from big_vl import predict
 from big_vl import storage
 from big_vl.data import pp as pp_lib
 from big_vl.data import sources
+from big_vl.data.builders import image_folder
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
-                  ".tiff")
+# The image folder builder's suffixes, and TIFF (PIL reads it too).
+IMAGE_SUFFIXES = image_folder.IMAGE_EXTENSIONS + (".tif", ".tiff")
 
 # Also a library (list_images, caption_all): its flags live in their own
 # FlagValues (export defines --checkpoint too).
