@@ -10,6 +10,7 @@ import io
 import math
 import textwrap
 
+from matplotlib import patches
 from matplotlib.figure import Figure
 import numpy as np
 
@@ -112,6 +113,18 @@ def _to_unit(images):
   return np.clip((images - lo) / (1.0 - lo), 0, 1)
 
 
+def _grid(n, columns, cell):
+  """A figure with a grid of axes (off) for `n` images, `cell` inches
+  (width, height) each."""
+  rows = max(1, math.ceil(n / columns))
+  fig, axes = new_figure(rows, columns, figsize=(cell[0] * columns,
+                                                  cell[1] * rows),
+                         squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  return fig, axes
+
+
 def plot_captions(images, generated, references, path, columns=4):
   """A grid of images, each with its generated caption (bold) and its
   reference captions below.
@@ -125,11 +138,7 @@ def plot_captions(images, generated, references, path, columns=4):
     columns: images per row.
   """
   n = len(images)
-  rows = max(1, math.ceil(n / columns))
-  fig, axes = new_figure(rows, columns, figsize=(3.2 * columns, 3.6 * rows),
-                         squeeze=False)
-  for ax in axes.flat:
-    ax.axis("off")
+  fig, axes = _grid(n, columns, (3.2, 3.6))
   for i in range(n):
     ax = axes.flat[i]
     ax.imshow(_to_unit(images[i]), interpolation="nearest")
@@ -139,6 +148,38 @@ def plot_captions(images, generated, references, path, columns=4):
                      for r in list(references[i])[:3])
     ax.text(0.5, -0.02, refs, transform=ax.transAxes, ha="center",
             va="top", fontsize=7, color="0.3")
+  fig.tight_layout()
+  save(fig, path)
+
+
+def plot_boxes(images, titles, true_boxes, predicted_boxes, path,
+               columns=4):
+  """A grid of images with a true box (green) and a predicted one (red,
+  dashed; None draws none) each, titled (e.g. the referring expression).
+
+  Args:
+    images: N images [H, W, 3] (as `plot_captions`).
+    titles: N strings.
+    true_boxes, predicted_boxes: N relative boxes [ymin, xmin, ymax, xmax]
+      (a predicted one may be None).
+    path: output PNG path.
+    columns: images per row.
+  """
+  n = len(images)
+  fig, axes = _grid(n, columns, (2.6, 2.9))
+  for i in range(n):
+    ax = axes.flat[i]
+    h, w = np.shape(images[i])[:2]
+    ax.imshow(_to_unit(images[i]), interpolation="nearest")
+    for box, colour, style in ((true_boxes[i], "lime", "-"),
+                               (predicted_boxes[i], "red", "--")):
+      if box is None:
+        continue
+      y0, x0, y1, x1 = box
+      ax.add_patch(patches.Rectangle(
+          (x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h,
+          fill=False, edgecolor=colour, linestyle=style, linewidth=1.5))
+    ax.set_title(textwrap.fill(titles[i], 30), fontsize=8)
   fig.tight_layout()
   save(fig, path)
 

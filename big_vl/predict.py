@@ -10,6 +10,10 @@
     captioner = Predictor.load("workdirs/cappa")         # a captioner run
     captioner.caption(["cat.jpg"], beam=4)               # ["a cat on a mat"]
 
+    locca = Predictor.load("workdirs/locca")             # a LocCa run
+    locca.locate(["shapes.png"], ["red circle"])         # f64[1, 4] boxes
+    locca.describe(["shapes.png"], [[0.1, 0.1, 0.5, 0.5]])  # ["red circle"]
+
 Images may be file paths, encoded bytes, PIL images or uint8 arrays
 [H, W, 3]; they go through the model's evaluation pp (a converted model's
 `preprocessing`, or a training run's zero-shot evaluator pp; a
@@ -31,6 +35,7 @@ from big_vl import decode
 from big_vl import models
 from big_vl import pretrained
 from big_vl import registry
+from big_vl.data import locca
 from big_vl.data import pp as pp_lib
 from big_vl.evaluators import common
 from big_vl.evaluators import zeroshot
@@ -71,13 +76,18 @@ def default_pp(config):
 
 
 def caption_options(config):
-  """The tokenizer and start / end ids of a run's captioning evaluator
-  (defaults: CLIP BPE's), for `Predictor.caption`."""
-  options = {"tokenizer": "clip_bpe", "start_id": 49406, "end_id": 49407}
+  """The tokenizer, start / end ids and prefix of a run's captioning
+  evaluator (defaults: CLIP BPE's, no prefix), for `Predictor.caption`.
+  A prefix of token ids (LocCa's "<cap>" task token) starts every caption
+  the Predictor writes."""
+  options = {"tokenizer": "clip_bpe", "start_id": 49406, "end_id": 49407,
+             "prefix": None}
   for block in (config.get("evals", None) or {}).values():
     if block.get("type") == "captioning":
       options.update({k: block[k] for k in options if k in block})
       break
+  if isinstance(options["prefix"], str):  # A text prefix is the caller's.
+    options["prefix"] = None
   return options
 
 
@@ -120,8 +130,9 @@ class Predictor:
     self.model, self.params = model, params
     self.pp_img, self.pp_txt = pp_img, pp_txt
     self.batch_size = batch_size
-    self.caption_options = dict(caption_options or {
-        "tokenizer": "clip_bpe", "start_id": 49406, "end_id": 49407})
+    self.caption_options = {"tokenizer": "clip_bpe", "start_id": 49406,
+                            "end_id": 49407, "prefix": None,
+                            **(caption_options or {})}
     self.is_captioner = hasattr(model, "decode_tokens")
     self._img_fn = pp_lib.build(pp_img)
     self._txt_fn = None if pp_txt is None else pp_lib.build(pp_txt)
@@ -165,15 +176,18 @@ class Predictor:
                caption_options=caption_options(config) if captioner
                else None, model_name=model_config.get("name", "two_towers"))
 
-  def _batched(self, fn, rows):
-    """fn over rows in fixed-size batches (the last one padded)."""
+  def _batched(self, fn, rows, *columns):
+    """fn(params, rows, *columns) in fixed-size batches (the last one padded
+    with zeros); `columns` are further per-row arrays."""
     out = []
     for start in range(0, len(rows), self.batch_size):
-      chunk = np.stack(rows[start:start + self.batch_size])
-      n = len(chunk)
-      pad = np.zeros((self.batch_size - n, *chunk.shape[1:]), chunk.dtype)
-      out.append(np.asarray(fn(self.params, np.concatenate([chunk, pad])))
-                 [:n])
+      chunks = [np.stack(c[start:start + self.batch_size])
+                for c in (rows, *columns)]
+      n = len(chunks[0])
+      chunks = [np.concatenate([c, np.zeros((self.batch_size - n,
+                                             *c.shape[1:]), c.dtype)])
+                for c in chunks]
+      out.append(np.asarray(fn(self.params, *chunks))[:n])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
   def preprocess_images(self, images):
@@ -264,14 +278,20 @@ class Predictor:
     if not self.is_captioner:
       raise ValueError(f"caption() needs a captioner; this model is a "
                        f"{type(self.model).__name__}.")
-    if beam > 1 and (guidance is not None or temperature > 0 or prefix):
-      raise ValueError("beam search takes neither guidance, temperature nor "
-                       "a prefix (use beam=1 for those).")
     options = self.caption_options
+    if beam > 1 and (guidance is not None or temperature > 0 or prefix
+                     or options["prefix"]):
+      raise ValueError(
+          "beam search takes neither guidance, temperature nor a prefix "
+          "(use beam=1 for those)" + (
+              "; this model's captions start with a task prompt "
+              f"{list(options['prefix'])}." if options["prefix"] else "."))
     tokenizer = registry.get("tokenizer", options["tokenizer"])()
     ids = {"start_id": options["start_id"], "end_id": options["end_id"]}
-    if prefix:
-      ids["prefix"] = np.tile(np.asarray(tokenizer.encode(prefix), np.int32),
+    start = list(options["prefix"] or []) + (
+        tokenizer.encode(prefix) if prefix else [])
+    if start:
+      ids["prefix"] = np.tile(np.asarray(start, np.int32),
                               (self.batch_size, 1))
     model, starts = self.model, iter(range(first, first + len(pixels),
                                            self.batch_size))
@@ -288,4 +308,76 @@ class Predictor:
       return decode.greedy(model, params, image, guidance=guidance, **ids)
 
     tokens = self._batched(run, list(pixels))
-    return [tokenizer.decode(row) for row in tokens]
+    return [locca.text_of(tokenizer, row) for row in tokens]
+
+  def _locca(self):
+    """(layout, tokenizer) of a LocCa model: its box bins are what its
+    vocabulary holds beyond the tokenizer's, tasks and separator."""
+    tokenizer = registry.get("tokenizer",
+                             self.caption_options["tokenizer"])()
+    bins = getattr(self.model, "vocab_size", 0) - tokenizer.vocab_size - (
+        len(locca.TASKS) + 1)
+    if not self.is_captioner or bins < 2:
+      raise ValueError(
+          f"{type(self.model).__name__} with vocab_size "
+          f"{getattr(self.model, 'vocab_size', None)} is not a LocCa "
+          "captioner (its vocabulary would hold the text tokenizer's "
+          f"{tokenizer.vocab_size} ids, box bins, 3 tasks and a separator).")
+    return locca.Layout(text_vocab=tokenizer.vocab_size,
+                        num_bins=bins), tokenizer
+
+  def _complete(self, pixels, prompts):
+    """Greedy continuations of per-image prompts (lists of ids after the
+    start token): int32[N, L - 1]."""
+    width = max(len(p) for p in prompts)
+    prefix = np.full((len(prompts), width), -1, np.int32)
+    for i, p in enumerate(prompts):
+      prefix[i, :len(p)] = p
+    ends = {"start_id": self.caption_options["start_id"],
+            "end_id": self.caption_options["end_id"]}
+    run = lambda params, image, rows: decode.greedy(
+        self.model, params, image, prefix=rows, **ends)
+    return self._batched(run, list(pixels), list(prefix))
+
+  def locate(self, images, descriptions):
+    """Where each description is in its image, by a LocCa model
+    (`configs/locca.py`): grounded captioning forced with the description
+    ("<gcap> description <sep>"), then the decoded box.
+
+    Args:
+      images: N images (paths, bytes, PIL images or uint8 arrays).
+      descriptions: N texts, e.g. "red circle".
+
+    Returns:
+      f64[N, 4] relative boxes [ymin, xmin, ymax, xmax] (bin centres); a
+      row of NaN where the decoder wrote no box.
+    """
+    layout, tokenizer = self._locca()
+    prompts = [[layout.task_id("gcap"), *tokenizer.encode(d), layout.sep_id]
+               for d in descriptions]
+    tokens = self._complete(self.preprocess_images(images), prompts)
+    boxes = np.full((len(prompts), 4), np.nan)
+    for i, (p, row) in enumerate(zip(prompts, tokens)):
+      box = layout.box_of(row[len(p):len(p) + 4])
+      if box is not None:
+        boxes[i] = box
+    return boxes
+
+  def describe(self, images, boxes):
+    """What is in each box of its image, by a LocCa model: automatic
+    referring expression forced with the box ("<aref> box <sep>"), then the
+    decoded description.
+
+    Args:
+      images: N images.
+      boxes: N relative boxes [ymin, xmin, ymax, xmax] in [0, 1].
+
+    Returns:
+      N description strings.
+    """
+    layout, tokenizer = self._locca()
+    prompts = [[layout.task_id("aref"), *layout.box_ids(b), layout.sep_id]
+               for b in boxes]
+    tokens = self._complete(self.preprocess_images(images), prompts)
+    return [locca.text_of(tokenizer, row[len(p):])
+            for p, row in zip(prompts, tokens)]

@@ -31,8 +31,10 @@ BUILTIN_MODULES = (
     "big_vl.evaluators.fewshot",
     "big_vl.evaluators.captioning",
     "big_vl.evaluators.caption_scoring",
+    "big_vl.evaluators.locca",
     "big_vl.data.sources",
     "big_vl.data.pp",
+    "big_vl.data.locca",
     "big_vl.data.tokenizers",
 )
 

@@ -307,9 +307,14 @@ def _run_train(config, checks, tmp):
   block = config.input
   rng = np.random.default_rng(0)
   out = None
+  # Per-token loss weights (LocCa's prompts) are batch fields too.
+  weights = {o.weights_key for o in config.get("objectives", {}).values()
+             if o.get("weights_key", None)}
   for spec, record, _ in _records(block.data, block.split, tmp):
     out = pp_lib.build(block.pp)(record, rng)
-    assert set(out) == {"image", "text"}, (spec, sorted(out))
+    assert set(out) == {"image", "text"} | weights, (spec, sorted(out))
+    for key in weights:
+      assert np.shape(out[key]) == np.shape(out["text"]), (spec, key)
     device = block.get("device_pp", None)
     checks.image(out, f"input.pp on {spec}", uint8=bool(device))
     if device:
@@ -364,6 +369,12 @@ def _run_eval(name, block, checks, tmp):
       assert captions and all(
           (c.decode() if isinstance(c, bytes) else c).strip()
           for c in captions), (what, spec, captions)
+  elif kind == "locca":
+    for spec, record, _ in _records(block.data, block.split, tmp):
+      out = pp_lib.build(block.pp)(record, None)
+      assert set(out) == {"image", "text"}, (what, spec, sorted(out))
+      checks.image(out, f"{what}.pp", pp=block.pp)
+      checks.tokens(out["text"], f"{what}.pp", rows=(2,))
   else:
     pytest.fail(f"{what}: teach this test the pp keys of evaluator "
                 f"{kind!r}.")
@@ -444,6 +455,7 @@ RUNLOCAL_ARGS = {
     "configs/finetune.py": ["runlocal,init={demo_run}"],
     "configs/cappa.py": ["runlocal"],
     "configs/coca.py": ["runlocal"],
+    "configs/locca.py": ["runlocal"],
 }
 
 

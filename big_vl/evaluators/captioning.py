@@ -32,6 +32,7 @@ import io
 import json
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -40,6 +41,7 @@ from big_vl import plots
 from big_vl import predict
 from big_vl import storage
 from big_vl import registry
+from big_vl.data import locca
 from big_vl.data import sources
 from big_vl.evaluators import caption_metrics
 from big_vl.evaluators import clip_score
@@ -79,6 +81,10 @@ class Evaluator:
       bytes} / {"text": str} (default: a checkpoint's own; "self": `pp`
       and scorer_pp_txt is required).
     model_name: the run's model kind (the trainer passes it).
+    prefix: what every caption starts with (greedy only): a text (e.g.
+      "a photo of"), or token ids (a LocCa task token:
+      `big_vl.data.locca.Layout.task_id("cap")`). Ids outside the text
+      vocabulary (task and box tokens) are dropped from the captions.
   """
 
   FILE_STEM = "captions"  # `write_files`' default stem
@@ -88,15 +94,15 @@ class Evaluator:
                guidance=None, tokenizer="clip_bpe", start_id=49406,
                end_id=49407, keep=16, data_dir=None, name=None, scorer=None,
                scorer_pp_img=None, scorer_pp_txt=None,
-               model_name="captioner"):
+               model_name="captioner", prefix=None):
     del predict_fn
     if model is None or not hasattr(model, "decode_tokens"):
       raise ValueError("captioning: the model is not a captioner "
                        f"({type(model).__name__}); use model_name="
                        "'captioner'.")
-    if beam > 1 and guidance is not None:
-      raise ValueError("captioning: guidance works with greedy decoding "
-                       "(beam=1) only.")
+    if beam > 1 and (guidance is not None or prefix is not None):
+      raise ValueError("captioning: guidance and prefix work with greedy "
+                       "decoding (beam=1) only.")
     self.model, self.mesh = model, mesh
     self.source = sources.get(data, split=split, data_dir=data_dir)
     first = self.source[0] if len(self.source) else {}
@@ -110,6 +116,13 @@ class Evaluator:
     self.name = name or common.dataset_label(data)
     self.tokenizer = registry.get("tokenizer", tokenizer)()
     ids = dict(start_id=start_id, end_id=end_id)
+    if prefix is not None:
+      row = (self.tokenizer.encode(prefix) if isinstance(prefix, str)
+             else [int(i) for i in prefix])
+      local = common.local_batch_size(batch_size, mesh)
+      # The global batch's prefix: every row starts the same way.
+      ids["prefix"] = np.tile(np.asarray(row, np.int32),
+                              (local * jax.process_count(), 1))
     if beam > 1:
       self._decode = lambda p, b: {"tokens": decode.beam_search(
           model, p, b["image"], beam=beam, alpha=alpha, **ids)[0]}
@@ -140,7 +153,7 @@ class Evaluator:
                           batch_size=self.batch_size, mesh=self.mesh,
                           fn=self._decode, params=params, desc=prefix,
                           with_index=True, skipped=skipped)
-    generated = [self.tokenizer.decode(row) for row in out["tokens"]]
+    generated = [locca.text_of(self.tokenizer, row) for row in out["tokens"]]
     references = [[_text(c) for c in self.source[int(i)][self.captions_key]]
                   for i in out["index"]]
     self.captions = list(zip(out["index"].tolist(), generated, references))
@@ -201,13 +214,13 @@ class Evaluator:
         json.dumps({"index": i, "caption": c, "references": r}) + "\n"
         for i, c, r in self.captions).encode())
     png = os.path.join(folder, f"{stem}.png")
-    images = [_image(self.source[i]["image"]) for i, _, _ in self.last]
+    images = [image_array(self.source[i]["image"]) for i, _, _ in self.last]
     plots.plot_captions(images, [c for _, c, _ in self.last],
                         [r for _, _, r in self.last], png)
     return [jsonl, png]
 
 
-def _image(value):
+def image_array(value):
   """uint8 [H, W, 3] of a record's image (encoded bytes or an array)."""
   if isinstance(value, (bytes, np.bytes_)):
     with Image.open(io.BytesIO(value)) as im:

@@ -1,7 +1,9 @@
 """Token cross-entropy of a captioner ("caption" loss).
 
 Reads the model's `outputs["logits"]` (f32[B, L - 1, V], the prediction of
-each next token) and the batch's caption ids `batch["text"]` (int[B, L]):
+each next token) and the batch's caption ids `batch["text"]` (int[B, L];
+or [B, T, L] with logits [B, T, L - 1, V]: T sequences per image, LocCa's
+tasks, each row counted like a caption):
 the targets are `text[:, 1:]`; padding (id `pad_id`, 0 for CLIP BPE) is not
 counted. The loss is the mean over the batch's real target tokens (every
 token weighs the same, as big_vision's and open_clip's captioning losses);
@@ -47,14 +49,23 @@ def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1) "
                      "(the `label_smoothing` option of its objective).")
-  logits = outputs["logits"]
-  targets = batch["text"][:, 1:]
+  text = batch["text"]
+  length = text.shape[-1]
+  # [B, T, L] (several sequences per image, LocCa) counts as B * T rows.
+  logits = outputs["logits"].reshape(-1, length - 1,
+                                     outputs["logits"].shape[-1])
+  targets = text.reshape(-1, length)[:, 1:]
   real = (targets != pad_id).astype(jnp.float32)
   if weights_key is not None:
     if weights_key not in batch:
       raise ValueError(f"caption loss: weights_key={weights_key!r} is not a "
                        f"field of the batch (fields: {sorted(batch)}).")
-    real = real * batch[weights_key][:, 1:].astype(jnp.float32)
+    weights = batch[weights_key]
+    if weights.shape != text.shape:
+      raise ValueError(f"caption loss: {weights_key!r} is shaped "
+                       f"{weights.shape}, the text {text.shape}; they must "
+                       "match.")
+    real = real * weights.reshape(-1, length)[:, 1:].astype(jnp.float32)
   count = jnp.maximum(jnp.sum(real), 1.0)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

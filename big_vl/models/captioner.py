@@ -110,16 +110,31 @@ class Captioner(nn.Module):
 
     Args:
       image: f32[B, H, W, 3].
-      text: int[B, L] caption ids.
+      text: int[B, L] caption ids, or int[B, T, L]: T sequences per image
+        (LocCa's tasks, `big_vl/data/locca.py`), decoded from one encoding
+        of the image; the logits are then f32[B, T, L - 1, V]. Caption
+        dropout drops an image for all its rows.
       train: enables dropout, parallel prediction and caption dropout (they
         draw from the "dropout" rng).
     """
     batch = text.shape[0]
-    uncond = parallel = None
+    uncond = None
     if train and self.uncond_prob > 0:
       uncond = jax.random.bernoulli(self.make_rng("dropout"),
                                     self.uncond_prob, (batch,))
     memory = self.encode(image, train=train, uncond=uncond)
+    if text.ndim == 3:  # [B, T, L]: every row of an image reads its memory.
+      rows = text.shape[1]
+      memory = jnp.repeat(memory, rows, axis=0)
+      logits = self._decode_rows(text.reshape(batch * rows, -1), memory,
+                                 train=train)
+      return logits.reshape(batch, rows, *logits.shape[1:])
+    return self._decode_rows(text, memory, train=train)
+
+  def _decode_rows(self, text, memory, *, train):
+    """Logits of `text[:, 1:]` (int[R, L]) over `memory` [R, N, width]."""
+    batch = text.shape[0]
+    parallel = None
     inputs = text[:, :-1]
     if train and self.parallel_fraction > 0:
       parallel = jax.random.bernoulli(self.make_rng("dropout"),
@@ -131,9 +146,9 @@ class Captioner(nn.Module):
 
 @registry.register("outputs", "captioner")
 def outputs(model, variables, batch, *, train=False, rngs=None):
-  """The captioner's outputs dict: {"logits": f32[B, L - 1, V]} for a batch
-  with "image" and "text"; {} for a batch without them (no param-only
-  outputs)."""
+  """The captioner's outputs dict: {"logits": f32[B, L - 1, V]} (or
+  [B, T, L - 1, V] for text int[B, T, L]) for a batch with "image" and
+  "text"; {} for a batch without them (no param-only outputs)."""
   if batch.get("image") is None or batch.get("text") is None:
     return {}
   logits = model.apply(variables, batch["image"], batch["text"], train=train,
