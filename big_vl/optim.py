@@ -8,7 +8,10 @@ Config keys read (all under `config`):
     optim             dict(name="adamw", b1=0.9, b2=0.999, eps=1e-8);
                       name="lamb": the same Adam moments and weight decay,
                       then each parameter's update scaled by its trust
-                      ratio ||p|| / ||update|| (LAMB, ALIGN's optimiser)
+                      ratio ||p|| / ||update|| (LAMB, ALIGN's optimiser);
+                      name="adafactor": big_vision's Adafactor (factored
+                      second moments, beta2_cap=0.999, momentum=0.9 in
+                      bfloat16; CapPa's and LocCa's optimiser)
     wd                weight decay
     wd_mode           "coupled": update -= lr_t * wd * p (PyTorch/optax AdamW,
                       CLIP's 0.2); "decoupled": update -= (lr_t/lr) * wd * p
@@ -88,10 +91,40 @@ def _adam(b1=0.9, b2=0.999, eps=1e-8):
   return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
 
 
-# config.optim.name -> the Adam-moment transform, options from config.optim.
+def adafactor_decay_rate(step, exponent, beta2_cap):
+  """Adafactor's second-moment decay at `step` (0-based): 1 - (step + 1)^-e,
+  capped at `beta2_cap` (big_vision's variant)."""
+  t = jnp.asarray(step, jnp.float32) + 1.0
+  return jnp.minimum(beta2_cap, 1.0 - t ** (-exponent))
+
+
+def _adafactor(decay_rate=0.8, beta2_cap=0.999, momentum=0.9,
+               momentum_dtype="bfloat16", min_dim_size_to_factor=32,
+               clipping_threshold=None, eps=1e-30):
+  """big_vision's Adafactor (CapPa, LocCa, SigLIP's large runs): factored
+  second moments whose decay 1 - t^-decay_rate is capped at `beta2_cap`,
+  optional block-RMS clipping, then momentum (an EMA without debiasing,
+  kept in `momentum_dtype`). No parameter-scale multiplication: the
+  learning rate is absolute, as Adam's."""
+  parts = [optax.scale_by_factored_rms(
+      factored=True, decay_rate=decay_rate,
+      min_dim_size_to_factor=min_dim_size_to_factor, epsilon=eps,
+      decay_rate_fn=lambda step, e: adafactor_decay_rate(step, e,
+                                                         beta2_cap))]
+  if clipping_threshold:
+    parts.append(optax.clip_by_block_rms(clipping_threshold))
+  if momentum:
+    parts.append(optax.ema(momentum, debias=False,
+                           accumulator_dtype=jnp.dtype(momentum_dtype)))
+  return optax.chain(*parts)
+
+
+# config.optim.name -> the moment transform, options from config.optim.
 # adamw / adam: Adam (+ weight decay by config.wd); lamb: Adam moments and
-# weight decay, then the trust ratio.
-OPTIMIZERS = {"adamw": _adam, "adam": _adam, "lamb": _adam}
+# weight decay, then the trust ratio; adafactor: big_vision's Adafactor
+# (+ weight decay by config.wd).
+OPTIMIZERS = {"adamw": _adam, "adam": _adam, "lamb": _adam,
+              "adafactor": _adafactor}
 
 
 def _factory(config, key, table, default):

@@ -44,7 +44,8 @@ def tensor_parallel_rules(model_axis="model", fsdp_axis=None):
   """Megatron-style tensor-parallel rules for the transformer blocks.
 
   Splits every `MultiHeadDotProductAttention_0` and `MlpBlock_0` (encoder
-  blocks of both towers and the MAP head) over `model_axis`:
+  blocks of both towers and the MAP head; a decoder block's `SelfAttention`
+  and `CrossAttention`) over `model_axis`:
   query/key/value kernels [D, H, Dh] and biases [H, Dh] over heads
   (column-parallel), the out kernel [H, Dh, D] over heads (row-parallel),
   the first MLP Dense [D, mlp] and its bias over mlp (column-parallel), the
@@ -63,7 +64,9 @@ def tensor_parallel_rules(model_axis="model", fsdp_axis=None):
     A tuple of (regex, spec) pairs; put them before a catch-all rule.
   """
   m, f = model_axis, fsdp_axis
-  attn = "MultiHeadDotProductAttention_0"
+  # Flax's attention in the blocks; a captioner's decoder blocks name theirs
+  # SelfAttention and CrossAttention (the same params).
+  attn = "(MultiHeadDotProductAttention_0|SelfAttention|CrossAttention)"
   return (
       (f".*/{attn}/(query|key|value)/kernel", (f, m, None)),
       (f".*/{attn}/(query|key|value)/bias", (m, None)),

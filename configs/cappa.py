@@ -20,11 +20,31 @@ train/caption/perplexity; at the end, greedy captions of the test split
 (64 images with `runlocal`, 1,000 otherwise) scored against their 5
 references: captioning/demo_shapes/cider, bleu_1 ... bleu_4.
 
-Not yet here (issue #19): CLIPScore, self-retrieval, guidance sweeps and
-the full-size (WebLI-scale) recipe.
+Full size (`fullsize`): the paper's ViT-B/16 recipe as big_vision's
+reference config (`configs/proj/cappa/pretrain.py`) writes it: 224 px,
+patch 16, a 6-layer decoder as wide as the encoder (768, 12 heads, MLP
+3072), 64 text tokens, batch 8,192, 366,500 steps (3B examples), big_vision's
+Adafactor (beta2_cap 0.999, momentum 0.9) at lr 1e-3 with 10,000 warm-up
+steps and cosine decay, decoupled weight decay 1e-4, gradient clipping 1.0,
+parallel prediction 0.75, bfloat16 compute, FSDP over every device. Two
+substitutions, because neither original is public: WebLI is replaced by
+LAION-400M WebDataset shards (`data=`, as configs/clip.py), and the
+32,000-piece c4_en SentencePiece vocabulary by CLIP BPE (49,408 ids).
+Evaluation every 10,000 steps and at the end: greedy captions of the COCO
+Karpathy test split scored by CIDEr / BLEU (`coco=SPEC`, the jsonl listing
+of README "Data") and zero-shot ImageNet by the decoder's likelihood of
+"a photo of a {class}." (`imagenet=SPEC`; CapPa's scoring protocol). Not
+run here (no accelerator); its pp and parameter layout are checked by
+tests/test_configs_fullsize.py.
+
+    python -m big_vl.train --config=configs/cappa.py:fullsize \
+        --workdir=gs://BUCKET/cappa_b16
 
 Args (after the colon): `runlocal`, `steps=N`, `batch=N`, `parallel=F`
-(parallel_fraction), `uncond=F` (uncond_prob).
+(parallel_fraction), `uncond=F` (uncond_prob), `res=N`, `max_len=N`;
+`fullsize` with `variant=B/16`, `data=SHARDS`, `imagenet=SPEC`,
+`coco=SPEC` (steps, batch, res and max_len keep the paper's values unless
+given).
 """
 
 import ml_collections
@@ -33,9 +53,20 @@ from big_vl import config as config_lib
 
 
 def get_config(arg=None):
-  """The CapPa demo config."""
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=128,
-                             parallel=0.75, uncond=0.0, res=64, max_len=24)
+  """The CapPa demo config, or the paper's recipe with `fullsize`."""
+  arg = config_lib.parse_arg(arg, runlocal=False, fullsize=False, steps=0,
+                             batch=0, parallel=0.75, uncond=0.0, res=0,
+                             max_len=0, variant="B/16",
+                             data=config_lib.LAION400M_SHARDS,
+                             imagenet=config_lib.IMAGENET_DATA,
+                             coco=config_lib.COCO_DATA)
+  if arg.fullsize:
+    if arg.runlocal:
+      raise ValueError("configs/cappa.py: `runlocal` is the demo config's; "
+                       "drop `fullsize`.")
+    return fullsize_config(arg)
+  arg.steps, arg.batch = arg.steps or 800, arg.batch or 128
+  arg.res, arg.max_len = arg.res or 64, arg.max_len or 24
   res = 32 if arg.runlocal else arg.res
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -79,4 +110,54 @@ def get_config(arg=None):
       pp=pp.zeroshot_img.replace("|keep('image','label')", "|keep('image')"),
       captions_key="captions", batch_size=32 if arg.runlocal else 250,
       beam=1)))
+  return config
+
+
+def fullsize_config(arg):
+  """The paper's ViT-B/16 CapPa (see the module docstring)."""
+  res, max_len = arg.res or 224, arg.max_len or 64
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  image_pp = f"decode|resize({res})"
+  tokenize = f"tokenize(max_len={max_len})"
+  config.input = ml_collections.ConfigDict(dict(
+      # WebDataset samples: "image" (encoded) and "text" (KEY.txt).
+      data=config_lib.shards_spec(arg.data), split="train", data_dir=None,
+      batch_size=arg.batch or 8192,
+      pp=f"{image_pp}|{tokenize}|keep('image','text')",
+      device_pp="value_range(-1,1)",  # uint8 from the host
+      workers=8, read_threads=16, shuffle=True))
+  config.model_name = "captioner"
+  config.model = ml_collections.ConfigDict(dict(
+      image=dict(variant=arg.variant, pool_type="gap", posemb="learn"),
+      # As wide as the encoder (big_vision's decoder_emb_dim=0).
+      decoder=dict(width=768, depth=6, mlp_dim=3072, num_heads=12,
+                   remat_policy="none", scan=False),
+      vocab_size=49408, max_len=max_len, parallel_fraction=arg.parallel,
+      uncond_prob=arg.uncond, mask_token=0, dtype="bfloat16"))
+  config.objectives = ml_collections.ConfigDict(dict(
+      caption=dict(loss="caption", weight=1.0, label_smoothing=0.0)))
+  config.total_steps = arg.steps or 366_500
+  config.warmup_steps = 10_000
+  config.log_steps = 50
+  config.ckpt_steps = 1000
+  config.lr = 1e-3
+  config.wd = 1e-4
+  config.wd_mode = "decoupled"
+  config.schedule = dict(name="cosine", end_frac=0.0)
+  config.optim = dict(name="adafactor", beta2_cap=0.999, momentum=0.9)
+  config.grad_clip_norm = 1.0
+  config.mesh = (("fsdp", -1),)
+  config.sharding_rules = ((".*", "fsdp"),)
+  img = f"{image_pp}|value_range(-1,1)"
+  config.evals = ml_collections.ConfigDict(dict(
+      captioning=dict(
+          type="captioning", every=10_000, data=arg.coco,
+          pp=f"{img}|keep('image')", captions_key="caption",
+          batch_size=1024, beam=1, name="coco"),
+      caption_zeroshot=dict(
+          type="caption_scoring", every=10_000, data=arg.imagenet,
+          split="validation", pp_img=f"{img}|keep('image','label')",
+          pp_txt=tokenize, templates=["a photo of a {}."],
+          class_names="imagenet", batch_size=1024, name="imagenet")))
   return config

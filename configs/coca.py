@@ -25,23 +25,52 @@ ref_clip_score and self_retrieval_r@1/5 by the model's own embeddings;
 captions.jsonl/.png), and zero-shot by the decoder's likelihood of the
 class prompts (zeroshot/demo_shapes_scored/top1, `caption_scoring`).
 
-Not yet here (issue #19): the full-size (LAION / WebLI) recipe with a
-measured result.
+Full size (`fullsize`, `arch=coca_ViT-B-32|coca_ViT-L-14`): open_clip's
+architecture (`big_vl.convert.open_clip_coca.ARCHS`, so that its released
+LAION-2B weights and this run's share one layout) trained with the
+paper's recipe (Yu et al. 2022, section 4.1): batch 65,536, 500,000 steps,
+Adafactor (beta1 0.9, beta2 0.999), weight decay 0.01, lr 8e-4 after a
+linear warm-up over the first 2% of steps then linear decay to 0,
+contrastive weight 1 and caption weight 2. The paper's JFT-3B + ALIGN data
+are replaced by LAION-400M WebDataset shards (`data=`), its 288 px / 18 px
+patches by the architecture's 224 px, and Adafactor is big_vision's variant
+(beta2 capped at 0.999, momentum 0.9). Evaluation every 10,000 steps and at
+the end: ImageNet zero-shot and COCO retrieval (`big_vl.config.
+fullsize_evals`), and greedy COCO captions (CIDEr / BLEU, CLIPScore and
+self-retrieval by the model's own embeddings). Not run here (no
+accelerator); its pp and parameter layout are checked by
+tests/test_configs_fullsize.py.
+
+    python -m big_vl.train --config=configs/coca.py:fullsize \
+        --workdir=gs://BUCKET/coca_b32
 
 Args (after the colon): `runlocal`, `steps=N`, `batch=N`,
-`caption_weight=F`, `uncond=F` (uncond_prob, for classifier-free guidance).
+`caption_weight=F`, `uncond=F` (uncond_prob, for classifier-free guidance),
+`res=N`, `max_len=N`; `fullsize` with `arch=`, `data=SHARDS`,
+`imagenet=SPEC`, `coco=SPEC` (steps and batch keep the paper's values
+unless given).
 """
 
 import ml_collections
 
 from big_vl import config as config_lib
+from big_vl.convert import open_clip_coca
 
 
 def get_config(arg=None):
-  """The CoCa demo config."""
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=128,
-                             caption_weight=2.0, uncond=0.0, res=64,
-                             max_len=24)
+  """The CoCa demo config, or the paper's recipe with `fullsize`."""
+  arg = config_lib.parse_arg(arg, runlocal=False, fullsize=False, steps=0,
+                             batch=0, caption_weight=2.0, uncond=0.0, res=64,
+                             max_len=24, arch="coca_ViT-B-32",
+                             data=config_lib.LAION400M_SHARDS,
+                             imagenet=config_lib.IMAGENET_DATA,
+                             coco=config_lib.COCO_DATA)
+  if arg.fullsize:
+    if arg.runlocal:
+      raise ValueError("configs/coca.py: `runlocal` is the demo config's; "
+                       "drop `fullsize`.")
+    return fullsize_config(arg)
+  arg.steps, arg.batch = arg.steps or 800, arg.batch or 128
   res = 32 if arg.runlocal else arg.res
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -106,4 +135,53 @@ def get_config(arg=None):
   if arg.runlocal:
     for name in ("zeroshot", "retrieval"):
       config.evals[name].split = "test[:256]"
+  return config
+
+
+def fullsize_config(arg):
+  """open_clip's CoCa architecture with the paper's recipe (see the module
+  docstring)."""
+  if arg.arch not in open_clip_coca.ARCHS:
+    raise ValueError(f"configs/coca.py: arch={arg.arch!r}; known: "
+                     f"{sorted(open_clip_coca.ARCHS)}.")
+  model = open_clip_coca.model_config_from_open_clip(
+      open_clip_coca.ARCHS[arg.arch])
+  del model["name"]
+  res = model["image"].get("image_size", 224)
+  tokenize = f"tokenize(max_len={model['max_len']})"
+  image_pp = f"decode|resize({res}, method='bicubic')"
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.input = ml_collections.ConfigDict(dict(
+      data=config_lib.shards_spec(arg.data), split="train", data_dir=None,
+      batch_size=arg.batch or 65536,
+      pp=f"{image_pp}|{tokenize}|keep('image','text')",
+      device_pp="value_range(-1,1)",
+      workers=8, read_threads=16, shuffle=True))
+  config.model_name = "coca"
+  config.model = ml_collections.ConfigDict(
+      dict(model, uncond_prob=arg.uncond, dtype="bfloat16"))
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0, impl="ring"),
+      caption=dict(loss="caption", weight=arg.caption_weight,
+                   label_smoothing=0.0)))
+  config.total_steps = arg.steps or 500_000
+  config.warmup_steps = config.total_steps // 50
+  config.log_steps = 50
+  config.ckpt_steps = 1000
+  config.lr = 8e-4
+  config.wd = 0.01
+  config.wd_mode = "decoupled"
+  config.schedule = dict(name="linear", end_frac=0.0)
+  config.optim = dict(name="adafactor", beta2_cap=0.999, momentum=0.9)
+  config.grad_clip_norm = 1.0
+  config.mesh = (("fsdp", -1),)
+  config.sharding_rules = ((".*", "fsdp"),)
+  config.evals = config_lib.fullsize_evals(
+      image_pp, tokenize, every=10_000, imagenet=arg.imagenet, coco=arg.coco)
+  config.evals.captioning = dict(
+      type="captioning", every=10_000, data=arg.coco,
+      pp=f"{image_pp}|value_range(-1,1)|keep('image')",
+      captions_key="caption", batch_size=1024, beam=1, name="coco",
+      scorer="self", scorer_pp_txt=tokenize)
   return config

@@ -32,8 +32,14 @@ has IoU >= 0.5 with the true one), grounding_miou, grounding_invalid and
 region_caption_acc (the decoded description of a boxed object is its
 class name); locca.jsonl/.png draw the true and decoded boxes.
 
-Not yet here (issue #19): the full-size (WebLI-scale) recipe and a
-measured result.
+No full-size variant: LocCa pre-trains on WebLI with region boxes and
+descriptions from an open-vocabulary detector (OWL-ViT), and no public
+image-text corpus carries such annotations (COCO's boxes are 118k images,
+a fine-tuning set, and its TFDS builder needs TensorFlow). Making one means
+running a detector over a web corpus, a curation job (issue #21); the
+model, pp op and evaluator here take any records with `objects`
+({"label", "bbox"}) and `captions`. Not yet here (issue #19): a measured
+result.
 
 Args (after the colon): `runlocal`, `steps=N`, `batch=N`, `bins=N`
 (coordinate bins), `uncond=F` (uncond_prob), `res=N`, `max_len=N`.

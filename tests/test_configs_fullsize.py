@@ -70,6 +70,8 @@ FULLSIZE_ARGS = {
         "ckpt={converted}"],
     "configs/eval/demo.py": ["", "probes"],
     "configs/vitamin.py": ["", "variant=XL"],
+    "configs/cappa.py": ["", "fullsize"],
+    "configs/coca.py": ["", "fullsize", "fullsize,arch=coca_ViT-L-14"],
 }
 
 TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a",
@@ -361,7 +363,8 @@ def _run_eval(name, block, checks, tmp):
         checks.image(out, f"{what}.pp on {spec}", pp=block.pp)
         assert "label" in out, (what, sorted(out))
   elif kind == "captioning":
-    for spec, record, _ in _records(block.data, block.split, tmp):
+    for spec, record, _ in _records(block.data, block.get("split", None), tmp,
+                                    captions_per_row=2):
       out = pp_lib.build(block.pp)(record, None)
       assert set(out) == {"image"}, (what, spec, sorted(out))
       checks.image(out, f"{what}.pp", pp=block.pp)

@@ -81,6 +81,21 @@ def test_grad_clipping_ignores_frozen_params():
   assert optax.tree.norm(grads) > norm
 
 
+def _assert_same_updates(ours, ref, params, rng, *, steps, atol):
+  """`steps` updates of random gradients agree (rtol 1e-5); the params
+  after them."""
+  s_ours, s_ref = ours.init(params), ref.init(params)
+  for _ in range(steps):
+    grads = jax.tree.map(
+        lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    u_ours, s_ours = ours.update(grads, s_ours, params)
+    u_ref, s_ref = ref.update(grads, s_ref, params)
+    for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol)
+    params = optax.apply_updates(params, u_ref)
+  return params
+
+
 def test_lamb_equals_optax_lamb():
   # Weight decay on every parameter (as optax.lamb without a mask), three
   # steps of random gradients: the same updates as optax's own LAMB.
@@ -91,17 +106,42 @@ def test_lamb_equals_optax_lamb():
                    wd=0.01, wd_rules=((".*", 1.0),))
   ours, _ = optim.make(config, params, 100, 0)
   ref = optax.lamb(0.1, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.01)
-  s_ours, s_ref = ours.init(params), ref.init(params)
-  for _ in range(3):
-    grads = jax.tree.map(
-        lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-    u_ours, s_ours = ours.update(grads, s_ours, params)
-    u_ref, s_ref = ref.update(grads, s_ref, params)
-    for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    params = optax.apply_updates(params, u_ref)
+  params = _assert_same_updates(ours, ref, params, rng, steps=3, atol=1e-7)
   with pytest.raises(ValueError, match="adamw or lamb"):
     optim.make(_config(optim=dict(name="sgd")), params, 10, 0)
+
+
+def test_adafactor_equals_optax_adafactor_and_caps_beta2():
+  """Without the cap (beta2_cap=1) big_vision's Adafactor is optax's with
+  no parameter scaling and no clipping; a factored [40, 48] kernel, a
+  vector and a scalar, five steps of random gradients."""
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(40, 48)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(48,)), jnp.float32),
+            "t": jnp.asarray(1.5, jnp.float32)}
+  config = _config(optim=dict(name="adafactor", beta2_cap=1.0,
+                              momentum_dtype="float32"))
+  ours, _ = optim.make(config, params, 100, 0)
+  ref = optax.adafactor(0.1, min_dim_size_to_factor=32,
+                        multiply_by_parameter_scale=False,
+                        clipping_threshold=None, momentum=0.9,
+                        dtype_momentum=jnp.float32)
+  _assert_same_updates(ours, ref, params, rng, steps=5, atol=1e-8)
+  # The decay 1 - t^-0.8 passes 0.999 after step 5,623 (t = 5,624): capped.
+  rates = optim.adafactor_decay_rate(np.array([0, 9, 5622, 5623, 10**6]),
+                                     0.8, 0.999)
+  np.testing.assert_allclose(
+      rates, [0.0, 1 - 10 ** -0.8, 1 - 5623 ** -0.8, 0.999, 0.999],
+      rtol=1e-6)
+  # Step 1 by hand for the scalar: decay 0, so v = g^2 and the update is
+  # sign(g); momentum without debiasing gives 0.1 * sign(g); times -lr.
+  config = _config(optim=dict(name="adafactor"))
+  tx, _ = optim.make(config, {"t": jnp.asarray(1.0)}, 100, 0)
+  update, state = tx.update({"t": jnp.asarray(-3.0)},
+                            tx.init({"t": jnp.asarray(1.0)}),
+                            {"t": jnp.asarray(1.0)})
+  np.testing.assert_allclose(update["t"], 0.1 * 0.1, rtol=1e-2)  # bf16 mom.
+  assert jnp.dtype(jnp.bfloat16) in {l.dtype for l in jax.tree.leaves(state)}
 
 
 def _tower_params(scan):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from big_vl.decode import greedy_search
+from big_vl.models import common
 
 _NEG = -1.0e9
 
@@ -47,12 +48,17 @@ def beam_search(model, params, image, *, beam, start_id, end_id, pad_id=0,
 
 
 def _gather_rows(tree, rows):
-  """Leaves with a leading row axis reordered by `rows`; scalars and the
-  cached memory keys / values (`cross_*`: the same for every hypothesis of
-  an image) are kept."""
+  """Cache leaves reordered by `rows` along their row axis: the leading one,
+  or the second under a scanned block stack (`common.BLOCK_NAMES`: a
+  leading [depth] axis). Position counters (scalars, or [depth] when
+  scanned) and the cached memory keys / values (`cross_*`: the same for
+  every hypothesis of an image) are kept."""
   def gather(path, x):
-    name = str(getattr(path[-1], "key", path[-1]))
-    return x if not x.ndim or name.startswith("cross_") else x[rows]
+    keys = [str(getattr(p, "key", p)) for p in path]
+    stacked = any(k in common.BLOCK_NAMES for k in keys)
+    if x.ndim <= int(stacked) or keys[-1].startswith("cross_"):
+      return x
+    return x[:, rows] if stacked else x[rows]
   return jax.tree_util.tree_map_with_path(gather, tree)
 
 

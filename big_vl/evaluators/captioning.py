@@ -60,7 +60,7 @@ class Evaluator:
     predict_fn: unused (the evaluator decodes with `model`).
     mesh: the Mesh the params live on.
     data: source spec, e.g. "tfds:big_vl_demo_shapes".
-    split: split to evaluate.
+    split: split to evaluate (tfds; a jsonl / csv listing has none).
     pp: pp string giving "image".
     model: the captioner (`big_vl.models.captioner.Captioner`); the
       trainer and `big_vl.evaluate` pass the run's model.
@@ -89,7 +89,7 @@ class Evaluator:
 
   FILE_STEM = "captions"  # `write_files`' default stem
 
-  def __init__(self, predict_fn, *, mesh, data, split, pp, model=None,
+  def __init__(self, predict_fn, *, mesh, data, pp, split=None, model=None,
                captions_key="captions", batch_size=64, beam=1, alpha=0.0,
                guidance=None, tokenizer="clip_bpe", start_id=49406,
                end_id=49407, keep=16, data_dir=None, name=None, scorer=None,

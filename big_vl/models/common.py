@@ -392,6 +392,58 @@ def resolve_remat_policy(remat_policy="none", remat=None,
   return remat_policy
 
 
+def run_blocks(block_cls, block_kw, x, args, deterministic, *, depth, name,
+               scan=False, remat_policy="none", variable_axes=("params",)):
+  """`depth` blocks applied in turn: `x = block(x, *args, deterministic)`.
+
+  Called inside a parent's compact method (the blocks become its
+  submodules). Unscanned, the blocks are `{name}_{i}`; with `scan` one
+  `nn.scan` runs a `{name}` block whose params (and the other
+  `variable_axes` collections, e.g. a decoder's "cache") are stacked on a
+  leading [depth] axis. With a remat policy each block is rematerialised.
+
+  Args:
+    block_cls: the block module class.
+    block_kw: its attributes.
+    x: the carried states [B, L, D].
+    args: further positional inputs, the same for every block (e.g. the
+      mask, or the memory and the mask).
+    deterministic: a Python bool (static).
+    depth: number of blocks.
+    name: the blocks' name stem.
+    scan: one `nn.scan` over the blocks.
+    remat_policy: a key of `REMAT_POLICIES`.
+    variable_axes: collections stacked per block when scanned.
+
+  Returns:
+    The states after the last block.
+  """
+  policy_name = resolve_remat_policy(remat_policy)
+  if policy_name != "none":
+    # Argument 0 is the module itself; `deterministic` (last) is a Python
+    # bool. Inside a scan the loop already keeps XLA from merging the
+    # recomputed forward with the original one, so CSE prevention is not
+    # needed.
+    block_cls = nn.remat(block_cls, static_argnums=(len(args) + 2,),
+                         policy=REMAT_POLICIES[policy_name],
+                         prevent_cse=not scan)
+  if scan:
+    def body(block, carry, *args):
+      return block(carry, *args, deterministic), None
+
+    # `args` are the same for every block (broadcast); params and dropout
+    # rngs get one slice per block.
+    scanned = nn.scan(
+        body, variable_axes={c: 0 for c in variable_axes},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * len(args), length=depth)
+    x, _ = scanned(block_cls(**block_kw, name=name), x, *args)
+    return x
+  for i in range(depth):
+    x = block_cls(**block_kw, name=f"{name}_{i}")(x, *args, deterministic)
+  return x
+
+
 class Encoder(nn.Module):
   """Stack of `depth` blocks; pre-LN stacks end with a final LayerNorm.
 
@@ -442,99 +494,86 @@ class Encoder(nn.Module):
     if self.decode and self.scan:
       raise ValueError("Encoder: decode=True does not work with scan=True "
                        "(build the decoding model unscanned).")
-    policy_name = resolve_remat_policy(self.remat_policy)
-    block_cls = EncoderBlock
-    if policy_name != "none":
-      # Argument 0 is the module itself; `deterministic` is a Python bool.
-      # Inside a scan the loop already keeps XLA from merging the recomputed
-      # forward with the original one, so CSE prevention is not needed.
-      block_cls = nn.remat(EncoderBlock, static_argnums=(3,),
-                           policy=REMAT_POLICIES[policy_name],
-                           prevent_cse=not self.scan)
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                     dropout=self.dropout, dtype=self.dtype, act=self.act,
                     norm_eps=self.norm_eps, norm_position=self.norm_position,
                     mlp_type=self.mlp_type, decode=self.decode)
-    if self.scan:
-      def body(block, carry, mask):
-        return block(carry, mask, deterministic), None
-
-      # `mask` is the same for every block (broadcast); params and dropout
-      # rngs get one slice per block.
-      scanned = nn.scan(
-          body, variable_axes={"params": 0},
-          split_rngs={"params": True, "dropout": True},
-          in_axes=nn.broadcast, length=self.depth)
-      x, _ = scanned(block_cls(**block_kw, name="encoderblock"), x, mask)
-    else:
-      for i in range(self.depth):
-        x = block_cls(**block_kw, name=f"encoderblock_{i}")(
-            x, mask, deterministic)
+    x = run_blocks(EncoderBlock, block_kw, x, (mask,), deterministic,
+                   depth=self.depth, name="encoderblock", scan=self.scan,
+                   remat_policy=self.remat_policy)
     if self.norm_position == "post" or not self.final_norm:
       return x
     return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
                         name="encoder_norm")(x)
 
 
-_BLOCK_RE = re.compile(r"encoderblock_(\d+)")
+# The block stems `stack_block_params` / `unstack_block_params` convert
+# (`Encoder`'s and `decoder.TextDecoder`'s).
+BLOCK_NAMES = ("encoderblock", "decoderblock")
+_BLOCK_RE = re.compile(r"(encoderblock|decoderblock)_(\d+)")
 
 
 def stack_block_params(tree, depth=None):
-  """Converts unscanned encoder params to the scanned (stacked) layout.
+  """Converts unscanned block params to the scanned (stacked) layout.
 
   Every mapping in `tree` (searched recursively) that holds keys
   `encoderblock_0` .. `encoderblock_{n-1}` gets them replaced by one
   `encoderblock` whose leaves are the blocks' leaves stacked on a new leading
-  axis, in block order. Other keys are kept as they are, so this works on an
-  `Encoder`'s subtree, a whole tower, a two-tower params tree or an
+  axis, in block order; `decoderblock_{i}` (a `decoder.TextDecoder`'s) the
+  same. Other keys are kept as they are, so this works on an `Encoder`'s
+  subtree, a whole tower, a two-tower or captioner params tree or an
   optimiser state that mirrors one.
 
   Args:
     tree: a nested mapping of arrays.
-    depth: if given, the number of blocks every converted encoder must have.
+    depth: if given, the number of blocks every converted stack must have.
 
   Returns:
     A new nested dict (leaves are new stacked arrays or the input leaves).
 
   Raises:
     ValueError: if block indices are not 0..n-1, blocks differ in structure,
-      or an encoder's block count differs from `depth`.
+      or a stack's block count differs from `depth`.
   """
   if not isinstance(tree, Mapping):
     return tree
   out = {k: stack_block_params(v, depth) for k, v in tree.items()
          if not _BLOCK_RE.fullmatch(str(k))}
-  blocks = {int(_BLOCK_RE.fullmatch(str(k)).group(1)): v
-            for k, v in tree.items() if _BLOCK_RE.fullmatch(str(k))}
-  if not blocks:
-    return out
-  n = len(blocks)
-  if sorted(blocks) != list(range(n)):
-    raise ValueError(f"stack_block_params: block indices {sorted(blocks)} are "
-                     f"not 0..{n - 1}.")
-  if depth is not None and n != depth:
-    raise ValueError(f"stack_block_params: found {n} encoder blocks, expected "
-                     f"depth {depth}.")
-  if "encoderblock" in out:
-    raise ValueError("stack_block_params: both `encoderblock` and "
-                     "`encoderblock_{i}` keys found.")
-  items = [blocks[i] for i in range(n)]
-  structs = {jax.tree.structure(b) for b in items}
-  if len(structs) != 1:
-    raise ValueError("stack_block_params: encoder blocks differ in structure.")
-  out["encoderblock"] = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+  for stem in BLOCK_NAMES:
+    blocks = {}
+    for k, v in tree.items():
+      m = _BLOCK_RE.fullmatch(str(k))
+      if m and m.group(1) == stem:
+        blocks[int(m.group(2))] = v
+    if not blocks:
+      continue
+    n = len(blocks)
+    if sorted(blocks) != list(range(n)):
+      raise ValueError(f"stack_block_params: block indices {sorted(blocks)} "
+                       f"are not 0..{n - 1}.")
+    if depth is not None and n != depth:
+      raise ValueError(f"stack_block_params: found {n} {stem}s, expected "
+                       f"depth {depth}.")
+    if stem in out:
+      raise ValueError(f"stack_block_params: both `{stem}` and "
+                       f"`{stem}_{{i}}` keys found.")
+    items = [blocks[i] for i in range(n)]
+    if len({jax.tree.structure(b) for b in items}) != 1:
+      raise ValueError(f"stack_block_params: {stem}s differ in structure.")
+    out[stem] = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
   return out
 
 
 def unstack_block_params(tree, depth=None):
-  """Converts scanned encoder params back to the unscanned layout.
+  """Converts scanned block params back to the unscanned layout.
 
-  The inverse of `stack_block_params`: every `encoderblock` entry (searched
-  recursively) is split along its leading axis into `encoderblock_{i}`.
+  The inverse of `stack_block_params`: every `encoderblock` (or
+  `decoderblock`) entry, searched recursively, is split along its leading
+  axis into `encoderblock_{i}` (`decoderblock_{i}`).
 
   Args:
     tree: a nested mapping of arrays.
-    depth: if given, the leading-axis size every `encoderblock` must have.
+    depth: if given, the leading-axis size every stacked entry must have.
 
   Returns:
     A new nested dict.
@@ -546,13 +585,13 @@ def unstack_block_params(tree, depth=None):
     return tree
   out = {}
   for k, v in tree.items():
-    if k != "encoderblock":
+    if k not in BLOCK_NAMES:
       out[k] = unstack_block_params(v, depth)
       continue
     leaves = jax.tree.leaves(v)
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
     if len(sizes) != 1 or None in sizes:
-      raise ValueError(f"unstack_block_params: `encoderblock` leaves have "
+      raise ValueError(f"unstack_block_params: `{k}` leaves have "
                        f"leading sizes {sorted(map(str, sizes))}; expected "
                        "one shared depth axis.")
     n = sizes.pop()
@@ -560,7 +599,7 @@ def unstack_block_params(tree, depth=None):
       raise ValueError(f"unstack_block_params: stacked depth {n}, expected "
                        f"{depth}.")
     for i in range(n):
-      out[f"encoderblock_{i}"] = jax.tree.map(lambda x, i=i: x[i], v)
+      out[f"{k}_{i}"] = jax.tree.map(lambda x, i=i: x[i], v)
   return out
 
 

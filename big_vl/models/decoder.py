@@ -136,6 +136,11 @@ class TextDecoder(nn.Module):
     act: MLP activation.
     norm_eps: LayerNorm epsilon.
     decode: one position per call, with a KV cache (see the module doc).
+    remat_policy: a key of `common.REMAT_POLICIES` ("none", "full",
+      "dots_saveable"): rematerialise each block in the backward pass.
+    scan: run the blocks as one `nn.scan`: one `decoderblock` whose params
+      (and, when decoding, KV caches) are stacked on a leading [depth] axis
+      (`common.stack_block_params` converts from `decoderblock_{i}`).
   """
   width: int
   depth: int
@@ -148,6 +153,8 @@ class TextDecoder(nn.Module):
   act: str = "gelu"
   norm_eps: float = 1e-6
   decode: bool = False
+  remat_policy: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, tokens, memory, *, full_attention=None, train=False):
@@ -183,12 +190,13 @@ class TextDecoder(nn.Module):
       if full_attention is not None:
         mask = mask | full_attention[:, None, None, None]
     memory = memory.astype(dtype)
-    for i in range(self.depth):
-      x = DecoderBlock(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                       dropout=self.dropout, dtype=dtype, act=self.act,
-                       norm_eps=self.norm_eps, decode=self.decode,
-                       name=f"decoderblock_{i}")(
-                           x, memory, mask, deterministic=not train)
+    x = common.run_blocks(
+        DecoderBlock, dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                           dropout=self.dropout, dtype=dtype, act=self.act,
+                           norm_eps=self.norm_eps, decode=self.decode),
+        x, (memory, mask), not train, depth=self.depth, name="decoderblock",
+        scan=self.scan, remat_policy=self.remat_policy,
+        variable_axes=("params", "cache"))
     x = nn.LayerNorm(epsilon=self.norm_eps, dtype=dtype, name="LayerNorm_0")(x)
     return nn.Dense(self.vocab_size, dtype=dtype,
                     kernel_init=nn.initializers.zeros,
