@@ -44,7 +44,8 @@ tests/test_configs_fullsize.py.
     python -m big_vl.train --config=configs/coca.py:fullsize \
         --workdir=gs://BUCKET/coca_b32
 
-Args (after the colon): `runlocal`, `steps=N`, `batch=N`,
+Args (after the colon): `runlocal`, `steps=N`, `batch=N` (with
+`runlocal` too: its sizes, trained longer),
 `caption_weight=F`, `uncond=F` (uncond_prob, for classifier-free guidance),
 `res=N`, `max_len=N`; `fullsize` with `arch=`, `data=SHARDS`,
 `imagenet=SPEC`, `coco=SPEC` (steps and batch keep the paper's values
@@ -70,14 +71,15 @@ def get_config(arg=None):
       raise ValueError("configs/coca.py: `runlocal` is the demo config's; "
                        "drop `fullsize`.")
     return fullsize_config(arg)
-  arg.steps, arg.batch = arg.steps or 800, arg.batch or 128
+  arg.steps = arg.steps or (20 if arg.runlocal else 800)
+  arg.batch = arg.batch or (32 if arg.runlocal else 128)
   res = 32 if arg.runlocal else arg.res
   config = ml_collections.ConfigDict()
   config.seed = 0
   pp = config_lib.demo_pp(res, arg.max_len)
   config.input = ml_collections.ConfigDict(dict(
       data=config_lib.data_field(config_lib.DEMO_DATA), split="train",
-      data_dir=None, batch_size=32 if arg.runlocal else arg.batch,
+      data_dir=None, batch_size=arg.batch,
       pp=pp.train, workers=0, read_threads=4, shuffle=True))
 
   config.model_name = "coca"
@@ -100,8 +102,8 @@ def get_config(arg=None):
       caption=dict(loss="caption", weight=arg.caption_weight,
                    label_smoothing=0.0)))
 
-  config.total_steps = 20 if arg.runlocal else arg.steps
-  config.warmup_steps = 2 if arg.runlocal else 100
+  config.total_steps = arg.steps
+  config.warmup_steps = max(arg.steps // 10, 1) if arg.runlocal else 100
   config.log_steps = 5 if arg.runlocal else 25
   config.ckpt_steps = config.total_steps
   config.keep_ckpts = 2

@@ -41,7 +41,8 @@ model, pp op and evaluator here take any records with `objects`
 ({"label", "bbox"}) and `captions`. Not yet here (issue #19): a measured
 result.
 
-Args (after the colon): `runlocal`, `steps=N`, `batch=N`, `bins=N`
+Args (after the colon): `runlocal`, `steps=N`, `batch=N` (with
+`runlocal` too: its sizes, trained longer), `bins=N`
 (coordinate bins), `uncond=F` (uncond_prob), `res=N`, `max_len=N`.
 """
 
@@ -54,8 +55,10 @@ from big_vl.data.builders import demo_shapes
 
 def get_config(arg=None):
   """The LocCa demo config."""
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=800, batch=128,
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=0, batch=0,
                              bins=64, uncond=0.0, res=64, max_len=24)
+  arg.steps = arg.steps or (20 if arg.runlocal else 800)
+  arg.batch = arg.batch or (32 if arg.runlocal else 128)
   res = 32 if arg.runlocal else arg.res
   layout = locca.Layout(text_vocab=49408, num_bins=arg.bins)
   config = ml_collections.ConfigDict()
@@ -65,7 +68,7 @@ def get_config(arg=None):
            f"num_bins={arg.bins}")
   config.input = ml_collections.ConfigDict(dict(
       data=config_lib.data_field(config_lib.DEMO_DATA), split="train",
-      data_dir=None, batch_size=32 if arg.runlocal else arg.batch,
+      data_dir=None, batch_size=arg.batch,
       pp=f"{image_pp}|{tasks})|keep('image','text','text_weights')",
       workers=0, read_threads=4, shuffle=True))
 
@@ -84,8 +87,8 @@ def get_config(arg=None):
       caption=dict(loss="caption", weight=1.0, label_smoothing=0.0,
                    weights_key="text_weights")))
 
-  config.total_steps = 20 if arg.runlocal else arg.steps
-  config.warmup_steps = 2 if arg.runlocal else 100
+  config.total_steps = arg.steps
+  config.warmup_steps = max(arg.steps // 10, 1) if arg.runlocal else 100
   config.log_steps = 5 if arg.runlocal else 25
   config.ckpt_steps = config.total_steps
   config.keep_ckpts = 2

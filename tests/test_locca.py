@@ -241,6 +241,11 @@ def test_locca_runlocal_trains_and_evaluates(demo_data, tmp_path):
       np.mean(ious >= 0.5))
   assert final["locca/demo_shapes/grounding_miou"] == pytest.approx(
       ious.mean())
+  first = np.array([q["object"] == 0 for q in queries])
+  assert final["locca/demo_shapes/grounding_acc_first"] == pytest.approx(
+      np.mean(ious[first] >= 0.5))
+  assert final["locca/demo_shapes/grounding_acc_others"] == pytest.approx(
+      np.mean(ious[~first] >= 0.5))
   assert final["locca/demo_shapes/region_caption_acc"] == pytest.approx(
       np.mean([q["description_hit"] for q in queries]))
   names = {q["description"] for q in queries}

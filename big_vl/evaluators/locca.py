@@ -18,7 +18,9 @@ row is forced up to its separator (the box) and the decoder writes the
 description: a hit when it equals the true one token for token.
 
 Metrics: locca/<dataset>/grounding_acc (IoU >= threshold),
-grounding_miou, grounding_invalid (decoded tokens that are not a box),
+grounding_acc_first and grounding_acc_others (the records' first object,
+the demo data's largest, and the rest: a model that boxes the most salient
+object whatever the description scores on the first only), grounding_miou, grounding_invalid (decoded tokens that are not a box),
 region_caption_acc, queries, skipped. `write_files` writes `locca.jsonl`
 (one row per query) and `locca.png` (the first `keep` queries: true box
 green, decoded box red).
@@ -215,7 +217,15 @@ class Evaluator:
     grounded = [r for r in self.queries if "iou" in r]
     if grounded:
       ious = np.array([r["iou"] for r in grounded])
-      yield f"{prefix}/grounding_acc", float(np.mean(ious >= self.threshold))
+      hits = ious >= self.threshold
+      yield f"{prefix}/grounding_acc", float(np.mean(hits))
+      # The first object (the demo data's main, largest one) and the others:
+      # a model that ignores the description and boxes the most salient
+      # object scores on the first only.
+      main = np.array([r["object"] == 0 for r in grounded])
+      if main.any() and not main.all():
+        yield f"{prefix}/grounding_acc_first", float(np.mean(hits[main]))
+        yield f"{prefix}/grounding_acc_others", float(np.mean(hits[~main]))
       yield f"{prefix}/grounding_miou", float(np.mean(ious))
       yield f"{prefix}/grounding_invalid", float(np.mean(
           [r["predicted_box"] is None for r in grounded]))
