@@ -25,6 +25,11 @@ ref_clip_score and self_retrieval_r@1/5 by the model's own embeddings;
 captions.jsonl/.png), and zero-shot by the decoder's likelihood of the
 class prompts (zeroshot/demo_shapes_scored/top1, `caption_scoring`).
 
+Measured (bench/guidance.py, 2026-12-07, 2 CPU cores): `runlocal` sizes
+trained for 1,500 steps of 64 with `uncond_prob` 0.1 reach caption loss
+about 0.75 and greedy test captions of CIDEr-D 1.86 ± 0.01 over 3 seeds
+(the most frequent training caption for every image: 0.35).
+
 Full size (`fullsize`, `arch=coca_ViT-B-32|coca_ViT-L-14`): open_clip's
 architecture (`big_vl.convert.open_clip_coca.ARCHS`, so that its released
 LAION-2B weights and this run's share one layout) trained with the
