@@ -64,9 +64,7 @@ from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top,w
 from big_vl import plots  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from big_vl.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.data.builders import demo_shapes  # pylint: disable=g-import-not-at-top,wrong-import-position
-from big_vl.evaluators import caption_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vl.evaluators import captioning  # pylint: disable=g-import-not-at-top,wrong-import-position
 import host  # pylint: disable=g-import-not-at-top,wrong-import-position
 import results_md  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -99,18 +97,6 @@ def trained(config, workdir):
   params = ckpt_lib.restore_params(os.path.join(workdir, "checkpoints"),
                                    config.total_steps)
   return params, seconds
-
-
-def baseline_cider(block, split):
-  """CIDEr-D of the most frequent training caption given to every image."""
-  counts = collections.Counter()
-  source = sources.get(block.data, split="train")
-  for i in range(len(source)):
-    counts.update(c.decode() for c in source[i]["captions"])
-  caption, _ = counts.most_common(1)[0]
-  test = sources.get(block.data, split=split)
-  refs = [[c.decode() for c in test[i]["captions"]] for i in range(len(test))]
-  return caption, caption_metrics.cider_d([caption] * len(refs), refs)[0]
 
 
 def plot(gammas, table, path):
@@ -188,7 +174,7 @@ def main(argv):
       for k in (*METRICS, "empty"):
         table[gamma][k].append(row[k])
       print(json.dumps({"seed": seed, "gamma": gamma, **row}), flush=True)
-  caption, base = baseline_cider(block, split)
+  caption, base = captioning.majority_baseline(block.data, split)
   lines = ["| gamma | CIDEr-D | CLIPScore | RefCLIPScore | self-retrieval "
            "R@1 | empty captions |", "|---:|---:|---:|---:|---:|---:|"]
   fmt = lambda v: f"{np.mean(v):.3f} ± {np.std(v):.3f}"

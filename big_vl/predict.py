@@ -34,9 +34,9 @@ from big_vl import checkpoint as ckpt_lib
 from big_vl import decode
 from big_vl import models
 from big_vl import pretrained
-from big_vl import registry
 from big_vl.data import locca
 from big_vl.data import pp as pp_lib
+from big_vl.data import tokenizers
 from big_vl.evaluators import common
 from big_vl.evaluators import zeroshot
 
@@ -82,6 +82,10 @@ def caption_options(config):
   the Predictor writes."""
   options = {"tokenizer": "clip_bpe", "start_id": 49406, "end_id": 49407,
              "prefix": None}
+  # A converted captioner's (big_vision CapPa: SentencePiece, 0 and 1).
+  converted = (config.get("preprocessing", None) or {}).get("caption", None)
+  options.update({k: converted[k] for k in options
+                  if converted and k in converted})
   for block in (config.get("evals", None) or {}).values():
     if block.get("type") == "captioning":
       options.update({k: block[k] for k in options if k in block})
@@ -286,7 +290,7 @@ class Predictor:
           "(use beam=1 for those)" + (
               "; this model's captions start with a task prompt "
               f"{list(options['prefix'])}." if options["prefix"] else "."))
-    tokenizer = registry.get("tokenizer", options["tokenizer"])()
+    tokenizer = tokenizers.from_spec(options["tokenizer"])
     ids = {"start_id": options["start_id"], "end_id": options["end_id"]}
     start = list(options["prefix"] or []) + (
         tokenizer.encode(prefix) if prefix else [])
@@ -313,18 +317,16 @@ class Predictor:
   def _locca(self):
     """(layout, tokenizer) of a LocCa model: its box bins are what its
     vocabulary holds beyond the tokenizer's, tasks and separator."""
-    tokenizer = registry.get("tokenizer",
-                             self.caption_options["tokenizer"])()
-    bins = getattr(self.model, "vocab_size", 0) - tokenizer.vocab_size - (
-        len(locca.TASKS) + 1)
+    tokenizer = tokenizers.from_spec(self.caption_options["tokenizer"])
+    vocab = getattr(self.model, "vocab_size", 0)
+    bins = vocab - tokenizer.vocab_size - locca.Layout.EXTRA_IDS
     if not self.is_captioner or bins < 2:
       raise ValueError(
           f"{type(self.model).__name__} with vocab_size "
           f"{getattr(self.model, 'vocab_size', None)} is not a LocCa "
           "captioner (its vocabulary would hold the text tokenizer's "
           f"{tokenizer.vocab_size} ids, box bins, 3 tasks and a separator).")
-    return locca.Layout(text_vocab=tokenizer.vocab_size,
-                        num_bins=bins), tokenizer
+    return locca.Layout.of_model(vocab, tokenizer.vocab_size), tokenizer
 
   def _complete(self, pixels, prompts):
     """Greedy continuations of per-image prompts (lists of ids after the

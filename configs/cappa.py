@@ -20,6 +20,15 @@ train/caption/perplexity; at the end, greedy captions of the test split
 (64 images with `runlocal`, 1,000 otherwise) scored against their 5
 references: captioning/demo_shapes/cider, bleu_1 ... bleu_4.
 
+Measured (2026-12-07, 2 CPU cores; tests/test_captioner.py
+`test_cappa_captions_far_above_the_caption_agnostic_baseline`):
+`:runlocal,steps=600,parallel=0` with `--config.lr=3e-3` reaches CIDEr-D
+1.574 / 1.465 / 1.627 (seeds 0 / 1 / 2, 4.5 min each) on the 64 runlocal
+test images, against 0.390 for the most frequent training caption given to
+every image. With the paper's parallel prediction (0.75) the same 600
+steps give 1.371 and 0.395 (seeds 0 and 1): the second names the right
+shapes but does not learn to stop in that budget.
+
 Full size (`fullsize`): the paper's ViT-B/16 recipe as big_vision's
 reference config (`configs/proj/cappa/pretrain.py`) writes it: 224 px,
 patch 16, a 6-layer decoder as wide as the encoder (768, 12 heads, MLP
@@ -39,6 +48,13 @@ tests/test_configs_fullsize.py.
 
     python -m big_vl.train --config=configs/cappa.py:fullsize \
         --workdir=gs://BUCKET/cappa_b16
+
+big_vision's own CapPa checkpoints (`big_vision.models.proj.cappa`)
+convert to a big_vl captioner that `python -m big_vl.caption` and
+`Predictor.caption` run (README "Pretrained weights"):
+
+    python -m big_vl.convert --from big_vision --src cappa.npz \
+        --tokenizer_model=c4_en.model --out workdirs/cappa_b16
 
 Args (after the colon): `runlocal`, `steps=N`, `batch=N` (with
 `runlocal` too: its sizes, trained longer), `parallel=F`

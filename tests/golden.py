@@ -217,7 +217,7 @@ def compare_records(a, b, rtol=0.0):
 
 
 def compare(dir_a, dir_b, rtol=0.0):
-  ok_all = True
+  ok_all, compared = True, 0
   for name in RUNS:
     path_a, path_b = (os.path.join(d, f"{name}.json") for d in (dir_a, dir_b))
     if not (os.path.exists(path_a) and os.path.exists(path_b)):
@@ -231,7 +231,12 @@ def compare(dir_a, dir_b, rtol=0.0):
       b = json.load(f)
     lines, ok = compare_records(a, b, rtol)
     ok_all &= ok
+    compared += 1
     print("\n".join(lines))
+  if not compared:  # Missing folders or no run in common: nothing equal.
+    print(f"golden: NOTHING COMPARED (no run captured in both {dir_a} and "
+          f"{dir_b})")
+    return 1
   print("golden: " + ("EQUAL" if ok_all else f"DIFFERENT (rtol {rtol})"))
   return 0 if ok_all else 1
 

@@ -23,6 +23,8 @@ def test_layout_ids_and_box_quantisation():
   assert LAYOUT.vocab_size == 49476
   assert [LAYOUT.task_id(t) for t in locca.TASKS] == [CAP, AREF, GCAP]
   assert LAYOUT.sep_id == SEP
+  assert locca.Layout.of_model(49476, 49408) == LAYOUT  # bins read back
+  assert locca.Layout.of_model(49412 + 16, 49408).num_bins == 16
   # floor(v * 64), the last bin for 1.0.
   assert LAYOUT.box_ids([0.25, 0.5, 0.75, 1.0]) == [
       BIN0 + 16, BIN0 + 32, BIN0 + 48, BIN0 + 63]
@@ -118,6 +120,46 @@ def test_the_pp_op_writes_every_task_row():
   assert e.value.reason == "bad_caption"
   with pytest.raises(ValueError, match="choose from"):
     pp_lib.build(f"locca_tasks(16, classes={classes!r}, tasks=('det',))")
+
+
+
+class _Unreadable:
+  """Records of `_record()`; reading those in `bad` fails (a corrupt file)."""
+
+  def __init__(self, n, bad):
+    self.n, self.bad = n, bad
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if i in self.bad:
+      raise pp_lib.CorruptRecordError(f"record {i}", reason="decode")
+    return _record()
+
+
+def test_one_query_per_object_and_unreadable_records_are_counted():
+  from big_vl.data import pipeline  # pylint: disable=g-import-not-at-top
+  view = locca_eval._OneObject(_Unreadable(3, {1}), "objects", True)
+  # Two objects per readable record; the unreadable one stays one entry.
+  assert view.pairs == [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]
+  np.testing.assert_array_equal(view[1]["objects"]["label"], [8])
+  np.testing.assert_allclose(view[1]["objects"]["bbox"],
+                             [[0.6, 0.6, 0.9, 0.95]])
+  firsts = locca_eval._OneObject(_Unreadable(3, {0}), "objects", False)
+  assert firsts.pairs == [(0, 0), (1, 0), (2, 0)]
+  with pytest.raises(ValueError, match="have no 'boxes' field"):
+    locca_eval._OneObject(_Unreadable(3, {0}), "boxes", True)
+  # The evaluation pipeline skips it with its reason, as any other.
+  classes = [f"class {i}" for i in range(10)]
+  batches = list(pipeline.eval_batches(
+      view, pp=f"locca_tasks(16, classes={classes!r})|keep('text')",
+      batch_size=8))
+  reasons = np.concatenate([b[pipeline.SKIP_REASON_KEY] for b in batches])
+  mask = np.concatenate([b[pipeline.MASK_KEY] for b in batches])
+  assert mask.tolist() == [True, True, False, True, True] + [False] * 3
+  assert [pipeline.SKIP_REASONS[r] for r in reasons[:5] if r >= 0] == [
+      "decode"]
 
 
 def test_rows_of_an_image_equal_the_image_repeated():

@@ -176,6 +176,56 @@ def test_vit_remat_matches_and_dropout():
   assert not np.allclose(out_train, out_eval, atol=1e-3)
 
 
+
+def test_keep_patches_draws_a_subset_per_row_in_order():
+  x = jnp.arange(2 * 10 * 3, dtype=jnp.float32).reshape(2, 10, 3)
+  kept = vit.keep_patches(x, 0.5, jax.random.key(0))
+  assert kept.shape == (2, 5, 3)
+  rows = np.asarray(kept[..., 0]) // 3 % 10  # token index of each kept row
+  for r in rows:
+    assert list(r) == sorted(set(r))  # distinct, in their order
+  assert list(rows[0]) != list(rows[1])  # each image draws its own
+  np.testing.assert_array_equal(
+      kept, vit.keep_patches(x, 0.5, jax.random.key(0)))
+  assert vit.keep_patches(x, 0.01, jax.random.key(0)).shape == (2, 1, 3)
+  # Over many draws every token is kept about half the time.
+  counts = np.zeros(10)
+  for i in range(200):
+    got = vit.keep_patches(x[:1], 0.5, jax.random.key(i))
+    counts[np.asarray(got[0, :, 0]).astype(int) // 3] += 1
+  assert counts.min() > 70 and counts.max() < 130, counts
+
+
+def test_vit_patch_dropout_runs_the_blocks_on_the_kept_patches():
+  """FLIP: training sees a random half of the patches, evaluation all."""
+  image = _image()
+  model = vit.ViT(variant="mu/8", pool_type="gap")
+  drop = model.clone(patch_keep=0.5)
+  params = _init(model, image)
+  # Evaluation: every patch, the plain model's numbers.
+  np.testing.assert_array_equal(_apply(drop, params, image)[0],
+                                _apply(model, params, image)[0])
+  _, aux = _apply(drop, params, image, train=True,
+                  rngs={"dropout": jax.random.key(1)})
+  assert aux["tokens"].shape == (2, 8, 64)  # 8 of the 16 patches
+  # With no blocks each token is its own LayerNorm: the kept tokens are
+  # exactly the rows of the full image's tokens at the kept positions.
+  flat = vit.ViT(variant="mu/8", depth=0, pool_type="gap")
+  fparams = _init(flat, image)
+  full = _apply(flat, fparams, image)[1]["tokens"]
+  out, aux = _apply(flat.clone(patch_keep=0.5), fparams, image, train=True,
+                    rngs={"dropout": jax.random.key(1)})
+  for b in range(2):
+    hits = [int(np.argmin(np.abs(full[b] - t).sum(-1))) for t in
+            aux["tokens"][b]]
+    np.testing.assert_allclose(aux["tokens"][b], full[b][np.array(hits)],
+                               atol=1e-6)
+    assert hits == sorted(set(hits))
+  np.testing.assert_allclose(out, aux["tokens"].mean(axis=1), atol=1e-6)
+  with pytest.raises(ValueError, match="patch_keep=0"):
+    _apply(model.clone(patch_keep=0.0), params, image)
+
+
 # --- TextTransformer ------------------------------------------------------
 
 

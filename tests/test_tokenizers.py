@@ -712,3 +712,20 @@ def test_wordpiece_throughput_smoke(wp_dir):
 if __name__ == "__main__":
   if "--write-parity-fixture" in sys.argv:
     _write_parity_fixture()
+
+
+def test_from_spec_takes_a_name_or_a_dict_with_arguments():
+  assert tokenizers.from_spec("clip_bpe") is registry.get(
+      "tokenizer", "clip_bpe")()
+  tok = tokenizers.from_spec({"name": "clip", "max_len": 9})
+  assert tok("a cat").shape == (1, 9)
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  tok = tokenizers.from_spec(ml_collections.ConfigDict(
+      {"name": "clip", "max_len": 5}))
+  assert tok.max_len == 5
+  with pytest.raises(ValueError, match="names no tokenizer"):
+    tokenizers.from_spec({"max_len": 9})
+  with pytest.raises(ValueError, match="--tokenizer_model"):
+    tokenizers.from_spec({"name": "sentencepiece", "model": None})
+  with pytest.raises(KeyError, match="clip_bpe"):
+    tokenizers.from_spec("clip_bep")

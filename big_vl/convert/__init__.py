@@ -7,7 +7,9 @@ for it. Modules:
 
 - `open_clip`: open_clip / OpenAI CLIP ViT models (`.safetensors`, `.bin`,
   `.pt`, OpenAI TorchScript archives); `to_state_dict` exports back.
-- `big_vision`: big_vision SigLIP `.npz` two-tower checkpoints (and export).
+- `big_vision`: big_vision SigLIP `.npz` two-tower checkpoints (and export);
+  `big_vision_cappa`: big_vision CapPa captioners (`--from big_vision`
+  tells them apart by their `encoder` / `decoder` groups).
 - `hf_bert`: HF BERT-family encoders (BERT, MiniLM, sentence-transformers
   folders) as a big_vl text tower, with their WordPiece tokenizer.
 
@@ -104,7 +106,11 @@ def _load(source, src, *, arch=None, image_size=None, max_len=None,
     return model_config, params, conv.preprocessing(model_config)
   if source == "big_vision":
     from big_vl.convert import big_vision as conv
-    model_config, params = conv.load(src, image_size=image_size)
+    from big_vl.convert import big_vision_cappa
+    flat = conv.read_npz(src)
+    if big_vision_cappa.is_cappa(flat):  # A captioner, not two towers.
+      conv = big_vision_cappa
+    model_config, params = conv.convert(flat, image_size=image_size)
     return model_config, params, conv.preprocessing(
         model_config, tokenizer_model, params=params)
   if source == "hf_bert":

@@ -119,12 +119,12 @@ SIGLIP_EOS = "sticky"
 # Vocabulary size -> big_vision's name of the SentencePiece model used.
 VOCABULARIES = {32_000: "c4_en", 250_000: "mc4"}
 
-_NORM_EPS = 1e-6
+NORM_EPS = 1e-6
 _ENCODERS = {"img": "Transformer", "txt": "Encoder_0"}
 _BLOCK_RE = re.compile(r"encoderblock_\d+")
 
 
-def _pair(size):
+def pair(size):
   """(h, w) ints of an int or a pair."""
   if isinstance(size, (int, np.integer)):
     return (int(size), int(size))
@@ -177,7 +177,7 @@ def _unflatten(flat):
   return tree
 
 
-def _to_tree(flat_or_tree):
+def to_tree(flat_or_tree):
   """Nested dict of float32 arrays: the params part of a checkpoint."""
   if not isinstance(flat_or_tree, Mapping) and not hasattr(
       flat_or_tree, "items"):
@@ -203,7 +203,7 @@ def _to_tree(flat_or_tree):
   return convert_leaves(tree, "")
 
 
-def _fix_legacy(img, txt):
+def fix_legacy(img, txt):
   """Repairs old big_vision layouts in place (see the module docstring)."""
   enc = img.get("Transformer", {})
   if "posembed_input" in enc:
@@ -226,7 +226,7 @@ def _fix_legacy(img, txt):
     txt["pos_embedding"] = txt["pos_embedding"] + extra
 
 
-def _get(tree, path):
+def get(tree, path):
   """tree["a"]["b"] for path "a/b"; ValueError naming the missing key."""
   node = tree
   for part in path.split("/"):
@@ -240,7 +240,7 @@ def _get(tree, path):
 
 def _shape(tree, path, ndim):
   """The shape of the array at `path`, checked to have `ndim` dimensions."""
-  value = _get(tree, path)
+  value = get(tree, path)
   if not isinstance(value, np.ndarray) or value.ndim != ndim:
     shape = getattr(value, "shape", "a group of arrays")
     raise ValueError(f"{path}: expected a {ndim}-D array, got {shape}.")
@@ -250,7 +250,7 @@ def _shape(tree, path, ndim):
 def _encoder_dims(tree, tower):
   """{"width", "depth", "mlp_dim", "num_heads"} of a tower's encoder."""
   enc = f"{tower}/{_ENCODERS[tower]}"
-  blocks = _get(tree, enc)
+  blocks = get(tree, enc)
   depth = sum(1 for k in blocks if _BLOCK_RE.fullmatch(str(k)))
   if not depth:
     raise ValueError(f"Not a big_vision two-tower checkpoint: no "
@@ -276,7 +276,7 @@ def _head_dim(tree, tower):
   return int(out), "bias" in head
 
 
-def _image_config(tree):
+def image_config(tree):
   """(image tower kwargs, head width or None, grid or None, head bias)."""
   img = tree["img"]
   if "pre_logits" in img:
@@ -306,7 +306,7 @@ def _image_config(tree):
     grid = side
   else:
     cfg["posemb"] = "sincos2d"
-  cfg.update(act="gelu", norm_eps=_NORM_EPS)
+  cfg.update(act="gelu", norm_eps=NORM_EPS)
   out, bias = _head_dim(tree, "img")
   return cfg, out, grid, bias
 
@@ -322,7 +322,7 @@ def _text_config(tree):
   cfg.update(vocab_size=int(vocab), max_len=int(max_len), causal=False,
              pool_type="map" if "MAPHead_0" in tree["txt"] else "last",
              mask_pad=False, pad_id=SIGLIP_PAD_ID, act="gelu",
-             norm_eps=_NORM_EPS)
+             norm_eps=NORM_EPS)
   out, bias = _head_dim(tree, "txt")
   return cfg, out, bias
 
@@ -345,20 +345,22 @@ def _out_dim(image, img_out, text, txt_out):
   return out_dim
 
 
-def _image_shape(image_cfg, grid, channels=3):
+def image_shape(image_cfg, grid, channels=3):
   """An input image shape [1, H, W, C] matching a learned posemb grid."""
-  patch = _pair(image_cfg["patch_size"])
-  grid = _pair(grid or 1)
+  patch = pair(image_cfg["patch_size"])
+  grid = pair(grid or 1)
   return (1, grid[0] * patch[0], grid[1] * patch[1], channels)
 
 
 def _expected_shapes(model_config, image_shape):
   """{"a/b": shape} of the params `model_config` builds (unscanned)."""
   cfg = _plain(model_config)
-  for tower in ("image", "text"):
+  captioner = cfg.get("name") == "captioner"
+  for tower in ("image", "decoder") if captioner else ("image", "text"):
     cfg[tower] = {**(cfg.get(tower) or {}), "scan": False}
   model = models.get(cfg)
-  text_shape = (1, cfg["text"].get("max_len", 77))
+  text_shape = (1, cfg["max_len"] if captioner else
+                cfg["text"].get("max_len", 77))
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),
       jax.ShapeDtypeStruct(image_shape, jnp.float32),
@@ -367,7 +369,7 @@ def _expected_shapes(model_config, image_shape):
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def _check_fits(params, model_config, image_shape, what):
+def check_fits(params, model_config, image_shape, what):
   """Raises ValueError listing keys/shapes of `params` the model lacks."""
   expected = _expected_shapes(model_config, image_shape)
   got = {k: tuple(np.shape(v)) for k, v in
@@ -399,10 +401,10 @@ def _posemb_grid(params, image_cfg):
   return side if side * side == np.shape(pe)[1] else None
 
 
-def _grid_for(image_size, patch_size):
+def grid_for(image_size, patch_size):
   """Patch grid (h, w) of an image size; ValueError if not divisible."""
-  size = _pair(image_size)
-  patch = _pair(patch_size)
+  size = pair(image_size)
+  patch = pair(patch_size)
   if size[0] % patch[0] or size[1] % patch[1] or min(size) <= 0:
     raise ValueError(f"image_size {image_size} is not a positive multiple of "
                      f"the patch size {patch_size}.")
@@ -444,7 +446,7 @@ def convert(flat_or_tree, *, image_size=None):
     ValueError: naming missing required keys, keys the model does not have,
       or shapes that do not fit together.
   """
-  tree = _to_tree(flat_or_tree)
+  tree = to_tree(flat_or_tree)
   missing = [k for k in ("img", "txt", "t") if k not in tree]
   if missing:
     raise ValueError(
@@ -456,7 +458,7 @@ def convert(flat_or_tree, *, image_size=None):
   for tower, enc in _ENCODERS.items():
     if isinstance(tree[tower].get(enc), Mapping):
       tree[tower][enc] = common.unstack_block_params(tree[tower][enc])
-  _fix_legacy(tree["img"], tree["txt"])
+  fix_legacy(tree["img"], tree["txt"])
   for name in ("t", "b"):
     if name in tree:
       value = tree[name]
@@ -466,7 +468,7 @@ def convert(flat_or_tree, *, image_size=None):
                          f"{getattr(value, 'shape', 'a group of arrays')}.")
       tree[name] = value.reshape(())
 
-  image, img_out, grid, img_bias = _image_config(tree)
+  image, img_out, grid, img_bias = image_config(tree)
   text, txt_out, txt_bias = _text_config(tree)
   if not img_bias:
     image["head_bias"] = False
@@ -478,11 +480,11 @@ def convert(flat_or_tree, *, image_size=None):
   if "b" in tree:
     model_config["bias_init"] = SIGLIP_BIAS_INIT
   channels = tree["img"]["embedding"]["kernel"].shape[2]
-  _check_fits(tree, model_config, _image_shape(image, grid, channels),
-              "The checkpoint")
+  check_fits(tree, model_config, image_shape(image, grid, channels),
+             "The checkpoint")
 
   if image_size is not None:
-    new_grid = _grid_for(image_size, image["patch_size"])
+    new_grid = grid_for(image_size, image["patch_size"])
     if grid is not None and new_grid != (grid, grid):
       tree["img"]["pos_embedding"] = np.asarray(vit.resample_posemb(
           jnp.asarray(tree["img"]["pos_embedding"]), new_grid, grid),
@@ -490,11 +492,17 @@ def convert(flat_or_tree, *, image_size=None):
   # Record the input size (informational ViT field, as open_clip's
   # converter does) so preprocessing follows from the model config alone.
   size = image_size if image_size is not None else (
-      None if grid is None else grid * _pair(image["patch_size"])[0])
+      None if grid is None else grid * pair(image["patch_size"])[0])
   if isinstance(size, int) and \
-      len(set(_pair(image["patch_size"]))) == 1:
+      len(set(pair(image["patch_size"]))) == 1:
     image["image_size"] = size
   return model_config, tree
+
+
+def read_npz(path):
+  """{flat name: array} of a big_vision `.npz` (never unpickling)."""
+  with np.load(os.fspath(path), allow_pickle=False) as npz:
+    return {k: npz[k] for k in npz.files}
 
 
 def load(path, *, image_size=None):
@@ -507,9 +515,7 @@ def load(path, *, image_size=None):
   Returns:
     (model_config, params) as `convert` returns them.
   """
-  with np.load(os.fspath(path), allow_pickle=False) as npz:
-    flat = {k: npz[k] for k in npz.files}
-  return convert(flat, image_size=image_size)
+  return convert(read_npz(path), image_size=image_size)
 
 
 def _tokenize_kwargs():
@@ -568,7 +574,7 @@ def preprocessing(model_config, tokenizer_model=None, *, image_size=None,
   if image_size is None and params is not None:
     grid = _posemb_grid(params, image_cfg)
     if grid is not None:
-      ph, pw = _pair(image_cfg["patch_size"])
+      ph, pw = pair(image_cfg["patch_size"])
       image_size = grid * ph if ph == pw else [grid * ph, grid * pw]
   if image_size is None:
     raise ValueError("preprocessing: give image_size (the model config does "
@@ -606,7 +612,7 @@ def _export_problems(model_config):
   for name, tower in (("image", image), ("text", text)):
     if tower.act != "gelu":
       problems.append(f"{name}.act={tower.act!r} (big_vision: tanh 'gelu')")
-    if tower.norm_eps != _NORM_EPS:
+    if tower.norm_eps != NORM_EPS:
       problems.append(f"{name}.norm_eps={tower.norm_eps} (big_vision: 1e-6)")
     if not tower.head_bias:
       problems.append(f"{name}.head_bias=False (big_vision heads have one)")
@@ -668,8 +674,8 @@ def to_npz_dict(model_config, params, *, scan=False, prefix="params/",
   grid = _posemb_grid(tree, {**image_cfg, "patch_size": patch})
   channels = np.shape(tree.get("img", {}).get("embedding", {}).get(
       "kernel", np.zeros((1, 1, 3, 1))))[2]
-  _check_fits(tree, model_config,
-              _image_shape({"patch_size": patch}, grid, channels), "params")
+  check_fits(tree, model_config,
+             image_shape({"patch_size": patch}, grid, channels), "params")
   for name in ("t", "b"):
     if name in tree:
       tree[name] = np.reshape(tree[name], (1,))

@@ -56,10 +56,21 @@ class Layout:
       raise ValueError(f"num_bins={self.num_bins}: a box coordinate needs at "
                        "least 2 bins.")
 
+  # Ids after the bins: one per task, then the separator.
+  EXTRA_IDS = len(TASKS) + 1
+
+  @classmethod
+  def of_model(cls, vocab_size, text_vocab):
+    """The layout of a model with `vocab_size` ids over a `text_vocab`
+    tokenizer: its bins are what the vocabulary holds beyond the text,
+    tasks and separator."""
+    return cls(text_vocab=text_vocab,
+               num_bins=vocab_size - text_vocab - cls.EXTRA_IDS)
+
   @property
   def vocab_size(self):
     """The model's vocabulary: text, bins, tasks and the separator."""
-    return self.text_vocab + self.num_bins + len(TASKS) + 1
+    return self.text_vocab + self.num_bins + self.EXTRA_IDS
 
   @property
   def sep_id(self):

@@ -923,3 +923,33 @@ def get(name: str, **kw) -> Tokenizer:
     raise KeyError(f"Unknown tokenizer {name!r}; known: "
                    f"{', '.join(sorted([*_FACTORIES, *_ALIASES]))}")
   return _FACTORIES[key](**kw)
+
+
+def from_spec(spec):
+  """The tokenizer a config or checkpoint names.
+
+  Args:
+    spec: a registry name, built without arguments ("clip_bpe"), or a
+      mapping {"name": registry name, **arguments}, as a converted
+      checkpoint's `preprocessing["tokenizer"]` holds it: e.g. {"name":
+      "sentencepiece", "model": "c4_en.model", "max_len": 64, "eos":
+      "sticky", "pad_id": 1}.
+
+  Returns:
+    The tokenizer (with `encode`, `decode` and `vocab_size`).
+
+  Raises:
+    ValueError: a mapping without "name", or with "model": None (a
+      converted checkpoint that was not given its SentencePiece model).
+  """
+  if isinstance(spec, str):
+    return registry.get("tokenizer", spec)()
+  spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+  if "name" not in spec:
+    raise ValueError(f"A tokenizer spec {spec} names no tokenizer (\"name\").")
+  name = spec.pop("name")
+  if "model" in spec and spec["model"] is None:
+    raise ValueError(
+        f"The {name} tokenizer has no model file: convert the checkpoint "
+        "again with --tokenizer_model=PATH (its SentencePiece .model).")
+  return registry.get("tokenizer", name)(**spec)

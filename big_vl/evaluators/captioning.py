@@ -28,6 +28,7 @@ them as `captions.jsonl` (every example) and `captions.png` (the first
 trainer and `big_vl.evaluate` do at the end.
 """
 
+import collections
 import io
 import json
 import os
@@ -42,7 +43,9 @@ from big_vl import predict
 from big_vl import storage
 from big_vl import registry
 from big_vl.data import locca
+from big_vl.data import pp as pp_lib
 from big_vl.data import sources
+from big_vl.data import tokenizers
 from big_vl.evaluators import caption_metrics
 from big_vl.evaluators import clip_score
 from big_vl.evaluators import common
@@ -105,7 +108,7 @@ class Evaluator:
                        "decoding (beam=1) only.")
     self.model, self.mesh = model, mesh
     self.source = sources.get(data, split=split, data_dir=data_dir)
-    first = self.source[0] if len(self.source) else {}
+    first = next(_readable(self.source), {})  # A corrupt one is skipped.
     if captions_key not in first:
       raise ValueError(
           f"captioning: the records of {data!r} have no {captions_key!r} "
@@ -114,7 +117,7 @@ class Evaluator:
     self.pp, self.captions_key = pp, captions_key
     self.batch_size, self.keep = batch_size, keep
     self.name = name or common.dataset_label(data)
-    self.tokenizer = registry.get("tokenizer", tokenizer)()
+    self.tokenizer = tokenizers.from_spec(tokenizer)
     ids = dict(start_id=start_id, end_id=end_id)
     if prefix is not None:
       row = (self.tokenizer.encode(prefix) if isinstance(prefix, str)
@@ -226,3 +229,42 @@ def image_array(value):
     with Image.open(io.BytesIO(value)) as im:
       return np.asarray(im.convert("RGB"))
   return np.asarray(value)
+
+
+def majority_baseline(data, split, *, captions_key="captions",
+                      train_split="train", data_dir=None):
+  """The caption-agnostic baseline: the most frequent training caption,
+  given to every image of `split` and scored by CIDEr-D against its
+  references (what a captioner that ignores its image could reach).
+
+  Args:
+    data: the source spec (`sources.get`).
+    split: the evaluated split, e.g. "test[:64]".
+    captions_key: the records' list of captions.
+    train_split: where the most frequent caption is counted.
+    data_dir: optional data folder.
+
+  Returns:
+    (caption, CIDEr-D); records that cannot be read are left out of both.
+  """
+  counts = collections.Counter()
+  train = sources.get(data, split=train_split, data_dir=data_dir)
+  for record in _readable(train):
+    counts.update(_text(c) for c in np.reshape(record[captions_key], -1))
+  if not counts:
+    raise ValueError(f"majority_baseline: no captions in {data!r} "
+                     f"{train_split}.")
+  caption, _ = counts.most_common(1)[0]
+  test = sources.get(data, split=split, data_dir=data_dir)
+  refs = [[_text(c) for c in np.reshape(r[captions_key], -1)]
+          for r in _readable(test)]
+  return caption, caption_metrics.cider_d([caption] * len(refs), refs)[0]
+
+
+def _readable(source):
+  """The records of `source` that can be read."""
+  for i in range(len(source)):
+    try:
+      yield source[i]
+    except pp_lib.CorruptRecordError:
+      continue

@@ -37,6 +37,8 @@ from big_vl import plots
 from big_vl import registry
 from big_vl import storage
 from big_vl.data import locca
+from big_vl.data import pp as pp_lib
+from big_vl.data import tokenizers
 from big_vl.data import sources
 from big_vl.evaluators import captioning
 from big_vl.evaluators import common
@@ -44,13 +46,24 @@ from big_vl.evaluators import common
 
 class _OneObject:
   """A source with one record per (image, object): the object is the only
-  entry of the record's `objects`."""
+  entry of the record's `objects`. A record that cannot be read stays one
+  entry, so that reading it again fails where `run_over` skips and counts
+  it."""
 
-  def __init__(self, source, key, all_objects):
+  def __init__(self, source, key, all_objects, what="the source"):
     self.source, self.key = source, key
     self.pairs = []
     for i in range(len(source)):
-      count = len(np.reshape(source[i][key]["label"], -1))
+      try:
+        record = source[i]
+      except pp_lib.CorruptRecordError:
+        self.pairs.append((i, 0))
+        continue
+      if key not in record:
+        raise ValueError(f"locca: the records of {what!r} have no {key!r} "
+                         f"field (fields: {sorted(record)}); set "
+                         "objects_key.")
+      count = len(np.reshape(record[key]["label"], -1))
       self.pairs += [(i, k) for k in range(count if all_objects else
                                            min(count, 1))]
 
@@ -165,16 +178,12 @@ class Evaluator:
       raise ValueError("locca: the model is not a captioner "
                        f"({type(model).__name__}).")
     source = sources.get(data, split=split, data_dir=data_dir)
-    if len(source) and objects_key not in source[0]:
-      raise ValueError(f"locca: the records of {data!r} have no "
-                       f"{objects_key!r} field (fields: "
-                       f"{sorted(source[0])}); set objects_key.")
-    self.source = _OneObject(source, objects_key, all_objects)
+    self.source = _OneObject(source, objects_key, all_objects, what=data)
     self.model, self.mesh, self.pp = model, mesh, pp
     self.batch_size, self.keep = batch_size, keep
     self.objects_key, self.threshold = objects_key, iou_threshold
     self.name = name or common.dataset_label(data)
-    self.tokenizer = registry.get("tokenizer", tokenizer)()
+    self.tokenizer = tokenizers.from_spec(tokenizer)
     self.layout = locca.Layout(text_vocab=self.tokenizer.vocab_size,
                                num_bins=num_bins)
     if model.vocab_size != self.layout.vocab_size:

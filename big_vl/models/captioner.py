@@ -50,7 +50,12 @@ class Captioner(nn.Module):
       (training only).
     uncond_prob: fraction of examples whose image tokens are replaced by a
       learned null (training only), for classifier-free guidance.
-    mask_token: the decoder input of parallel prediction (a token id).
+    mask_token: the decoder input of parallel prediction: a token id, or
+      `vocab_size` for a token of its own (one more embedding row, as
+      big_vision's CapPa).
+    project_memory: a Dense layer (`memory_proj`) from the image tokens to
+      the decoder's width; False feeds them as they are (big_vision's
+      CapPa: the decoder is as wide as the encoder).
     dtype: compute dtype of both parts unless a block sets its own.
     decode: build the decoder with a KV cache (`big_vl/decode.py`).
   """
@@ -61,6 +66,7 @@ class Captioner(nn.Module):
   parallel_fraction: float = 0.0
   uncond_prob: float = 0.0
   mask_token: int = 0
+  project_memory: bool = True
   dtype: Any = "float32"
   decode: bool = False
 
@@ -79,11 +85,18 @@ class Captioner(nn.Module):
       raise ValueError(
           f"config.model.decoder sets {owned}: the captioner sets them "
           "(config.model.vocab_size, config.model.max_len).")
+    if not 0 <= self.mask_token <= self.vocab_size:
+      raise ValueError(f"config.model.mask_token={self.mask_token}: a token "
+                       f"id below vocab_size={self.vocab_size}, or "
+                       "vocab_size itself for a mask token of its own.")
+    extra = self.mask_token == self.vocab_size
     self.text_decoder = decoder_lib.TextDecoder(
         vocab_size=self.vocab_size, max_len=self.max_len - 1,
+        input_vocab_size=self.vocab_size + 1 if extra else 0,
         decode=self.decode, **dec, name="decoder")
     width = dec["width"]
-    self.memory_proj = nn.Dense(width, name="memory_proj")
+    if self.project_memory:
+      self.memory_proj = nn.Dense(width, name="memory_proj")
     self.null_memory = self.param("null_memory",
                                   nn.initializers.normal(0.02), (1, 1, width))
 
@@ -91,7 +104,14 @@ class Captioner(nn.Module):
     """[B, N, width] decoder memory of `image`; rows where `uncond` is True
     get the learned null memory instead (p(caption) without the image)."""
     _, aux = self.encoder(image, train=train)
-    memory = self.memory_proj(aux["tokens"])
+    memory = aux["tokens"]
+    if self.project_memory:
+      memory = self.memory_proj(memory)
+    elif memory.shape[-1] != self.null_memory.shape[-1]:
+      raise ValueError(
+          f"config.model.project_memory=False needs the decoder as wide as "
+          f"the image tokens: decoder width {self.null_memory.shape[-1]}, "
+          f"image width {memory.shape[-1]}.")
     if uncond is not None:
       memory = jnp.where(uncond[:, None, None],
                          jnp.broadcast_to(self.null_memory.astype(

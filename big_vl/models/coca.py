@@ -154,6 +154,10 @@ class CoCa(nn.Module):
     act: MLP activation of every block (open_clip: exact GELU).
     norm_eps: LayerNorm epsilon (open_clip: 1e-5).
     dropout: dropout in the text and decoder blocks.
+    remat_policy: a key of `common.REMAT_POLICIES`: rematerialise each
+      text and decoder block in the backward pass (the image tower has its
+      own, `image.remat_policy`); the params keep open_clip's per-layer
+      names, so CoCa has no `scan`.
     dtype: compute dtype.
     decode: build the text and decoder layers with KV caches (decoding).
   """
@@ -173,6 +177,7 @@ class CoCa(nn.Module):
   act: str = "gelu_exact"
   norm_eps: float = 1e-5
   dropout: float = 0.0
+  remat_policy: str = "none"
   dtype: Any = "float32"
   decode: bool = False
 
@@ -218,7 +223,8 @@ class CoCa(nn.Module):
                              kernel_init=common.head_init(self.out_dim),
                              name="img_proj")
     block = dict(dropout=self.dropout, dtype=dtype, act=self.act,
-                 norm_eps=self.norm_eps)
+                 norm_eps=self.norm_eps,
+                 remat_policy="none" if self.decode else self.remat_policy)
     self.txt = _Text(**text, **block, vocab_size=self.vocab_size,
                      max_len=self.max_len, out_dim=self.out_dim,
                      pad_id=self.pad_id,
@@ -311,6 +317,7 @@ class _Text(nn.Module):
   dtype: Any = jnp.float32
   act: str = "gelu_exact"
   norm_eps: float = 1e-5
+  remat_policy: str = "none"
   decode: bool = False
 
   @nn.compact
@@ -347,7 +354,7 @@ class _Text(nn.Module):
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         dropout=self.dropout, dtype=self.dtype, act=self.act,
         norm_eps=self.norm_eps, final_norm=False, decode=self.decode,
-        name="Encoder_0")(x, mask, not train)
+        remat_policy=self.remat_policy, name="Encoder_0")(x, mask, not train)
     if not with_cls:
       return None, x
     pooled = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
@@ -370,6 +377,7 @@ class _Decoder(nn.Module):
   dtype: Any = jnp.float32
   act: str = "gelu_exact"
   norm_eps: float = 1e-5
+  remat_policy: str = "none"
   decode: bool = False
 
   @nn.compact
@@ -388,10 +396,12 @@ class _Decoder(nn.Module):
     block = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                  dropout=self.dropout, dtype=self.dtype, act=self.act,
                  norm_eps=self.norm_eps)
+    self_block = common.remat_block(common.EncoderBlock, self.remat_policy)
+    cross_block = common.remat_block(CrossBlock, self.remat_policy)
     for i in range(self.depth):
-      x = common.EncoderBlock(**block, decode=self.decode,
-                              name=f"selfblock_{i}")(x, mask, not train)
-      x = CrossBlock(**block, decode=self.decode, name=f"crossblock_{i}")(
+      x = self_block(**block, decode=self.decode,
+                     name=f"selfblock_{i}")(x, mask, not train)
+      x = cross_block(**block, decode=self.decode, name=f"crossblock_{i}")(
           x, memory, not train)
     x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype,
                      name="LayerNorm_0")(x)

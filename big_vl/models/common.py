@@ -392,6 +392,28 @@ def resolve_remat_policy(remat_policy="none", remat=None,
   return remat_policy
 
 
+def remat_block(block_cls, remat_policy, num_args=2, prevent_cse=True):
+  """`block_cls` rematerialised under a policy (itself for "none").
+
+  Args:
+    block_cls: a block module class called as `block(x, *args,
+      deterministic)` with `num_args` inputs before the Python bool
+      `deterministic` (static).
+    remat_policy: a key of `REMAT_POLICIES`.
+    num_args: inputs before `deterministic` (x included).
+    prevent_cse: as `nn.remat` (not needed inside a scan).
+
+  Returns:
+    The module class to instantiate.
+  """
+  policy_name = resolve_remat_policy(remat_policy)
+  if policy_name == "none":
+    return block_cls
+  # Argument 0 is the module itself.
+  return nn.remat(block_cls, static_argnums=(num_args + 1,),
+                  policy=REMAT_POLICIES[policy_name], prevent_cse=prevent_cse)
+
+
 def run_blocks(block_cls, block_kw, x, args, deterministic, *, depth, name,
                scan=False, remat_policy="none", variable_axes=("params",)):
   """`depth` blocks applied in turn: `x = block(x, *args, deterministic)`.
@@ -418,15 +440,10 @@ def run_blocks(block_cls, block_kw, x, args, deterministic, *, depth, name,
   Returns:
     The states after the last block.
   """
-  policy_name = resolve_remat_policy(remat_policy)
-  if policy_name != "none":
-    # Argument 0 is the module itself; `deterministic` (last) is a Python
-    # bool. Inside a scan the loop already keeps XLA from merging the
-    # recomputed forward with the original one, so CSE prevention is not
-    # needed.
-    block_cls = nn.remat(block_cls, static_argnums=(len(args) + 2,),
-                         policy=REMAT_POLICIES[policy_name],
-                         prevent_cse=not scan)
+  # Inside a scan the loop already keeps XLA from merging the recomputed
+  # forward with the original one, so CSE prevention is not needed.
+  block_cls = remat_block(block_cls, remat_policy, num_args=len(args) + 1,
+                          prevent_cse=not scan)
   if scan:
     def body(block, carry, *args):
       return block(carry, *args, deterministic), None

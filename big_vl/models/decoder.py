@@ -130,6 +130,9 @@ class TextDecoder(nn.Module):
   Attributes:
     width, depth, mlp_dim, num_heads: the blocks' sizes.
     vocab_size: tokens (the tokenizer's vocabulary; default CLIP BPE's).
+    input_vocab_size: rows of the input embedding when inputs use ids past
+      the outputs (0: `vocab_size`); big_vision's CapPa embeds its mask
+      token as id `vocab_size`, one extra row.
     max_len: positions (the longest decoder input).
     dropout: dropout rate.
     dtype: compute dtype name.
@@ -147,6 +150,7 @@ class TextDecoder(nn.Module):
   mlp_dim: int
   num_heads: int
   vocab_size: int = 49408
+  input_vocab_size: int = 0
   max_len: int = 76
   dropout: float = 0.0
   dtype: Any = "float32"
@@ -171,7 +175,7 @@ class TextDecoder(nn.Module):
       f32 [B, L, vocab_size].
     """
     dtype = common.get_dtype(self.dtype)
-    x = nn.Embed(self.vocab_size, self.width,
+    x = nn.Embed(self.input_vocab_size or self.vocab_size, self.width,
                  embedding_init=nn.initializers.normal(0.02),
                  name="Embed_0")(tokens).astype(dtype)
     pos = self.param("pos_embedding", nn.initializers.normal(0.02),

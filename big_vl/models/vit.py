@@ -107,6 +107,25 @@ class PatchEmbedding(nn.Module):
     return x + bias.astype(self.dtype)
 
 
+def keep_patches(x, keep, rng):
+  """FLIP's patch dropout: a random `round(keep * N)` of each row's tokens.
+
+  Args:
+    x: [B, N, D] patch tokens (position embedding added).
+    keep: the fraction kept, in (0, 1].
+    rng: a PRNG key; each row draws its own subset.
+
+  Returns:
+    [B, K, D] with K = max(1, round(keep * N)), the kept tokens in their
+    original order.
+  """
+  n, num, _ = x.shape
+  k = max(1, int(round(keep * num)))
+  order = jnp.argsort(jax.random.uniform(rng, (n, num)), axis=1)
+  kept = jnp.sort(order[:, :k], axis=1)
+  return jnp.take_along_axis(x, kept[..., None], axis=1)
+
+
 class ViT(nn.Module):
   """Vision Transformer image encoder.
 
@@ -144,6 +163,11 @@ class ViT(nn.Module):
     head_bias: whether `head` has a bias (CLIP's `proj` has none).
     final_norm: end the blocks with `Transformer/encoder_norm` (False:
       CoCa, whose attentional pooler normalises after pooling).
+    patch_keep: FLIP patch dropout (Li et al. 2023): in training, each
+      image keeps a random `round(patch_keep * N)` of its N patch tokens
+      (after the position embedding, drawn from the "dropout" rng, kept in
+      their order) and the blocks run on those alone; evaluation sees every
+      patch. 1.0: off.
     image_size: informational, not used in the computation: the image
       side the learned position embedding was made for. Converters
       record it so that evaluation preprocessing can be derived from the
@@ -169,6 +193,7 @@ class ViT(nn.Module):
   head_bias: bool = True
   image_size: int | None = None
   final_norm: bool = True
+  patch_keep: float = 1.0
 
   def dims(self):
     """The resolved {width, depth, mlp_dim, num_heads, patch_size}."""
@@ -184,14 +209,15 @@ class ViT(nn.Module):
 
     Args:
       image: float [B, H, W, 3]; H and W divisible by the patch size.
-      train: enables dropout.
+      train: enables dropout (and patch dropout, `patch_keep`).
 
     Returns:
       (out, aux): out is [B, num_classes] (or [B, width] without a head) in
       the compute dtype; aux = {"tokens": [B, N, width] final-LayerNorm
       patch tokens (N = H*W/patch**2; the class token is not included),
       "pre_logits": [B, width] pooled features}. With final_norm=False
-      neither is normalised.
+      neither is normalised. With patch dropout (training) N is the kept
+      count.
     """
     if self.pool_type not in POOL_TYPES:
       raise ValueError(f"ViT: unknown pool_type {self.pool_type!r}; known: "
@@ -221,6 +247,10 @@ class ViT(nn.Module):
     else:
       pe = common.posemb_sincos_2d(h, w, width)
     x = x + pe.astype(dtype)
+    if not 0.0 < self.patch_keep <= 1.0:
+      raise ValueError(f"ViT: patch_keep={self.patch_keep} is not in (0, 1].")
+    if train and self.patch_keep < 1.0:
+      x = keep_patches(x, self.patch_keep, self.make_rng("dropout"))
 
     if self.pool_type == "cls":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, width),
