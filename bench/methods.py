@@ -139,7 +139,7 @@ def variants(row, steps, batch):
   raise ValueError(f"Unknown row {row!r}.")
 
 
-def _eval_data():
+def eval_data():
   """Images of the first EVAL_IMAGES test records, their labels, captions."""
   src = sources.get(config_lib.DEMO_DATA, split="test")
   fn = pp_lib.build(f"decode|resize({RES})|value_range(-1,1)")
@@ -261,7 +261,7 @@ def main(argv):
   partial = results_md.non_default(parser, args, ignore=("root",))
   machine = host.describe(host.facts())
   demo_shapes.prepare()
-  data = _eval_data()
+  data = eval_data()
   lines = []
   for row in args.rows.split(","):
     for name, config, scoring in variants(row, args.steps, args.batch):

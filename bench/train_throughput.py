@@ -92,10 +92,11 @@ def random_batch(batch, seed=0):
 # big_vl side (driver process).
 
 
-def big_vl_config(arch, batch, dtype="float32"):
+def big_vl_config(arch, batch, dtype="float32", patch_keep=1.0):
   """The trainer config of one benchmark model (softmax loss, AdamW);
   dtype "bfloat16" computes activations in bf16 (params stay float32, as in
-  configs/clip.py)."""
+  configs/clip.py); patch_keep < 1 trains with FLIP patch dropout
+  (bench/patch_dropout.py)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from big_vl.convert import open_clip as oc  # pylint: disable=g-import-not-at-top
   model = oc.model_config_from_open_clip(oc.ARCHS[arch])
@@ -105,6 +106,8 @@ def big_vl_config(arch, batch, dtype="float32"):
   config.model = ml_collections.ConfigDict(model)
   if dtype != "float32":
     config.model.dtype = dtype
+  if patch_keep != 1.0:
+    config.model.image.patch_keep = patch_keep
   config.objectives = ml_collections.ConfigDict(dict(
       contrastive=dict(loss="softmax", weight=1.0)))
   config.input = ml_collections.ConfigDict(dict(batch_size=batch))
@@ -122,13 +125,13 @@ def big_vl_config(arch, batch, dtype="float32"):
 class BigVlSide:
   """big_vl's jitted train step and predict function for one model."""
 
-  def __init__(self, arch, batch, dtype="float32"):
+  def __init__(self, arch, batch, dtype="float32", patch_keep=1.0):
     import jax  # pylint: disable=g-import-not-at-top
     from big_vl import sharding  # pylint: disable=g-import-not-at-top
     from big_vl import models  # pylint: disable=g-import-not-at-top
     from big_vl import train  # pylint: disable=g-import-not-at-top
     self.jax = jax
-    config = big_vl_config(arch, batch, dtype)
+    config = big_vl_config(arch, batch, dtype, patch_keep)
     self.mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     image, text = random_batch(batch)
     run = train.build(config, self.mesh,
@@ -141,6 +144,7 @@ class BigVlSide:
         run.abstract_state["params"]))
     compiled = run.train_step.lower(self.state, self.batch).compile()
     self.flops = float(_cost(compiled)["flops"])
+    self.temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
     predict = models.make_predict_fn(run.model)
     self.predict = jax.jit(lambda p, i, t: predict(p, i, t)[:2])
     self.infer_flops = float(_cost(self.predict.lower(

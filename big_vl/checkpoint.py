@@ -595,7 +595,8 @@ def run_config(ckpt_dir, meta):
   return ml_collections.ConfigDict(config)
 
 
-def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),)):
+def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),),
+                   item="params"):
   """Restores only the params of a train-state checkpoint.
 
   Shapes and dtypes come from the checkpoint's own metadata; shardings from
@@ -607,6 +608,8 @@ def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),)):
     step: the checkpoint step.
     mesh: the Mesh to place the params on, or None for host numpy arrays.
     rules: sharding rules, regex -> "replicate" / "fsdp" / axes.
+    item: the part of the state to read: "params", or another params-like
+      entry ("ema", a distillation run's frozen "teacher").
 
   Returns:
     The params pytree of global jax.Arrays (numpy arrays without a mesh).
@@ -616,7 +619,7 @@ def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),)):
       reason and the other steps of the folder).
   """
   try:
-    return _restore_params(ckpt_dir, step, mesh, rules)
+    return _restore_params(ckpt_dir, step, mesh, rules, item)
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -632,17 +635,17 @@ def restore_params(ckpt_dir, step, mesh=None, rules=((".*", "replicate"),)):
            if others else "It is the only step there.")) from e
 
 
-def _restore_params(ckpt_dir, step, mesh, rules):
+def _restore_params(ckpt_dir, step, mesh, rules, item):
   """`restore_params` without the error wrapping."""
   path = storage.path(ckpt_dir) / str(step) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   tree = getattr(metadata, "item_metadata", metadata)
   tree = getattr(tree, "tree", tree)
-  if "params" not in tree:
-    raise ValueError(f"{path} holds no 'params' (keys: {sorted(tree)}).")
+  if item not in tree:
+    raise ValueError(f"{path} holds no {item!r} (keys: {sorted(tree)}).")
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                          tree["params"])
+                          tree[item])
   if mesh is None:
     restore_args = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
@@ -652,6 +655,6 @@ def _restore_params(ckpt_dir, step, mesh, rules):
         lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape,
                                           dtype=a.dtype), abstract, shardings)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item={"params": abstract}, restore_args={"params": restore_args},
+      item={item: abstract}, restore_args={item: restore_args},
       partial_restore=True))
-  return restored["params"]
+  return restored[item]

@@ -41,7 +41,8 @@ Both give the same loss, metrics and gradients w.r.t. `zimg`, `ztxt`, `t` and
 The room (`big_vl/losses/`): `contrastive.py` (softmax, sigmoid), `caption.py`
 (a captioner's token cross-entropy, over the outputs dict), `filip.py`
 (FILIP's token-wise late interaction), `dreamlip.py` (DreamLIP's
-sub-caption losses), each dense and ring, on `ring.py` (the one ring
+sub-caption losses), `distill.py` (a teacher's similarity distributions),
+each dense and ring, on `ring.py` (the one ring
 engine). Loss modules import jax, `big_vl.registry`, `big_vl.sharding`,
 `ring` and (filip, dreamlip: for their global / grouping terms)
 `contrastive`; nothing here imports the trainer, the models or the data.
@@ -53,6 +54,7 @@ from big_vl import config as config_lib
 from big_vl import registry
 from big_vl.losses import caption
 from big_vl.losses import contrastive
+from big_vl.losses import distill
 from big_vl.losses import dreamlip
 from big_vl.losses import filip
 from big_vl.losses import ring
@@ -64,6 +66,7 @@ sigmoid_loss = contrastive.sigmoid_loss
 filip_loss = filip.filip_loss
 dreamlip_loss = dreamlip.dreamlip_loss
 caption_loss = caption.caption_loss
+distill_loss = distill.distill_loss
 
 
 def get(name, where="config.loss", meta_keys=("name",), **options):

@@ -21,6 +21,7 @@ from big_vl import optim
 from big_vl import pretrained
 from big_vl import registry
 from big_vl.data import device_pp as device_pp_lib
+from big_vl.train import teacher as teacher_lib
 
 
 # Keys the trainer reads; anything else in a config is a typo and an error.
@@ -30,7 +31,7 @@ KNOWN_KEYS = {
     "lr", "wd", "wd_mode", "wd_rules", "lr_rules", "frozen", "grad_clip_norm",
     "schedule", "optim", "evals", "keep_ckpts", "retrieval_png",
     "grad_accum_steps", "param_compute_dtype", "results_dir", "model_init",
-    "model_load", "growth", "growth_ema", "sync_every_s",
+    "model_load", "growth", "growth_ema", "sync_every_s", "teacher",
     "layer_decay",
     *(f"{p}_{u}" for p in ("total", "warmup", "log", "ckpt")
       for u in ("steps", "epochs", "examples")),
@@ -56,7 +57,8 @@ def check_config(config):
   `config.schedule` against the optimiser's / schedule's
   (`optim.check_config`), each `config.evals`
   block against its evaluator's constructor (`check_evals`),
-  `config.model_load` against `pretrained.merge`, and `config.growth`.
+  `config.model_load` against `pretrained.merge`, `config.growth` and
+  `config.teacher`.
 
   Raises:
     ValueError: naming the dotted key (e.g. `config.loss.temprature` or
@@ -74,6 +76,8 @@ def check_config(config):
   config_lib.check_signature(config.get("model_load", None), pretrained.merge,
                              "config.model_load", skip=("fresh", "loaded"))
   growth.events(config)
+  if config.get("teacher", None):
+    teacher_lib.check_config(config.teacher, config.get("growth_ema", None))
   check_evals(config)
 
 

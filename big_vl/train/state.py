@@ -7,7 +7,7 @@ objective fields); its `init_state` initialises the state, loads
 makes the bigger model of a growth event and carries the state over.
 
 Imports: models, objectives, optim, paths, pretrained, growth, sharding,
-device pp and the package's schema / step / gradcache / console.
+device pp and the package's schema / step / gradcache / console / teacher.
 """
 
 from typing import Any, NamedTuple
@@ -28,6 +28,7 @@ from big_vl.train import console
 from big_vl.train import gradcache
 from big_vl.train import schema
 from big_vl.train import step as step_lib
+from big_vl.train import teacher as teacher_lib
 
 
 def make_model(config):
@@ -153,6 +154,7 @@ def build(config, mesh, example, total_steps, warmup_steps):
   model = make_model(config)
   objective = make_objective(config)
   outputs_fn = model_outputs_fn(config)
+  teacher = teacher_lib.load(config, model, outputs_fn)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(
       config.get("seed", 0)))
   init_params = params_initializer(model, example)
@@ -162,12 +164,15 @@ def build(config, mesh, example, total_steps, warmup_steps):
   paths.check_config_rules(config, abstract_params)
   # Every objective's fields exist (an abstract trace, no device work).
   check_objective_fields(objective, model, outputs_fn, abstract_params,
-                         example, config, mesh)
+                         example, config, mesh, teacher=teacher)
+  frozen_teacher = teacher is not None and teacher.state_key == "teacher"
   tx, schedule = optim.make(config, abstract_params, total_steps,
                             warmup_steps)
   frozen = optim.frozen_mask(config, abstract_params)
 
   ema_momentum = config.get("growth_ema", None)
+  if teacher is not None and teacher.ema is not None:
+    ema_momentum = teacher.ema  # The EMA teacher is the state's "ema".
 
   def init_state(rng):
     params = init_params(rng)
@@ -175,17 +180,28 @@ def build(config, mesh, example, total_steps, warmup_steps):
              "step": jnp.zeros((), jnp.int32), "rng": train_rng}
     if ema_momentum is not None:
       state["ema"] = params
+    if frozen_teacher:  # Placeholders; `_with_teacher` fills them.
+      state["teacher"] = jax.tree.map(
+          lambda x: jnp.zeros(x.shape, x.dtype),
+          teacher_lib.abstract_params(teacher))
     return state
 
   abstract_state = jax.eval_shape(init_state, init_rng)
   rules = config.get("sharding_rules", None) or ()
-  state_shardings = sharding.tree_shardings(abstract_state, mesh, rules)
+  state_shardings = sharding.tree_shardings(
+      {k: v for k, v in abstract_state.items() if k != "teacher"}, mesh,
+      rules)
+  if frozen_teacher:
+    state_shardings["teacher"] = sharding.tree_shardings(
+        abstract_state["teacher"], mesh, teacher.rules,
+        where="config.teacher.sharding_rules")
   step_fn = step_lib.make_train_step(
       model, objective, tx, schedule, mesh, frozen, outputs_fn=outputs_fn,
       grad_accum_steps=schema.grad_accum_steps(config),
       compute_dtype=schema.param_compute_dtype(config),
       ema_momentum=ema_momentum,
-      device_pp=device_pp_lib.build(config.input.get("device_pp", None)))
+      device_pp=device_pp_lib.build(config.input.get("device_pp", None)),
+      teacher=None if teacher is None else teacher._replace(params=None))
   train_step = jax.jit(
       step_fn,
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
@@ -194,14 +210,14 @@ def build(config, mesh, example, total_steps, warmup_steps):
   return Run(
       model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
       state_shardings=state_shardings,
-      init_state=lambda: _with_ema(init_from_pretrained(
+      init_state=lambda: _with_teacher(_with_ema(init_from_pretrained(
           jax.jit(init_state, out_shardings=state_shardings)(init_rng),
-          config, state_shardings)),
+          config, state_shardings)), teacher, state_shardings),
       train_step=train_step)
 
 
 def check_objective_fields(objective, model, outputs_fn, abstract_params,
-                           example, config, mesh):
+                           example, config, mesh, teacher=None):
   """Fails before any data or device work if an objective reads a model
   output or batch field that this run does not have.
 
@@ -211,7 +227,8 @@ def check_objective_fields(objective, model, outputs_fn, abstract_params,
   (`objectives.fields_read`).
 
   With `config.grad_accum_steps > 1`, every output an objective reads must
-  be per example or parameter-only (what GradCache can split).
+  be per example or parameter-only (what GradCache can split); a teacher's
+  outputs ("teacher/KEY") are computed on the whole batch, so any is.
 
   Raises:
     objectives.MissingFieldError: naming the objective and the field.
@@ -228,6 +245,13 @@ def check_objective_fields(objective, model, outputs_fn, abstract_params,
       lambda p, b: outputs_fn(model, {"params": p}, b, train=True,
                               rngs={"dropout": jax.random.PRNGKey(0)}),
       abstract_params, batch)
+  taught = {}
+  if teacher is not None:
+    taught = jax.eval_shape(
+        lambda p, b: teacher_lib.outputs(teacher, p, b),
+        abstract_params if teacher.params is None
+        else teacher_lib.abstract_params(teacher), batch)
+    outputs = {**outputs, **taught}
   steps = schema.grad_accum_steps(config)
   if steps == 1:
     for part in getattr(objective, "parts", ()):
@@ -236,9 +260,18 @@ def check_objective_fields(objective, model, outputs_fn, abstract_params,
   # GradCache assembles per-example and param-only outputs only.
   param_only = set(jax.eval_shape(
       lambda p: outputs_fn(model, {"params": p}, {}, train=True),
-      abstract_params))
+      abstract_params)) | set(taught)
   gradcache.splittable_reads(objective, outputs, param_only, batch,
                               rows=size, steps=steps, mesh=mesh)
+
+
+def _with_teacher(state, teacher, state_shardings):
+  """The state with a frozen teacher's params put in place of the
+  placeholders."""
+  if teacher is None or teacher.params is None:
+    return state
+  return {**state, "teacher": place_on(teacher.params,
+                                       state_shardings["teacher"])}
 
 
 def _with_ema(state):
@@ -278,6 +311,8 @@ def grow(config, stage, run, state, step, mesh, example, total, warmup,
                "step": state["step"], "rng": state["rng"]}
   if "ema" in fresh:
     new_state["ema"] = params
+  if "teacher" in fresh:
+    new_state["teacher"] = jax.device_get(state["teacher"])
   new_state = place_on(new_state, new_run.state_shardings)
   losses_ = {}
   device_pp = device_pp_lib.build(config.input.get("device_pp", None))

@@ -14,6 +14,7 @@ import optax
 from big_vl import models
 from big_vl import optim
 from big_vl.train import gradcache
+from big_vl.train import teacher as teacher_lib
 
 
 def cast_floating(tree, dtype):
@@ -27,7 +28,7 @@ def cast_floating(tree, dtype):
 
 def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
                     outputs_fn=None, grad_accum_steps=1, compute_dtype=None,
-                    ema_momentum=None, device_pp=None):
+                    ema_momentum=None, device_pp=None, teacher=None):
   """The pure train step `(state, batch) -> (state, metrics)`.
 
   The batch goes through device pp, the model kind's outputs function and
@@ -54,6 +55,10 @@ def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
     device_pp: if set, `fn(batch) -> batch` applied first, inside the step
       (`big_vl.data.device_pp`, from `config.input.device_pp`: e.g. uint8
       images to normalised float32 on the accelerator).
+    teacher: a `teacher.Teacher` (its model and outputs function): its
+      outputs on the batch, from the state's frozen "teacher" params (or
+      the "ema" ones, before this step's update), join the student's as
+      "teacher/KEY" for the objectives (`big_vl/train/teacher.py`).
 
   Returns:
     The train step function (to be jitted).
@@ -70,10 +75,17 @@ def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
       batch = device_pp(batch)
     step_rng = jax.random.fold_in(state["rng"], state["step"])
     compute_params = cast_floating(state["params"], compute_dtype)
+    objective_ = objective
+    if teacher is not None:
+      # Once per step on the whole batch (GradCache's objective sees the
+      # whole batch's outputs too).
+      taught = teacher_lib.outputs(teacher, state[teacher.state_key], batch)
+      objective_ = lambda out, b, *, mesh: objective({**out, **taught}, b,
+                                                     mesh=mesh)
 
     def loss_of(params):
       out = forward(params, batch, step_rng)
-      loss, metrics = objective(out, batch, mesh=mesh)
+      loss, metrics = objective_(out, batch, mesh=mesh)
       return loss, (metrics, out)
 
     if grad_accum_steps == 1:
@@ -81,7 +93,7 @@ def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
           loss_of, has_aux=True)(compute_params)
     else:
       (loss, (loss_metrics, out)), grads = gradcache.value_and_grad(
-          forward, objective, compute_params, batch, step_rng,
+          forward, objective_, compute_params, batch, step_rng,
           steps=grad_accum_steps, mesh=mesh)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads,
                          state["params"])
@@ -104,6 +116,8 @@ def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
     metrics.update({f"train/{k}": v for k, v in loss_metrics.items()})
     new_state = {"params": params, "opt": opt, "step": state["step"] + 1,
                  "rng": state["rng"]}
+    if "teacher" in state:  # A frozen teacher (an EMA one is "ema").
+      new_state["teacher"] = state["teacher"]
     if ema_momentum is not None:
       new_state["ema"] = jax.tree.map(
           lambda e, p: ema_momentum * e + (1.0 - ema_momentum) * p,
