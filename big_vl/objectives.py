@@ -48,7 +48,7 @@ from big_vl import registry
 # The name `config.loss` becomes under `config.objectives`.
 SHORTHAND_NAME = "contrastive"
 # Keys of an objective's block that are not options of its loss.
-META_KEYS = ("loss", "weight")
+META_KEYS = ("loss", "weight", "start_frac")
 
 
 class Objective(NamedTuple):
@@ -59,11 +59,15 @@ class Objective(NamedTuple):
     loss: the registered loss name.
     weight: its factor in the total loss (a finite float).
     fn: `(outputs, batch, *, mesh) -> (loss, metrics)`.
+    start_frac: the fraction of training after which the term counts
+      (SigLIP 2 adds its self-distillation terms for the last 20%:
+      `start_frac=0.8`); 0: from the first step.
   """
   name: str
   loss: str
   weight: float
   fn: Callable[..., Any]
+  start_frac: float = 0.0
 
 
 def normalize_config(config):
@@ -201,14 +205,20 @@ def build(blocks, *, shorthand=False):
                        f"{', '.join(registry.names('loss'))}.")
     loss = block.pop("loss")
     weight = _check_weight(name, block.pop("weight", 1.0))
+    start_frac = block.pop("start_frac", 0.0)
+    if (isinstance(start_frac, bool) or
+        not isinstance(start_frac, numbers.Real) or
+        not 0.0 <= start_frac < 1.0):
+      raise ValueError(f"{where}.start_frac={start_frac!r}: a fraction of "
+                       "training in [0, 1) after which the term counts.")
     try:
-      fn = losses.get(loss, where=where, meta_keys=(loss_key, "weight"),
-                      **block)
+      fn = losses.get(loss, where=where,
+                      meta_keys=(loss_key, "weight", "start_frac"), **block)
     except KeyError as e:
       raise ValueError(f"{where}.{loss_key}: {e.args[0]}") from None
     if not _takes_outputs(registry.get("loss", loss)):
       fn = _embedding_objective(fn)
-    out.append(Objective(name, loss, weight, fn))
+    out.append(Objective(name, loss, weight, fn, float(start_frac)))
   return tuple(out)
 
 
@@ -237,22 +247,42 @@ def from_config(config):
 
 
 class Combined:
-  """`(outputs, batch, *, mesh) -> (total, metrics)` of several objectives.
+  """`(outputs, batch, *, mesh, step) -> (total, metrics)` of several
+  objectives.
 
   total = sum_k weight_k * loss_k (one objective: its loss times its
   weight); metrics hold "NAME/loss" and "NAME/METRIC" for every objective.
+  An objective with `start_frac` counts from training step (0-based)
+  `round(start_frac * total_steps)` on; before, its loss and metrics are
+  still computed and logged, with "NAME/active" 0 (1 once it counts).
   `parts` are the `Objective`s (GradCache and the start-up checks read
   them one by one).
   """
 
-  def __init__(self, objectives):
+  def __init__(self, objectives, total_steps=None):
     self.parts = tuple(objectives)
+    self.total_steps = total_steps
+    if total_steps is None and any(o.start_frac for o in self.parts):
+      raise ValueError("Objectives with start_frac need the run's total "
+                       "steps (combine(..., total_steps=N)).")
 
-  def __call__(self, outputs, batch, *, mesh=None):
+  def start_step(self, obj):
+    """The 0-based step from which `obj` counts."""
+    return int(round(obj.start_frac * self.total_steps)) if obj.start_frac \
+        else 0
+
+  def __call__(self, outputs, batch, *, mesh=None, step=None):
     total, metrics = None, {}
     for obj in self.parts:
       loss, part_metrics = obj.fn(outputs, batch, mesh=mesh)
       term = loss if obj.weight == 1.0 else obj.weight * loss
+      if obj.start_frac:
+        if step is None:
+          raise ValueError(f"Objective {obj.name!r} has start_frac: call "
+                           "the objectives with the step.")
+        active = (step >= self.start_step(obj)).astype(loss.dtype)
+        term = term * active
+        metrics[f"{obj.name}/active"] = active
       total = term if total is None else total + term
       metrics[f"{obj.name}/loss"] = loss
       for key, value in part_metrics.items():
@@ -260,9 +290,19 @@ class Combined:
     return total, metrics
 
 
-def combine(objectives):
-  """A `Combined` of `objectives` (from `build`)."""
-  return Combined(objectives)
+def combine(objectives, total_steps=None):
+  """A `Combined` of `objectives` (from `build`); `total_steps` places the
+  start of those with `start_frac`."""
+  return Combined(objectives, total_steps)
+
+
+def at_step(objective, step):
+  """`objective` as `(outputs, batch, *, mesh)` at training step `step`
+  (a `Combined` gates its late terms; anything else is returned as is)."""
+  if isinstance(objective, Combined):
+    return lambda outputs, batch, *, mesh=None: objective(
+        outputs, batch, mesh=mesh, step=step)
+  return objective
 
 
 class MissingFieldError(ValueError):

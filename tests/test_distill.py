@@ -146,6 +146,13 @@ def _demo(steps, ckpt_steps):
   return config
 
 
+def _logged(workdir, key):
+  """The metrics rows of a run that hold `key`."""
+  return [r for r in metrics_lib.read_jsonl(os.path.join(workdir,
+                                                         "metrics.jsonl"))
+          if key in r]
+
+
 def _distill_objectives(impl):
   return ml_collections.ConfigDict(dict(
       contrastive=dict(loss="softmax", weight=1.0),
@@ -169,9 +176,7 @@ def test_a_student_learns_from_a_frozen_teacher_and_resumes_exactly(
   config.objectives = _distill_objectives("ring")
   workdir = str(tmp_path / "student")
   result = train_lib.train(config, workdir)
-  rows = [r for r in metrics_lib.read_jsonl(os.path.join(workdir,
-                                                         "metrics.jsonl"))
-          if "train/distill/loss" in r]
+  rows = _logged(workdir, "train/distill/loss")
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
   for r in rows:
     assert r["train/loss"] == pytest.approx(
@@ -221,11 +226,16 @@ def test_an_ema_teacher_follows_the_student_and_resumes_exactly(demo_data,
   config.keep_ckpts = 10
   config.teacher = ml_collections.ConfigDict({"ema": 0.5})
   config.objectives = _distill_objectives("dense")
+  config.objectives.distill.start_frac = 0.5  # As SigLIP 2: late in training.
   workdir = str(tmp_path / "run")
   result = train_lib.train(config, workdir)
-  rows = [r for r in metrics_lib.read_jsonl(os.path.join(workdir,
-                                                         "metrics.jsonl"))
-          if "train/distill/kl" in r]
+  rows = _logged(workdir, "train/distill/kl")
+  for r in rows:  # The distill term counts from step 3 (index 2) on.
+    on = float(r["step"] >= 3)
+    assert r["train/distill/active"] == on
+    assert r["train/loss"] == pytest.approx(
+        r["train/contrastive/loss"] + on * 0.5 * r["train/distill/loss"],
+        rel=1e-5)
   kl = [r["train/distill/kl"] for r in rows]
   # Step 1's learning rate is 0 (warm-up starts there), so the student is
   # still its initial self at step 2 as well: no divergence until step 3.

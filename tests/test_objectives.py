@@ -255,6 +255,48 @@ def test_an_objective_reading_a_missing_field_fails_at_start_up():
   assert "train/labels/loss" in metrics
 
 
+
+def test_a_late_objective_counts_from_its_step_on():
+  """start_frac: the term is computed and logged from the start, and joins
+  the total at step round(start_frac * total_steps) (0-based), in the
+  trainer's step too."""
+  batch = _batch()
+  config = _config({"sig": {"loss": "sigmoid", "weight": 1.0},
+                    "late": {"loss": "softmax", "weight": 0.5,
+                             "start_frac": 0.5}})
+  objs = objectives.from_config(config)
+  with pytest.raises(ValueError, match="total steps"):
+    objectives.combine(objs)
+  combined = objectives.combine(objs, total_steps=5)
+  assert {o.name: combined.start_step(o) for o in objs} == {"sig": 0,
+                                                            "late": 2}
+  outputs = {"zimg": jnp.eye(BATCH, 8), "ztxt": jnp.eye(BATCH, 8),
+             "t": jnp.float32(5.0), "b": jnp.float32(-2.0)}
+  for step, active in ((0, 0.0), (1, 0.0), (2, 1.0), (4, 1.0)):
+    loss, metrics = combined(outputs, batch, step=jnp.int32(step))
+    assert float(metrics["late/active"]) == active
+    np.testing.assert_allclose(
+        loss, metrics["sig/loss"] + active * 0.5 * metrics["late/loss"],
+        rtol=1e-6)
+    assert float(metrics["late/loss"]) > 0.1
+  with pytest.raises(ValueError, match="with the step"):
+    combined(outputs, batch)
+  # The trainer passes its step: 4 steps, the late term from the 3rd.
+  config.total_steps = 4
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  run = train_lib.build(config, mesh, {k: v[0] for k, v in batch.items()},
+                        4, 0)
+  state = run.init_state()
+  gbatch = sharding.to_global(batch, mesh)
+  for step in range(4):
+    state, metrics = run.train_step(state, gbatch)
+    metrics = jax.device_get(metrics)
+    assert float(metrics["train/late/active"]) == float(step >= 2)
+    np.testing.assert_allclose(
+        metrics["train/loss"], metrics["train/sig/loss"]
+        + float(step >= 2) * 0.5 * metrics["train/late/loss"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("objs,match", [
     ({"c": {"loss": "softmax", "temprature": 2.0}},
      r"config.objectives.c.temprature: unknown config key"),
@@ -266,6 +308,8 @@ def test_an_objective_reading_a_missing_field_fails_at_start_up():
     ({"c": {"loss": "softmax", "weight": "1"}},
      r"config.objectives.c.weight='1' must be a finite number"),
     ({}, r"config.objectives is empty"),
+    ({"c": {"loss": "softmax", "start_frac": 1.0}},
+     r"config.objectives.c.start_frac=1.0: a fraction of training"),
 ])
 def test_objective_blocks_are_checked(objs, match):
   with pytest.raises(ValueError, match=match):

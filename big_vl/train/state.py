@@ -104,10 +104,12 @@ def place_on(tree, shardings):
   return jax.tree.map(place, tree, shardings)
 
 
-def make_objective(config):
-  """`(outputs, batch, *, mesh) -> (loss, metrics)`: the weighted sum of the
-  config's objectives (`objectives.Combined`; either spelling)."""
-  return objectives_lib.combine(objectives_lib.from_config(config))
+def make_objective(config, total_steps=None):
+  """`(outputs, batch, *, mesh, step) -> (loss, metrics)`: the weighted sum
+  of the config's objectives (`objectives.Combined`; either spelling);
+  `total_steps` places the start of objectives with `start_frac`."""
+  return objectives_lib.combine(objectives_lib.from_config(config),
+                                total_steps)
 
 
 def model_outputs_fn(config):
@@ -152,7 +154,7 @@ def build(config, mesh, example, total_steps, warmup_steps):
     A `Run`.
   """
   model = make_model(config)
-  objective = make_objective(config)
+  objective = make_objective(config, total_steps)
   outputs_fn = model_outputs_fn(config)
   teacher = teacher_lib.load(config, model, outputs_fn)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(
@@ -321,10 +323,10 @@ def grow(config, stage, run, state, step, mesh, example, total, warmup,
   for key, (r, s, p) in (("growth/loss_before", (run, stage, inherited)),
                          ("growth/loss_after", (new_run, new_stage,
                                                 new_state["params"]))):
-    objective, outputs_fn = make_objective(s), model_outputs_fn(s)
+    objective, outputs_fn = make_objective(s, total), model_outputs_fn(s)
     eval_loss = jax.jit(
         lambda p_, b_, r=r, objective=objective, outputs_fn=outputs_fn:
-        objective(outputs_fn(r.model, {"params": p_}, b_), b_,
-                  mesh=mesh)[0])
+        objectives_lib.at_step(objective, step)(
+            outputs_fn(r.model, {"params": p_}, b_), b_, mesh=mesh)[0])
     losses_[key] = float(eval_loss(p, batch))
   return new_stage, new_run, new_state, losses_

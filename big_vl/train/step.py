@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from big_vl import models
+from big_vl import objectives as objectives_lib
 from big_vl import optim
 from big_vl.train import gradcache
 from big_vl.train import teacher as teacher_lib
@@ -75,13 +76,14 @@ def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
       batch = device_pp(batch)
     step_rng = jax.random.fold_in(state["rng"], state["step"])
     compute_params = cast_floating(state["params"], compute_dtype)
-    objective_ = objective
+    objective_ = objectives_lib.at_step(objective, state["step"])
     if teacher is not None:
       # Once per step on the whole batch (GradCache's objective sees the
       # whole batch's outputs too).
       taught = teacher_lib.outputs(teacher, state[teacher.state_key], batch)
-      objective_ = lambda out, b, *, mesh: objective({**out, **taught}, b,
-                                                     mesh=mesh)
+      at_step = objective_
+      objective_ = lambda out, b, *, mesh: at_step({**out, **taught}, b,
+                                                   mesh=mesh)
 
     def loss_of(params):
       out = forward(params, batch, step_rng)
