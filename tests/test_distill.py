@@ -1,5 +1,7 @@
-"""The distill loss (big_vl/losses/distill.py): a plain reference, the
-teacher's constancy, and the ring against the dense loss on 8 devices."""
+"""Objectives against a teacher: the distill loss (big_vl/losses/distill.py:
+a plain reference, the teacher's constancy, the ring against the dense loss
+on 8 devices), masked prediction (big_vl/losses/masked_prediction.py), and
+runs with a frozen or an EMA teacher (big_vl/train/teacher.py)."""
 
 import os
 import shutil
@@ -18,6 +20,7 @@ from big_vl import objectives
 from big_vl import sharding
 from big_vl import train as train_lib
 from big_vl.losses import distill
+from big_vl.losses import masked_prediction
 
 
 def _unit(x):
@@ -264,3 +267,65 @@ def test_an_ema_teacher_follows_the_student_and_resumes_exactly(demo_data,
   config.growth_ema = 0.9
   with pytest.raises(ValueError, match="two averages"):
     train_lib.train(config, str(tmp_path / "bad"))
+
+
+def test_masked_prediction_is_one_minus_the_cosine_at_masked_patches():
+  rng = np.random.default_rng(4)
+  student, teacher = (_unit(rng.normal(size=(6, 8))).reshape(2, 3, 8)
+                      .astype(np.float32) for _ in range(2))
+  mask = np.array([[True, False, True], [False, False, True]])
+  outputs = {"img/ztokens": student, "teacher/img/ztokens": teacher,
+             "img/patch_mask": mask}
+  loss, metrics = masked_prediction.masked_prediction_loss(outputs, {})
+  cos = np.sum(student * teacher, axis=-1)[mask]
+  np.testing.assert_allclose(loss, 1 - cos.mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["cosine"], cos.mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["masked"], 0.5)
+  # Unmasked patches do not count; the teacher gets no gradient.
+  other = student.copy()
+  other[~mask] = -other[~mask]
+  np.testing.assert_allclose(masked_prediction.masked_prediction_loss(
+      {**outputs, "img/ztokens": other}, {})[0], loss, rtol=1e-6)
+  g_student, g_teacher = jax.grad(
+      lambda s, t: masked_prediction.masked_prediction_loss(
+          {**outputs, "img/ztokens": s, "teacher/img/ztokens": t}, {})[0],
+      argnums=(0, 1))(student, teacher)
+  assert np.abs(g_student[mask]).sum() > 0 and not g_student[~mask].any()
+  assert not np.asarray(g_teacher).any()
+  same = masked_prediction.masked_prediction_loss(
+      {**outputs, "teacher/img/ztokens": student}, {})[0]
+  np.testing.assert_allclose(same, 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match=r"\['img/patch_mask'\]"):
+    masked_prediction.masked_prediction_loss(
+        {k: v for k, v in outputs.items() if k != "img/patch_mask"}, {})
+  with pytest.raises(ValueError, match="token_keep = 1"):
+    masked_prediction.masked_prediction_loss(
+        {**outputs, "img/ztokens": student[:, :2]}, {})
+
+
+@pytest.mark.slow
+def test_masked_prediction_trains_against_an_ema_teacher(demo_data,
+                                                         tmp_path):
+  """TIPS-style: the student sees half its patches masked and predicts the
+  EMA teacher's features of the whole image there; the term switches on at
+  step 3 of 4."""
+  del demo_data
+  config = _demo(4, 4)
+  config.model.token_features = True
+  config.model.image.mask_ratio = 0.5
+  config.teacher = ml_collections.ConfigDict({"ema": 0.5})
+  config.objectives = ml_collections.ConfigDict(dict(
+      contrastive=dict(loss="softmax", weight=1.0),
+      masked=dict(loss="masked_prediction", weight=0.25, start_frac=0.5)))
+  workdir = str(tmp_path / "run")
+  train_lib.train(config, workdir)
+  rows = _logged(workdir, "train/masked/loss")
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  for r in rows:
+    on = float(r["step"] >= 3)
+    assert r["train/masked/masked"] == 0.5
+    # Masked inputs: the student's features there are not the teacher's.
+    assert 0.01 < r["train/masked/loss"] < 2.0
+    assert r["train/loss"] == pytest.approx(
+        r["train/contrastive/loss"] + on * 0.25 * r["train/masked/loss"],
+        rel=1e-5)

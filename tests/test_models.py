@@ -226,6 +226,39 @@ def test_vit_patch_dropout_runs_the_blocks_on_the_kept_patches():
     _apply(model.clone(patch_keep=0.0), params, image)
 
 
+
+def test_vit_masked_patches_are_the_mask_token_in_training_only():
+  """mask_ratio: training replaces a random half of the patch embeddings by
+  the learned mask token (before the position embedding) and marks them;
+  evaluation is the plain model."""
+  image = _image()
+  model = vit.ViT(variant="mu/8", depth=0, pool_type="gap", mask_ratio=0.5)
+  params = _init(model, image)
+  assert params["mask_token"].shape == (1, 1, 64)
+  plain = {k: v for k, v in params.items() if k != "mask_token"}
+  out, aux = _apply(model, params, image)
+  assert not np.asarray(aux["patch_mask"]).any()
+  np.testing.assert_array_equal(
+      out, _apply(model.clone(mask_ratio=0.0), plain, image)[0])
+  full = aux["tokens"]
+  _, aux = _apply(model, params, image, train=True,
+                  rngs={"dropout": jax.random.key(2)})
+  mask = np.asarray(aux["patch_mask"])
+  assert mask.shape == (2, 16) and (mask.sum(axis=1) == 8).all()
+  assert (mask[0] != mask[1]).any()
+  tokens = np.asarray(aux["tokens"])
+  # No blocks: an unmasked token is the plain one; a masked one is the mask
+  # token at its position, the same in every image.
+  np.testing.assert_allclose(tokens[~mask], np.asarray(full)[~mask],
+                             atol=1e-6)
+  assert np.abs(tokens[mask] - np.asarray(full)[mask]).max() > 0.1
+  both = mask[0] & mask[1]
+  assert both.any()
+  np.testing.assert_allclose(tokens[0][both], tokens[1][both], atol=1e-6)
+  with pytest.raises(ValueError, match="does not combine with patch_keep"):
+    _apply(model.clone(patch_keep=0.5), params, image)
+
+
 # --- TextTransformer ------------------------------------------------------
 
 

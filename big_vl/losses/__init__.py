@@ -42,8 +42,9 @@ The room (`big_vl/losses/`): `contrastive.py` (softmax, sigmoid), `caption.py`
 (a captioner's token cross-entropy, over the outputs dict), `filip.py`
 (FILIP's token-wise late interaction), `dreamlip.py` (DreamLIP's
 sub-caption losses), `distill.py` (a teacher's similarity distributions),
-each dense and ring, on `ring.py` (the one ring
-engine). Loss modules import jax, `big_vl.registry`, `big_vl.sharding`,
+the batch-wide ones each dense and ring, on `ring.py` (the one ring
+engine); `masked_prediction.py` (a teacher's patch features at masked
+patches, per patch). Loss modules import jax, `big_vl.registry`, `big_vl.sharding`,
 `ring` and (filip, dreamlip: for their global / grouping terms)
 `contrastive`; nothing here imports the trainer, the models or the data.
 """
@@ -57,6 +58,7 @@ from big_vl.losses import contrastive
 from big_vl.losses import distill
 from big_vl.losses import dreamlip
 from big_vl.losses import filip
+from big_vl.losses import masked_prediction
 from big_vl.losses import ring
 
 IMPLS = ring.IMPLS
@@ -67,6 +69,7 @@ filip_loss = filip.filip_loss
 dreamlip_loss = dreamlip.dreamlip_loss
 caption_loss = caption.caption_loss
 distill_loss = distill.distill_loss
+masked_prediction_loss = masked_prediction.masked_prediction_loss
 
 
 def get(name, where="config.loss", meta_keys=("name",), **options):

@@ -120,10 +120,22 @@ def keep_patches(x, keep, rng):
     original order.
   """
   n, num, _ = x.shape
-  k = max(1, int(round(keep * num)))
-  order = jnp.argsort(jax.random.uniform(rng, (n, num)), axis=1)
-  kept = jnp.sort(order[:, :k], axis=1)
+  kept = jnp.sort(_random_subset(rng, n, num, keep), axis=1)
   return jnp.take_along_axis(x, kept[..., None], axis=1)
+
+
+def _random_subset(rng, n, num, fraction):
+  """int [n, k]: per row, k = max(1, round(fraction * num)) distinct
+  positions of `num`, drawn at random."""
+  k = max(1, int(round(fraction * num)))
+  return jnp.argsort(jax.random.uniform(rng, (n, num)), axis=1)[:, :k]
+
+
+def mask_patches(n, num, ratio, rng):
+  """bool [n, num]: each row marks a random `round(ratio * num)` (at least
+  one) of its `num` positions."""
+  return jnp.zeros((n, num), jnp.bool_).at[
+      jnp.arange(n)[:, None], _random_subset(rng, n, num, ratio)].set(True)
 
 
 class ViT(nn.Module):
@@ -168,6 +180,11 @@ class ViT(nn.Module):
       (after the position embedding, drawn from the "dropout" rng, kept in
       their order) and the blocks run on those alone; evaluation sees every
       patch. 1.0: off.
+    mask_ratio: masked prediction (TIPS / iBOT): in training, each image
+      has a random `round(mask_ratio * N)` of its patch embeddings replaced
+      by a learned `mask_token` (before the position embedding) and
+      aux["patch_mask"] (bool [B, N]) marks them; evaluation masks nothing.
+      0: off (no `mask_token` param, no "patch_mask").
     image_size: informational, not used in the computation: the image
       side the learned position embedding was made for. Converters
       record it so that evaluation preprocessing can be derived from the
@@ -194,6 +211,7 @@ class ViT(nn.Module):
   image_size: int | None = None
   final_norm: bool = True
   patch_keep: float = 1.0
+  mask_ratio: float = 0.0
 
   def dims(self):
     """The resolved {width, depth, mlp_dim, num_heads, patch_size}."""
@@ -239,6 +257,19 @@ class ViT(nn.Module):
     x = PatchEmbedding(width, patch, dtype=dtype, name="embedding")(image)
     _, h, w, _ = x.shape
     x = jnp.reshape(x, (n, h * w, width))
+    extra = {}
+    if self.mask_ratio:
+      if not 0.0 < self.mask_ratio < 1.0 or self.patch_keep < 1.0:
+        raise ValueError(f"ViT: mask_ratio={self.mask_ratio} must be in "
+                         "(0, 1) and does not combine with patch_keep.")
+      token = self.param("mask_token", nn.initializers.normal(0.02),
+                         (1, 1, width), jnp.float32)
+      masked = jnp.zeros((n, h * w), jnp.bool_)
+      if train:
+        masked = mask_patches(n, h * w, self.mask_ratio,
+                              self.make_rng("dropout"))
+      x = jnp.where(masked[..., None], token.astype(dtype), x)
+      extra["patch_mask"] = masked
 
     if self.posemb == "learn":
       pe = self.param("pos_embedding",
@@ -285,4 +316,4 @@ class ViT(nn.Module):
     if self.num_classes:
       out = nn.Dense(self.num_classes, dtype=dtype, use_bias=self.head_bias,
                      kernel_init=common.head_init(width), name="head")(pooled)
-    return out, {"tokens": tokens, "pre_logits": pooled}
+    return out, {"tokens": tokens, "pre_logits": pooled, **extra}
