@@ -39,6 +39,7 @@ from big_vl.data import pp as pp_lib
 from big_vl.data import tokenizers
 from big_vl.evaluators import common
 from big_vl.evaluators import zeroshot
+from big_vl.models import naflex
 
 _KEEP = re.compile(r"\|\s*(keep|drop)\([^|]*\)\s*$")
 
@@ -142,7 +143,9 @@ class Predictor:
     self._txt_fn = None if pp_txt is None else pp_lib.build(pp_txt)
     outputs = lambda p, batch: models.outputs_fn(model_name)(
         model, {"params": p}, batch, train=False)
-    self._embed_img = jax.jit(lambda p, x: outputs(p, {"image": x})["zimg"])
+    self._embed_img = jax.jit(lambda p, x, *pos: outputs(
+        p, {"image": x, **dict(zip(["image" + naflex.POS_SUFFIX], pos))}
+    )["zimg"])
     self._embed_txt = jax.jit(lambda p, x: outputs(p, {"text": x})["ztxt"])
     self._aux = jax.jit(lambda p, x: outputs(p, {"text": x}))
 
@@ -194,14 +197,26 @@ class Predictor:
       out.append(np.asarray(fn(self.params, *chunks))[:n])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-  def preprocess_images(self, images):
-    """f32[N, H, W, 3] model inputs of `images` (paths, bytes, PIL, arrays)."""
-    return np.stack([self._img_fn({"image": _encoded(x)})["image"]
-                     for x in images])
+  def preprocess_images(self, images, with_pos=False):
+    """f32[N, H, W, 3] model inputs of `images` (paths, bytes, PIL, arrays).
+
+    With a NaFlex pp (the `naflex` op) they are patches f32[N, M, ph, pw,
+    3]; `with_pos=True` then returns (patches, int32[N, M, 2] positions),
+    and (images, None) for other pps.
+    """
+    examples = [self._img_fn({"image": _encoded(x)}) for x in images]
+    pixels = np.stack([e["image"] for e in examples])
+    if not with_pos:
+      return pixels
+    key = "image" + naflex.POS_SUFFIX
+    return pixels, (np.stack([e[key] for e in examples]) if examples
+                    and key in examples[0] else None)
 
   def embed_images(self, images):
     """f32[N, D] unit-norm image embeddings."""
-    return self._batched(self._embed_img, list(self.preprocess_images(images)))
+    pixels, pos = self.preprocess_images(images, with_pos=True)
+    columns = [] if pos is None else [list(pos)]
+    return self._batched(self._embed_img, list(pixels), *columns)
 
   def tokenize(self, texts):
     """i32[N, L] token ids of `texts` with the model's text pp."""

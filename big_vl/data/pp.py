@@ -24,6 +24,9 @@ Ops (image ops take `key="image"`, text ops `key="text"`):
     random_resized_crop(size, scale, ratio, method="bicubic")
     inception_crop(...)                      alias of random_resized_crop
     flip_lr()                                random left-right flip
+    naflex(max_patches, patch=16)            aspect-kept resize to a patch
+                                             budget -> [N, ph, pw, C] patches
+                                             + "image_pos" (SigLIP 2 NaFlex)
     value_range(vmin, vmax)                  uint8 [0, 255] -> f32 [vmin, vmax]
     normalize(mean, std)                     f32 [0, 1] -> (x - mean) / std
     clip_preprocess(size=224)                OpenAI CLIP's eval transform
@@ -558,6 +561,97 @@ def get_random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
         *_image_shape(image), scale, ratio, rng)
     crop = _crop(image, top, left, crop_h, crop_w)
     example[key] = _pil_resize(crop, out_h, out_w, resample)
+    return example
+
+  return op
+
+
+def naflex_grid(height, width, patch, max_patches):
+  """The patch grid of an image resized, aspect kept, to fit a NaFlex budget.
+
+  SigLIP 2's rule (big_vision's `resize_to_sequence`): the largest scale r
+  whose grid (ceil(height * r / ph), ceil(width * r / pw)), each side at
+  least 1, has at most `max_patches` patches. Solved exactly here: at the
+  largest feasible r one side is a whole number of patches, so the
+  candidates are r = a * ph / height and r = b * pw / width for a, b in
+  1..max_patches (big_vision bisects to within 1e-5 instead).
+
+  Args:
+    height, width: the image's size.
+    patch: int or (ph, pw).
+    max_patches: the budget N.
+
+  Returns:
+    (rows, cols) with rows * cols <= max_patches; the image is then resized
+    to (rows * ph, cols * pw), its aspect ratio kept up to the rounding to
+    whole patches. E.g. a 480x640 image, patch 16, budget 256 -> (14, 18);
+    a square one -> (16, 16).
+  """
+  ph, pw = (patch, patch) if isinstance(patch, int) else patch
+  if height < 1 or width < 1 or max_patches < 1:
+    raise ValueError(f"naflex_grid({height}, {width}, budget {max_patches}).")
+  k = np.arange(1, max_patches + 1, dtype=np.int64)
+  # Candidate scales as fractions num / den over a common denominator
+  # height * width * ph * pw... kept as pairs and compared exactly.
+  cand = []
+  # r = a * ph / height: rows = a, cols = ceil(width * a * ph / (height * pw)).
+  cols = np.maximum(1, -(-(width * k * ph) // (height * pw)))
+  cand.append((k * ph * width, k, cols))             # r * height * width
+  rows = np.maximum(1, -(-(height * k * pw) // (width * ph)))
+  cand.append((k * pw * height, rows, k))
+  best = None
+  for scaled, rows, cols in cand:
+    ok = rows * cols <= max_patches
+    if ok.any():
+      i = np.flatnonzero(ok)[np.argmax(scaled[ok])]
+      if best is None or scaled[i] > best[0]:
+        best = (scaled[i], int(rows[i]), int(cols[i]))
+  if best is None:  # Even one patch per side is too many: cannot happen
+    raise ValueError(f"no grid fits {max_patches} patches.")  # for N >= 1.
+  return best[1], best[2]
+
+
+@registry.register("pp", "naflex")
+def get_naflex(max_patches, patch=16, key="image", method="bilinear"):
+  """NaFlex (SigLIP 2): the image resized to fit `max_patches`, aspect
+  kept, cut into patches and padded to the budget.
+
+  Put it after the ops that need an image (crops, flips) and before or
+  after value_range / normalize (which work on patches as on images).
+
+  Args:
+    max_patches: the sequence budget N (e.g. 256); one compile per budget.
+    patch: int or (ph, pw), the model's patch size.
+    key: image field.
+    method: resize filter (as `resize`; PIL, antialiased).
+
+  Returns:
+    op(example, rng) writing `key`: [N, ph, pw, C] patches (the input's
+    dtype) row-major over the (rows, cols) grid of `naflex_grid`, then
+    zeros; and `key + "_pos"`: int32 [N, 2] each patch's (row, col), -1 at
+    padding. E.g. uint8[480, 640, 3] with naflex(256, 16) -> image
+    uint8[256, 16, 16, 3] (252 real patches, a 14x18 grid), image_pos
+    int32[256, 2].
+  """
+  ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+  resample = _resample(method)
+
+  def op(example, rng):
+    del rng
+    height, width = _image_shape(example[key])
+    rows, cols = naflex_grid(height, width, (ph, pw), max_patches)
+    image = as_array(_pil_resize(example[key], rows * ph, cols * pw,
+                                 resample))
+    c = image.shape[-1]
+    patches = np.zeros((max_patches, ph, pw, c), image.dtype)
+    patches[:rows * cols] = image.reshape(rows, ph, cols, pw, c).transpose(
+        0, 2, 1, 3, 4).reshape(rows * cols, ph, pw, c)
+    pos = np.full((max_patches, 2), -1, np.int32)
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols),
+                                indexing="ij"), -1).reshape(-1, 2)
+    pos[:rows * cols] = grid
+    example[key] = patches
+    example[key + "_pos"] = pos
     return example
 
   return op

@@ -32,6 +32,7 @@ import optax
 from big_vl import registry
 from big_vl.data import sources
 from big_vl.evaluators import common
+from big_vl.models import naflex
 
 DEFAULT_WDS = tuple(float(10.0 ** e) for e in range(-6, 1))
 
@@ -166,7 +167,8 @@ class FeatureExtractor:
     self.mesh, self.data, self.data_dir = mesh, data, data_dir
     self.pp, self.batch_size, self.label_key = pp, batch_size, label_key
     self._fn = jax.jit(lambda p, b: {
-        "z": predict_fn(p, image=b["image"])[0], "label": b[label_key]})
+        "z": predict_fn(p, image=naflex.image_input(b))[0],
+        "label": b[label_key]})
 
   def source(self, split):
     return sources.get(self.data, split=split, data_dir=self.data_dir)

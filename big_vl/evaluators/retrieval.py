@@ -63,6 +63,7 @@ from big_vl import plots, registry
 from big_vl.data import pp as pp_lib
 from big_vl.data import sources
 from big_vl.evaluators import common
+from big_vl.models import naflex
 
 
 def _ranks(img_emb, txt_emb, txt_to_img, chunk):
@@ -192,6 +193,13 @@ def read_listing(spec, source, skipped=None):
           image_rows)
 
 
+
+def _images(batch):
+  """The image fields of a batch kept for pictures: "image", and
+  "image_pos" for NaFlex patches."""
+  return {k: batch[k] for k in ("image", "image" + naflex.POS_SUFFIX)
+          if k in batch}
+
 class _Rows:
   """Random-access view of some rows of a listing, images only."""
 
@@ -249,17 +257,17 @@ class Evaluator:
       if texts.ndim == 2:
         texts = texts[:, None]
       b, c, l = texts.shape
-      zimg, ztxt, _ = predict_fn(params, image=batch["image"],
+      zimg, ztxt, _ = predict_fn(params, image=naflex.image_input(batch),
                                  text=texts.reshape(b * c, l))
       out = {"zimg": zimg, "ztxt": ztxt.reshape(b, c, -1), "texts": texts}
       if keep_images:
-        out["image"] = batch["image"]
+        out.update(_images(batch))
       return out
 
     def image_fn(params, batch, keep_images):
-      out = {"zimg": predict_fn(params, image=batch["image"])[0]}
+      out = {"zimg": predict_fn(params, image=naflex.image_input(batch))[0]}
       if keep_images:
-        out["image"] = batch["image"]
+        out.update(_images(batch))
       return out
 
     self._fn = jax.jit(fn, static_argnums=2)
@@ -275,8 +283,7 @@ class Evaluator:
     last = {"zimg": out["zimg"], "ztxt": out["ztxt"].reshape(n * c, d),
             "text_to_image": np.repeat(np.arange(n), c),
             "text_tokens": out["texts"].reshape(n * c, -1)}
-    if "image" in out:
-      last["image"] = out["image"]
+    last.update(_images(out))
     return last
 
   def _embed_listing(self, params, skipped):
@@ -308,8 +315,7 @@ class Evaluator:
     last = {"zimg": out["zimg"], "ztxt": ztxt,
             "text_to_image": new_index[caption_image[keep]],
             "text_tokens": tokens}
-    if "image" in out:
-      last["image"] = out["image"]
+    last.update(_images(out))
     return last
 
   def run(self, params):
@@ -344,8 +350,16 @@ class Evaluator:
       sim = last["zimg"] @ last["ztxt"][t]
       queries.append(tokenizer.decode(last["text_tokens"][t]))
       top = np.argsort(-sim, kind="stable")[:k]
-      images.append(last["image"][top])
+      shown = last["image"][top]
+      if "image_pos" in last:  # NaFlex patches: reassembled for the picture.
+        shown = naflex.to_images(shown, last["image_pos"][top])
+      images.append(shown)
       scores.append(sim[top])
       correct.append(top == last["text_to_image"][t])
+    if len({im.shape for im in images}) > 1:  # NaFlex canvases differ.
+      side = max(im.shape[1] for im in images)
+      images = [np.pad(im, [(0, 0), (0, side - im.shape[1]),
+                            (0, side - im.shape[2]), (0, 0)],
+                       constant_values=im.min()) for im in images]
     plots.plot_retrieval(queries, np.stack(images), np.stack(scores), path,
                          correct=np.stack(correct))

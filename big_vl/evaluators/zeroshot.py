@@ -29,6 +29,7 @@ import numpy as np
 from big_vl import registry
 from big_vl.data import sources
 from big_vl.evaluators import common, prompts
+from big_vl.models import naflex
 
 
 def classifier(text_encode_fn, tokenizer, classnames, templates):
@@ -129,7 +130,8 @@ class Evaluator:
     self.name = name or common.dataset_label(data)
     self._text_fn = common.text_fn(predict_fn)
     self._image_fn = jax.jit(lambda p, b: {
-        "z": predict_fn(p, image=b["image"])[0], "label": b[label_key]})
+        "z": predict_fn(p, image=naflex.image_input(b))[0],
+        "label": b[label_key]})
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""

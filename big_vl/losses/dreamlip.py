@@ -111,6 +111,11 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     raise ValueError("The dreamlip grouping loss needs patch tokens: set "
                      "config.model.token_features = True (or "
                      "grouping_weight = 0 in its objective).")
+  if grouping_weight and "img/mask" in aux:
+    raise ValueError("The dreamlip grouping loss does not take NaFlex "
+                     "(padded) image inputs yet: its patch grouping would "
+                     "see the padding. Use square images or "
+                     "grouping_weight = 0.")
   if impl == "ring":
     return _ring_dreamlip(zimg, ztxt, aux.get("img/ztokens"), t, mesh,
                           grouping_weight)

@@ -68,6 +68,10 @@ def late_similarities(ximg, ytxt, mask):
 
 
 def _token_inputs(aux):
+  if "img/mask" in aux:
+    raise ValueError("The filip loss does not take NaFlex (padded) image "
+                     "inputs yet: its max over patches would see the "
+                     "padding. Use square images (no `naflex` pp op).")
   try:
     return aux["img/ztokens"], aux["txt/ztokens"], aux["txt/mask"]
   except KeyError as e:

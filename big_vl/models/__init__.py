@@ -12,7 +12,8 @@
   MAP head, sin-cos position embeddings).
 
 `make_predict_fn(model, name)` is what evaluators call:
-`(params, image=None, text=None) -> (zimg, ztxt, outputs)`.
+`(params, image=None, text=None) -> (zimg, ztxt, outputs)`; `image` is an
+image batch or a NaFlex {"patches", "pos"} dict (`naflex.image_input`).
 
 `outputs_fn(name)` is the model kind's `outputs(model, variables, batch, *,
 train, rngs) -> dict`, the one way the trainer, GradCache, growth and the
@@ -31,6 +32,7 @@ store:
 
 from big_vl import config as config_lib
 from big_vl import registry
+from big_vl.models import naflex
 
 # Dataclass fields of every flax linen module that are not config keys.
 _MODULE_SKIP = ("parent", "name")
@@ -106,6 +108,9 @@ def make_predict_fn(model, model_name="two_towers"):
   def predict_fn(params, image=None, text=None):
     batch = {k: v for k, v in (("image", image), ("text", text))
              if v is not None}
+    if naflex.is_naflex(image):
+      batch["image"], batch["image" + naflex.POS_SUFFIX] = (image["patches"],
+                                                             image["pos"])
     out = model_outputs(model, {"params": params}, batch, train=False)
     return out.get("zimg"), out.get("ztxt"), out
   return predict_fn

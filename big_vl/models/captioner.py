@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from big_vl import registry
 from big_vl.models import common
 from big_vl.models import decoder as decoder_lib
+from big_vl.models import naflex
 from big_vl.models import vit
 
 
@@ -103,6 +104,7 @@ class Captioner(nn.Module):
   def encode(self, image, *, train=False, uncond=None):
     """[B, N, width] decoder memory of `image`; rows where `uncond` is True
     get the learned null memory instead (p(caption) without the image)."""
+    naflex.refuse(image, "the captioner")
     _, aux = self.encoder(image, train=train)
     memory = aux["tokens"]
     if self.project_memory:
@@ -171,6 +173,6 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
   "text"; {} for a batch without them (no param-only outputs)."""
   if batch.get("image") is None or batch.get("text") is None:
     return {}
-  logits = model.apply(variables, batch["image"], batch["text"], train=train,
-                       rngs=rngs)
+  logits = model.apply(variables, naflex.image_input(batch), batch["text"],
+                       train=train, rngs=rngs)
   return {"logits": logits}

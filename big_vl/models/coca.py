@@ -51,6 +51,7 @@ import numpy as np
 from big_vl import registry
 from big_vl.models import common
 from big_vl.models import decoder as decoder_lib
+from big_vl.models import naflex
 from big_vl.models import two_towers
 from big_vl.models import vit
 
@@ -417,7 +418,8 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
   that pair up row by row (as a training batch's) "logits" f32[B, L - 1, V]
   (the caption loss's). An evaluator's batch of K texts per image (B
   images, B * K texts) gets the embeddings only."""
-  image, text = batch.get("image"), batch.get("text")
+  image, text = naflex.image_input(batch), batch.get("text")
+  naflex.refuse(image, "CoCa")
   paired = (image is not None and text is not None
             and image.shape[0] == text.shape[0])
   return model.apply(variables, image, text, train=train, rngs=rngs,

@@ -27,6 +27,7 @@ import numpy as np
 
 from big_vl import registry
 from big_vl.models import common
+from big_vl.models import naflex
 from big_vl.models import text_transformer
 from big_vl.models import vit
 from big_vl.models import vitamin
@@ -119,7 +120,8 @@ class Model(nn.Module):
     """Embeds images and/or texts.
 
     Args:
-      image: float [B, H, W, 3] or None.
+      image: float [B, H, W, 3], a NaFlex {"patches", "pos"} dict
+        (`naflex.image_input`; ViT towers only), or None.
       text: int [B, L] token ids, [B, K, L] for K texts per example, or
         None.
       train: enables dropout (needs a "dropout" rng if any rate > 0).
@@ -147,6 +149,9 @@ class Model(nn.Module):
       if arch not in IMAGE_ARCHS:
         raise ValueError(f"two_towers: image.arch={arch!r}; known: "
                          f"{sorted(IMAGE_ARCHS)}.")
+      if naflex.is_naflex(image) and arch != "vit":
+        raise ValueError(f"two_towers: NaFlex inputs need a ViT image tower, "
+                         f"not image.arch={arch!r}.")
       img = IMAGE_ARCHS[arch](**kw, name="img")
       out, img_aux = img(image, train=train)
       self._check_width(out, "image")
@@ -154,6 +159,10 @@ class Model(nn.Module):
       for k, v in img_aux.items():
         aux[f"img/{k}"] = v
       if self.token_features:
+        if "mask" in img_aux and self.token_keep < 1:
+          raise ValueError("two_towers: token_keep < 1 picks tokens by norm "
+                           "and would pick padding of NaFlex inputs; use "
+                           "token_keep=1 with NaFlex.")
         aux["img/ztokens"] = self._image_token_features(img_aux["tokens"])
     if text is not None:
       txt = text_transformer.TextTransformer(
@@ -199,7 +208,8 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
   Args:
     model: a `Model`.
     variables: {"params": params}.
-    batch: a dict with "image" float [B, H, W, 3] and/or "text" int [B, L]
+    batch: a dict with "image" float [B, H, W, 3] (or NaFlex patches with
+      "image_pos", see `naflex`) and/or "text" int [B, L]
       or [B, K, L] (a missing one is not run), optionally
       "text_embeddings" (see `Model.__call__`); other fields are ignored.
       An empty batch gives the entries that depend on the params only.
@@ -220,7 +230,7 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
     ['b', 't', 't_log']
   """
   zimg, ztxt, aux = model.apply(
-      variables, batch.get("image"), batch.get("text"), train=train,
+      variables, naflex.image_input(batch), batch.get("text"), train=train,
       rngs=rngs, text_embeddings=batch.get("text_embeddings"))
   out = dict(aux)
   if zimg is not None:

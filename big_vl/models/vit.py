@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from big_vl.models import common
+from big_vl.models import naflex
 
 POOL_TYPES = ("cls", "gap", "map")
 POSEMB_TYPES = ("learn", "sincos2d")
@@ -93,49 +94,81 @@ class PatchEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, image):
-    """[B, H, W, C] images -> [B, H / ph, W / pw, width] patch embeddings."""
+    """[B, H, W, C] images -> [B, H / ph, W / pw, width] patch embeddings;
+    [B, N, ph, pw, C] patches (NaFlex) -> [B, N, width]."""
     ph, pw = self.patch
-    n, h, w, c = image.shape
+    c = image.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (ph, pw, c, self.width), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.width,),
                       jnp.float32)
-    gh, gw = h // ph, w // pw
-    x = image.astype(self.dtype).reshape(n, gh, ph, gw, pw, c)
-    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, gh, gw, ph * pw * c)
+    if image.ndim == 5:
+      n, num = image.shape[:2]
+      x = image.astype(self.dtype).reshape(n, num, ph * pw * c)
+    else:
+      n, h, w, c = image.shape
+      gh, gw = h // ph, w // pw
+      x = image.astype(self.dtype).reshape(n, gh, ph, gw, pw, c)
+      x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, gh, gw, ph * pw * c)
     x = x @ kernel.astype(self.dtype).reshape(ph * pw * c, self.width)
     return x + bias.astype(self.dtype)
 
 
-def keep_patches(x, keep, rng):
+def keep_patches(x, keep, rng, valid=None):
   """FLIP's patch dropout: a random `round(keep * N)` of each row's tokens.
 
   Args:
     x: [B, N, D] patch tokens (position embedding added).
     keep: the fraction kept, in (0, 1].
     rng: a PRNG key; each row draws its own subset.
+    valid: None, or bool [B, N] marking the real patches of NaFlex inputs
+      (the rest is padding): each row then keeps `round(keep * n_valid)` of
+      its real patches, drawn among those alone.
 
   Returns:
     [B, K, D] with K = max(1, round(keep * N)), the kept tokens in their
-    original order.
+    original order; with `valid`, the pair (tokens, bool [B, K] valid).
   """
   n, num, _ = x.shape
-  kept = jnp.sort(_random_subset(rng, n, num, keep), axis=1)
-  return jnp.take_along_axis(x, kept[..., None], axis=1)
+  order = _random_order(rng, n, num, valid)
+  k = _count(num, keep)
+  if valid is None:
+    kept = jnp.sort(order[:, :k], axis=1)
+    return jnp.take_along_axis(x, kept[..., None], axis=1)
+  chosen = order[:, :k]
+  wanted = jnp.arange(k)[None] < _count(jnp.sum(valid, axis=1), keep)[:, None]
+  back = jnp.argsort(chosen, axis=1)
+  kept = jnp.take_along_axis(chosen, back, axis=1)
+  return (jnp.take_along_axis(x, kept[..., None], axis=1),
+          jnp.take_along_axis(wanted, back, axis=1))
 
 
-def _random_subset(rng, n, num, fraction):
-  """int [n, k]: per row, k = max(1, round(fraction * num)) distinct
-  positions of `num`, drawn at random."""
-  k = max(1, int(round(fraction * num)))
-  return jnp.argsort(jax.random.uniform(rng, (n, num)), axis=1)[:, :k]
+def _count(num, fraction):
+  """max(1, round(fraction * num)), for an int or an int array `num`."""
+  if isinstance(num, int):
+    return max(1, int(round(fraction * num)))
+  return jnp.maximum(1, jnp.round(fraction * num).astype(jnp.int32))
 
 
-def mask_patches(n, num, ratio, rng):
+def _random_order(rng, n, num, valid=None):
+  """int [n, num]: each row's positions in a random order; with `valid`
+  (bool [n, num]), the valid positions come first."""
+  scores = jax.random.uniform(rng, (n, num))
+  if valid is not None:
+    scores = jnp.where(valid, scores, 2.0)
+  return jnp.argsort(scores, axis=1)
+
+
+def mask_patches(n, num, ratio, rng, valid=None):
   """bool [n, num]: each row marks a random `round(ratio * num)` (at least
-  one) of its `num` positions."""
-  return jnp.zeros((n, num), jnp.bool_).at[
-      jnp.arange(n)[:, None], _random_subset(rng, n, num, ratio)].set(True)
+  one) of its `num` positions; with `valid` (bool [n, num], NaFlex), a
+  random `round(ratio * n_valid)` of its valid positions."""
+  order = _random_order(rng, n, num, valid)
+  if valid is None:
+    return jnp.zeros((n, num), jnp.bool_).at[
+        jnp.arange(n)[:, None], order[:, :_count(num, ratio)]].set(True)
+  rank = jnp.argsort(order, axis=1)
+  return rank < _count(jnp.sum(valid, axis=1), ratio)[:, None]
 
 
 class ViT(nn.Module):
@@ -185,6 +218,13 @@ class ViT(nn.Module):
       by a learned `mask_token` (before the position embedding) and
       aux["patch_mask"] (bool [B, N]) marks them; evaluation masks nothing.
       0: off (no `mask_token` param, no "patch_mask").
+    posemb_grid: None, or the (h, w) (or int side) patch grid of the
+      learned position embedding, resized (bilinear, antialiased, as
+      SigLIP 2's NaFlex) to each input's grid: needed for NaFlex inputs
+      (`naflex.image_input`), and lets fixed-size images of any grid run.
+      None: the grid of the init image, which inputs must then match.
+      At the input's own grid the embedding is used as is, so a model
+      with posemb_grid=16 equals one without on 16x16-patch images.
     image_size: informational, not used in the computation: the image
       side the learned position embedding was made for. Converters
       record it so that evaluation preprocessing can be derived from the
@@ -212,6 +252,7 @@ class ViT(nn.Module):
   final_norm: bool = True
   patch_keep: float = 1.0
   mask_ratio: float = 0.0
+  posemb_grid: Any = None
 
   def dims(self):
     """The resolved {width, depth, mlp_dim, num_heads, patch_size}."""
@@ -226,7 +267,9 @@ class ViT(nn.Module):
     """Encodes images.
 
     Args:
-      image: float [B, H, W, 3]; H and W divisible by the patch size.
+      image: float [B, H, W, 3], H and W divisible by the patch size; or a
+        NaFlex input {"patches": float [B, N, ph, pw, 3], "pos": int [B, N,
+        2]} (`naflex.image_input`), padding at pos (-1, -1).
       train: enables dropout (and patch dropout, `patch_keep`).
 
     Returns:
@@ -235,7 +278,8 @@ class ViT(nn.Module):
       patch tokens (N = H*W/patch**2; the class token is not included),
       "pre_logits": [B, width] pooled features}. With final_norm=False
       neither is normalised. With patch dropout (training) N is the kept
-      count.
+      count. NaFlex inputs add "mask" (bool [B, N], False at padding);
+      padding tokens are not attended to and not pooled.
     """
     if self.pool_type not in POOL_TYPES:
       raise ValueError(f"ViT: unknown pool_type {self.pool_type!r}; known: "
@@ -246,17 +290,32 @@ class ViT(nn.Module):
     dims = self.dims()
     width, patch = dims["width"], _pair(dims["patch_size"])
     dtype = common.get_dtype(self.dtype)
-    if image.ndim != 4:
-      raise ValueError(f"ViT expects images [B, H, W, C], got {image.shape}.")
-    n, h_img, w_img, _ = image.shape
-    if h_img % patch[0] or w_img % patch[1]:
+    pos = valid = None
+    if naflex.is_naflex(image):
+      image, pos = image["patches"], image["pos"]
+      if (image.ndim != 5 or tuple(image.shape[2:4]) != patch
+          or tuple(pos.shape) != tuple(image.shape[:2]) + (2,)):
+        raise ValueError(
+            f"ViT: NaFlex input needs patches [B, N, {patch[0]}, {patch[1]}, "
+            f"C] and pos [B, N, 2], got {image.shape} and {pos.shape}.")
+      valid = naflex.valid(pos)
+    elif image.ndim != 4:
+      hint = (" NaFlex patches [B, N, ph, pw, C] need their positions: keep "
+              "'image_pos' in the pp (`naflex` op writes it)."
+              if image.ndim == 5 else "")
       raise ValueError(
-          f"ViT: image size {h_img}x{w_img} is not divisible by the patch "
-          f"size {patch[0]}x{patch[1]}.")
+          f"ViT expects images [B, H, W, C], got {image.shape}.{hint}")
+    elif image.shape[1] % patch[0] or image.shape[2] % patch[1]:
+      raise ValueError(
+          f"ViT: image size {image.shape[1]}x{image.shape[2]} is not "
+          f"divisible by the patch size {patch[0]}x{patch[1]}.")
 
     x = PatchEmbedding(width, patch, dtype=dtype, name="embedding")(image)
-    _, h, w, _ = x.shape
-    x = jnp.reshape(x, (n, h * w, width))
+    n = x.shape[0]
+    if pos is None:
+      _, h, w, _ = x.shape
+      x = jnp.reshape(x, (n, h * w, width))
+    num = x.shape[1]
     extra = {}
     if self.mask_ratio:
       if not 0.0 < self.mask_ratio < 1.0 or self.patch_keep < 1.0:
@@ -264,29 +323,33 @@ class ViT(nn.Module):
                          "(0, 1) and does not combine with patch_keep.")
       token = self.param("mask_token", nn.initializers.normal(0.02),
                          (1, 1, width), jnp.float32)
-      masked = jnp.zeros((n, h * w), jnp.bool_)
+      masked = jnp.zeros((n, num), jnp.bool_)
       if train:
-        masked = mask_patches(n, h * w, self.mask_ratio,
-                              self.make_rng("dropout"))
+        masked = mask_patches(n, num, self.mask_ratio,
+                              self.make_rng("dropout"), valid)
       x = jnp.where(masked[..., None], token.astype(dtype), x)
       extra["patch_mask"] = masked
 
-    if self.posemb == "learn":
-      pe = self.param("pos_embedding",
-                      nn.initializers.normal(stddev=1 / np.sqrt(width)),
-                      (1, h * w, width), jnp.float32)
-    else:
-      pe = common.posemb_sincos_2d(h, w, width)
-    x = x + pe.astype(dtype)
+    x = x + self._posemb(width, pos, None if pos is not None else (h, w)
+                         ).astype(dtype)
     if not 0.0 < self.patch_keep <= 1.0:
       raise ValueError(f"ViT: patch_keep={self.patch_keep} is not in (0, 1].")
     if train and self.patch_keep < 1.0:
-      x = keep_patches(x, self.patch_keep, self.make_rng("dropout"))
+      if valid is None:
+        x = keep_patches(x, self.patch_keep, self.make_rng("dropout"))
+      else:
+        x, valid = keep_patches(x, self.patch_keep, self.make_rng("dropout"),
+                                valid)
 
+    attn_mask = None
     if self.pool_type == "cls":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, width),
                        jnp.float32)
       x = jnp.concatenate([jnp.tile(cls.astype(dtype), (n, 1, 1)), x], axis=1)
+    if valid is not None:
+      keys = valid if self.pool_type != "cls" else jnp.concatenate(
+          [jnp.ones((n, 1), jnp.bool_), valid], axis=1)
+      attn_mask = common.padding_mask_to_attention(keys)
 
     if self.pre_norm:
       x = nn.LayerNorm(epsilon=self.norm_eps, dtype=dtype,
@@ -300,20 +363,48 @@ class ViT(nn.Module):
             self.remat_policy, self.remat, "ViT"),
         scan=self.scan, act=self.act, norm_eps=self.norm_eps,
         final_norm=self.final_norm, name="Transformer",
-    )(x, None, not train)
+    )(x, attn_mask, not train)
 
     if self.pool_type == "cls":
       pooled, tokens = x[:, 0], x[:, 1:]
     elif self.pool_type == "gap":
-      pooled, tokens = jnp.mean(x, axis=1), x
+      tokens = x
+      if valid is None:
+        pooled = jnp.mean(x, axis=1)
+      else:
+        w = valid[..., None].astype(x.dtype)
+        pooled = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1)
     else:  # map
       pooled = common.MAPHead(
           mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"], dtype=dtype,
-          act=self.act, norm_eps=self.norm_eps, name="MAPHead_0")(x)
+          act=self.act, norm_eps=self.norm_eps, name="MAPHead_0")(x, valid)
       tokens = x
+    if valid is not None:
+      extra["mask"] = valid
 
     out = pooled
     if self.num_classes:
       out = nn.Dense(self.num_classes, dtype=dtype, use_bias=self.head_bias,
                      kernel_init=common.head_init(width), name="head")(pooled)
     return out, {"tokens": tokens, "pre_logits": pooled, **extra}
+
+  def _posemb(self, width, pos, grid):
+    """The position embedding to add: [1, h * w, width] for an image's
+    (h, w) `grid`, or [B, N, width] at NaFlex positions `pos`."""
+    if self.posemb == "sincos2d":
+      if pos is not None:
+        return naflex.sincos_at(pos, width)
+      return common.posemb_sincos_2d(*grid, width)
+    own = _pair(self.posemb_grid) if self.posemb_grid else grid
+    if own is None:
+      raise ValueError("ViT: NaFlex inputs need `posemb_grid` (the learned "
+                       "position-embedding grid, e.g. 16), since the inputs "
+                       "have no one grid to make it for.")
+    pe = self.param("pos_embedding",
+                    nn.initializers.normal(stddev=1 / np.sqrt(width)),
+                    (1, own[0] * own[1], width), jnp.float32)
+    if pos is None and own == tuple(grid):
+      return pe
+    if pos is None:
+      pos = naflex.grid_positions(*grid)
+    return naflex.posemb_at(pe.reshape(*own, width), pos)
