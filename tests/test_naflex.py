@@ -227,7 +227,7 @@ def test_patch_dropout_and_masking_draw_among_real_patches():
                                 fixed_aux["patch_mask"])
 
 
-def test_two_towers_take_naflex_batches_and_captioners_refuse_them():
+def test_two_towers_take_naflex_batches_and_coca_refuses_them():
   model = two_towers.Model(
       image={"variant": "mu/8", "pool_type": "map", "posemb_grid": 4},
       text={"variant": "mu", "vocab_size": 100, "max_len": 8}, out_dim=32)
@@ -244,13 +244,54 @@ def test_two_towers_take_naflex_batches_and_captioners_refuse_them():
   # Patches without their positions: a message that says what to keep.
   with pytest.raises(ValueError, match="image_pos"):
     two_towers.outputs(model, {"params": params}, {"image": patches})
-  from big_vl.models import captioner  # pylint: disable=g-import-not-at-top
-  cap = captioner.Captioner(
-      image={"variant": "mu/8", "posemb_grid": 4},
-      decoder={"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2},
-      vocab_size=100, max_len=8)
+  from big_vl.models import coca  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="NaFlex"):
-    cap.init(jax.random.key(0), {"patches": patches, "pos": pos}, text)
+    coca.outputs(None, {"params": {}}, {"image": patches, "image_pos": pos})
+
+
+def _captioner(**kw):
+  from big_vl.models import captioner  # pylint: disable=g-import-not-at-top
+  return captioner.Captioner(
+      image={"variant": "mu/8", "posemb_grid": 4},
+      decoder={"width": 32, "depth": 2, "mlp_dim": 64, "num_heads": 2},
+      vocab_size=50, max_len=8, **kw)
+
+
+def test_captioner_decodes_naflex_inputs_as_the_unpadded_images():
+  from big_vl import decode  # pylint: disable=g-import-not-at-top
+  from big_vl.models import captioner  # pylint: disable=g-import-not-at-top
+  model = _captioner(uncond_prob=0.5)
+  # A 2x3-patch image (16x24), as a plain image and padded to 10 patches.
+  images = jax.random.normal(jax.random.key(4), (3, 16, 24, 3))
+  text = jax.random.randint(jax.random.key(5), (3, 8), 1, 48)
+  params = model.init(jax.random.key(0), images, text)["params"]
+  # The head starts at zero (uniform predictions): give it values.
+  head = params["decoder"]["head"]
+  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  flex = dict(zip(("image", "image_pos"), _pad(*_patches(images), 4)))
+  want = captioner.outputs(model, {"params": params},
+                           {"image": images, "text": text})["logits"]
+  got = captioner.outputs(model, {"params": params},
+                          {**flex, "text": text})["logits"]
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  # LocCa's [B, T, L] rows read the same (repeated) masked memory.
+  rows = jnp.stack([text, text[::-1]], axis=1)
+  got_rows = captioner.outputs(model, {"params": params},
+                               {**flex, "text": rows})["logits"]
+  np.testing.assert_allclose(got_rows[:, 0], want, atol=2e-5)
+  # Cached decoding (greedy, guided, beam) on the padded input equals
+  # the plain image's; and the uncached reference.
+  flex_in = naflex.image_input(flex)
+  kw = dict(start_id=48, end_id=49)
+  for fn, extra in ((decode.greedy, {}), (decode.greedy, {"guidance": 2.0}),
+                    (decode.greedy_uncached, {}),
+                    (decode.beam_search, {"beam": 2})):
+    a = fn(model, params, images, **kw, **extra)
+    b = fn(model, params, flex_in, **kw, **extra)
+    if isinstance(a, tuple):
+      a, b = a[0], b[0]
+    np.testing.assert_array_equal(a, b)
+  assert len({tuple(r) for r in np.asarray(a).tolist()}) > 1  # Not constant.
 
 
 def test_naflex_model_needs_a_posemb_grid():

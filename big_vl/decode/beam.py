@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from big_vl.decode import greedy_search
 from big_vl.models import common
+from big_vl.models import naflex
 
 _NEG = -1.0e9
 
@@ -66,11 +67,12 @@ def _beam_search(model, params, image, *, beam, start_id, end_id, pad_id,
                  alpha):
   dec = model.clone(decode=True)
   length = model.max_len - 1
-  batch = image.shape[0]
+  batch = naflex.batch_size(image)
   rows = batch * beam
   variables = {"params": params}
   memory = dec.apply(variables, image, method="encode")
-  memory = jnp.repeat(memory, beam, axis=0)  # row b * beam + k
+  memory = jax.tree.map(lambda m: jnp.repeat(m, beam, axis=0),
+                        memory)  # row b * beam + k
   cache = greedy_search.empty_cache(dec, params, memory, length)
   # Live hypotheses: only beam 0 is real at the start.
   live_logp = jnp.tile(jnp.array([0.0] + [_NEG] * (beam - 1)), (batch, 1))

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from big_vl.decode import sampling
+from big_vl.models import decoder as decoder_lib
+from big_vl.models import naflex
 
 
 def finish(tokens, end_id, pad_id):
@@ -34,7 +36,8 @@ def empty_cache(dec, params, memory, length):
   """The (empty) KV caches of decoder clone `dec` for `memory`'s rows: one
   call on a full-length input creates them."""
   _, cache = dec.apply({"params": params},
-                       jnp.zeros((memory.shape[0], length), jnp.int32),
+                       jnp.zeros((decoder_lib.memory_rows(memory), length),
+                                 jnp.int32),
                        memory, method="decode_tokens",
                        mutable=["cache"])
   return cache
@@ -130,14 +133,14 @@ def _stepwise(model, params, image, rng, forced, *, start_id, end_id, pad_id,
   and options)."""
   dec = model.clone(decode=True)
   length = model.max_len - 1
-  batch = image.shape[0]
+  batch = naflex.batch_size(image)
   variables = {"params": params}
   encode = functools.partial(dec.apply, variables,
                              method="encode")
   memory = encode(image)
   if guidance is not None:  # Rows [with the image; with the null memory].
-    memory = jnp.concatenate(
-        [memory, encode(image, uncond=jnp.ones((batch,), bool))])
+    memory = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), memory,
+                          encode(image, uncond=jnp.ones((batch,), bool)))
   cache = empty_cache(dec, params, memory, length)
 
   def step(t, carry):
@@ -168,7 +171,7 @@ def greedy_uncached(model, params, image, *, start_id, end_id, pad_id=0,
   step, and guidance runs the conditional and unconditional rows as two
   calls (slow; the reference of the tests)."""
   length = model.max_len - 1
-  batch = image.shape[0]
+  batch = naflex.batch_size(image)
   variables = {"params": params}
 
   def scores_of(tokens, memory):

@@ -32,6 +32,7 @@ from big_vl.data import sources
 from big_vl.evaluators import common
 from big_vl.evaluators import prompts
 from big_vl.evaluators import zeroshot
+from big_vl.models import naflex
 
 
 def prompt_log_likelihoods(model, params, image, tokens, pad_id=0):
@@ -50,7 +51,7 @@ def prompt_log_likelihoods(model, params, image, tokens, pad_id=0):
   """
   variables = {"params": params}
   memory = model.apply(variables, image, method="encode")
-  batch = image.shape[0]
+  batch = naflex.batch_size(image)
 
   def one(prompt):  # [L] -> [B]
     inputs = jnp.broadcast_to(prompt[None, :-1], (batch, prompt.shape[0] - 1))
@@ -99,7 +100,7 @@ class Evaluator:
     self.tokens = np.asarray(common.pp_tokenizer(pp_txt)(texts), np.int32)
     scores = functools.partial(prompt_log_likelihoods, model, pad_id=pad_id)
     self._fn = jax.jit(lambda p, b, tokens: {
-        "scores": scores(p, b["image"], tokens), "label": b[label_key]})
+        "scores": scores(p, naflex.image_input(b), tokens), "label": b[label_key]})
 
   def run(self, params):
     """Yields (metric_name, value) pairs."""

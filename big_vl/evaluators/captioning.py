@@ -49,6 +49,7 @@ from big_vl.data import tokenizers
 from big_vl.evaluators import caption_metrics
 from big_vl.evaluators import clip_score
 from big_vl.evaluators import common
+from big_vl.models import naflex
 
 
 def _text(value):
@@ -128,10 +129,11 @@ class Evaluator:
                               (local * jax.process_count(), 1))
     if beam > 1:
       self._decode = lambda p, b: {"tokens": decode.beam_search(
-          model, p, b["image"], beam=beam, alpha=alpha, **ids)[0]}
+          model, p, naflex.image_input(b), beam=beam, alpha=alpha,
+          **ids)[0]}
     else:
       self._decode = lambda p, b: {"tokens": decode.greedy(
-          model, p, b["image"], guidance=guidance, **ids)}
+          model, p, naflex.image_input(b), guidance=guidance, **ids)}
     self.last = self.captions = None
     self.scorer = None
     if scorer == "self":

@@ -42,6 +42,7 @@ from big_vl.data import tokenizers
 from big_vl.data import sources
 from big_vl.evaluators import captioning
 from big_vl.evaluators import common
+from big_vl.models import naflex
 
 
 class _OneObject:
@@ -199,7 +200,8 @@ class Evaluator:
       text = batch["text"]
       rows = text.shape[1]
       flat = text.reshape(-1, text.shape[-1])
-      image = jnp.repeat(batch["image"], rows, axis=0)
+      image = jax.tree.map(lambda x: jnp.repeat(x, rows, axis=0),
+                           naflex.image_input(batch))
       tokens = decode.greedy(model, params, image,
                              prefix=prefixes(flat, sep), **ends)
       return {"tokens": tokens.reshape(text.shape[0], rows, -1),

@@ -103,8 +103,12 @@ class Captioner(nn.Module):
 
   def encode(self, image, *, train=False, uncond=None):
     """[B, N, width] decoder memory of `image`; rows where `uncond` is True
-    get the learned null memory instead (p(caption) without the image)."""
-    naflex.refuse(image, "the captioner")
+    get the learned null memory instead (p(caption) without the image).
+
+    For a NaFlex input (`naflex.image_input`) the memory is {"tokens":
+    [B, N, width], "mask": bool [B, N]}: the decoder does not attend to
+    the padding (`decoder.memory_of`).
+    """
     _, aux = self.encoder(image, train=train)
     memory = aux["tokens"]
     if self.project_memory:
@@ -118,6 +122,8 @@ class Captioner(nn.Module):
       memory = jnp.where(uncond[:, None, None],
                          jnp.broadcast_to(self.null_memory.astype(
                              memory.dtype), memory.shape), memory)
+    if "mask" in aux:
+      return {"tokens": memory, "mask": aux["mask"]}
     return memory
 
   def decode_tokens(self, tokens, memory, *, full_attention=None,
@@ -147,7 +153,7 @@ class Captioner(nn.Module):
     memory = self.encode(image, train=train, uncond=uncond)
     if text.ndim == 3:  # [B, T, L]: every row of an image reads its memory.
       rows = text.shape[1]
-      memory = jnp.repeat(memory, rows, axis=0)
+      memory = jax.tree.map(lambda m: jnp.repeat(m, rows, axis=0), memory)
       logits = self._decode_rows(text.reshape(batch * rows, -1), memory,
                                  train=train)
       return logits.reshape(batch, rows, *logits.shape[1:])

@@ -18,10 +18,24 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from big_vl.models import common
 
+
+
+def memory_of(memory):
+  """(tokens [B, N, D], mask bool [B, N] or None) of a decoder memory: an
+  array, or {"tokens", "mask"} for padded (NaFlex) image tokens."""
+  if isinstance(memory, dict):
+    return memory["tokens"], memory["mask"]
+  return memory, None
+
+
+def memory_rows(memory):
+  """The number of rows (batch) of a decoder memory of either form."""
+  return memory_of(memory)[0].shape[0]
 
 class CrossAttention(nn.Module):
   """Attention from tokens to a fixed memory (the image tokens), with the
@@ -45,7 +59,12 @@ class CrossAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, memory):
-    """[B, L, D] queries attending to memory [B, N, D] -> [B, L, D]."""
+    """[B, L, D] queries attending to memory [B, N, D] -> [B, L, D].
+
+    `memory` may also be {"tokens": [B, N, D], "mask": bool [B, N]}
+    (`memory_of`): False tokens (NaFlex padding) are not attended to.
+    """
+    memory, memory_mask = memory_of(memory)
     features = x.shape[-1]
     dense = functools.partial(
         nn.DenseGeneral, axis=-1, dtype=self.dtype,
@@ -60,8 +79,10 @@ class CrossAttention(nn.Module):
       if self.decode:  # The call that creates the caches.
         self.put_variable("cache", "cross_key", key)
         self.put_variable("cache", "cross_value", value)
-    out = nn.dot_product_attention(query, key, value, dtype=self.dtype,
-                                   deterministic=True,
+    mask = (None if memory_mask is None
+            else memory_mask[:, None, None, :])
+    out = nn.dot_product_attention(query, key, value, mask=mask,
+                                   dtype=self.dtype, deterministic=True,
                                    force_fp32_for_softmax=True)
     return nn.DenseGeneral(features=features, axis=(-2, -1), dtype=self.dtype,
                            kernel_init=nn.initializers.xavier_uniform(),
@@ -166,7 +187,8 @@ class TextDecoder(nn.Module):
 
     Args:
       tokens: int [B, L] decoder inputs (L <= max_len; 1 when decoding).
-      memory: [B, N, width] image tokens (already at the decoder's width).
+      memory: [B, N, width] image tokens (already at the decoder's width),
+        or {"tokens": those, "mask": bool [B, N]} for padded (NaFlex) ones.
       full_attention: bool [B] or None: rows that attend to every position
         (CapPa's parallel prediction) instead of causally.
       train: enables dropout.
@@ -193,7 +215,8 @@ class TextDecoder(nn.Module):
       mask = nn.make_causal_mask(tokens, dtype=jnp.bool_)
       if full_attention is not None:
         mask = mask | full_attention[:, None, None, None]
-    memory = memory.astype(dtype)
+    memory = jax.tree.map(lambda m: m.astype(dtype) if jnp.issubdtype(
+        m.dtype, jnp.floating) else m, memory)
     x = common.run_blocks(
         DecoderBlock, dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                            dropout=self.dropout, dtype=dtype, act=self.act,
