@@ -78,25 +78,46 @@ OPTIM = dict(lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, wd=0.2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def random_batch(batch, seed=0):
+def random_batch(batch, seed=0, image_size=IMAGE_SIZE):
   """The fixed batch both sides train on (NHWC float images, int tokens)."""
   rng = np.random.default_rng(seed)
-  image = rng.normal(size=(batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(
+  image = rng.normal(size=(batch, image_size, image_size, 3)).astype(
       np.float32)
   text = rng.integers(1, VOCAB - 1, size=(batch, CONTEXT)).astype(np.int32)
   text[:, -1] = VOCAB - 1  # End of text, the largest id (argmax pooling).
   return image, text
 
 
+def oc_patch_size(arch):
+  """The image patch size of an open_clip architecture."""
+  from big_vl.convert import open_clip as oc  # pylint: disable=g-import-not-at-top
+  return int(oc.ARCHS[arch]["vision_cfg"]["patch_size"])
+
+
+def naflex_batch(image, patch):
+  """{"image": [B, N, p, p, C] patches, "image_pos": int32 [B, N, 2]} of
+  whole images (every patch real), the layout of the `naflex` pp op."""
+  b, h, w, c = image.shape
+  rows, cols = h // patch, w // patch
+  patches = image.reshape(b, rows, patch, cols, patch, c).transpose(
+      0, 1, 3, 2, 4, 5).reshape(b, rows * cols, patch, patch, c)
+  pos = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"),
+                 -1).reshape(1, rows * cols, 2)
+  return {"image": patches,
+          "image_pos": np.repeat(pos, b, axis=0).astype(np.int32)}
+
+
 # --------------------------------------------------------------------------
 # big_vl side (driver process).
 
 
-def big_vl_config(arch, batch, dtype="float32", patch_keep=1.0):
+def big_vl_config(arch, batch, dtype="float32", patch_keep=1.0,
+                  posemb_grid=None):
   """The trainer config of one benchmark model (softmax loss, AdamW);
   dtype "bfloat16" computes activations in bf16 (params stay float32, as in
   configs/clip.py); patch_keep < 1 trains with FLIP patch dropout
-  (bench/patch_dropout.py)."""
+  (bench/patch_dropout.py); posemb_grid makes a NaFlex-ready image tower
+  (bench/naflex.py)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from big_vl.convert import open_clip as oc  # pylint: disable=g-import-not-at-top
   model = oc.model_config_from_open_clip(oc.ARCHS[arch])
@@ -108,6 +129,8 @@ def big_vl_config(arch, batch, dtype="float32", patch_keep=1.0):
     config.model.dtype = dtype
   if patch_keep != 1.0:
     config.model.image.patch_keep = patch_keep
+  if posemb_grid:
+    config.model.image.posemb_grid = posemb_grid
   config.objectives = ml_collections.ConfigDict(dict(
       contrastive=dict(loss="softmax", weight=1.0)))
   config.input = ml_collections.ConfigDict(dict(batch_size=batch))
@@ -125,20 +148,30 @@ def big_vl_config(arch, batch, dtype="float32", patch_keep=1.0):
 class BigVlSide:
   """big_vl's jitted train step and predict function for one model."""
 
-  def __init__(self, arch, batch, dtype="float32", patch_keep=1.0):
+  def __init__(self, arch, batch, dtype="float32", patch_keep=1.0,
+               image_size=IMAGE_SIZE, naflex_patches=None):
+    """naflex_patches: N, a perfect square, to train on NaFlex inputs (a
+    full sqrt(N) x sqrt(N) grid of patches, no padding) with the position
+    embedding kept at the `image_size` grid and resized to them."""
     import jax  # pylint: disable=g-import-not-at-top
     from big_vl import sharding  # pylint: disable=g-import-not-at-top
     from big_vl import models  # pylint: disable=g-import-not-at-top
     from big_vl import train  # pylint: disable=g-import-not-at-top
     self.jax = jax
-    config = big_vl_config(arch, batch, dtype, patch_keep)
+    patch = oc_patch_size(arch)
+    config = big_vl_config(arch, batch, dtype, patch_keep,
+                           image_size // patch if naflex_patches else None)
     self.mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    image, text = random_batch(batch)
+    side = int(round(np.sqrt(naflex_patches or 1))) * patch
+    image, text = random_batch(batch, image_size=side if naflex_patches
+                               else image_size)
+    fields = {"image": image, "text": text}
+    if naflex_patches:
+      fields = {**naflex_batch(image, patch), "text": text}
     run = train.build(config, self.mesh,
-                      {"image": image[0], "text": text[0]}, 10**6, 100)
+                      {k: v[0] for k, v in fields.items()}, 10**6, 100)
     self.run = run
-    self.batch = sharding.to_global({"image": image, "text": text},
-                                    self.mesh)
+    self.batch = sharding.to_global(fields, self.mesh)
     self.state = run.init_state()
     self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
         run.abstract_state["params"]))
@@ -148,10 +181,15 @@ class BigVlSide:
     predict = models.make_predict_fn(run.model)
     self.predict = jax.jit(lambda p, i, t: predict(p, i, t)[:2])
     self.infer_flops = float(_cost(self.predict.lower(
-        self.state["params"], self.batch["image"],
+        self.state["params"], self._image(),
         self.batch["text"]).compile())["flops"])
     self.train(2)
     self.infer(2)
+
+  def _image(self):
+    """The predict function's image input (a NaFlex dict or images)."""
+    from big_vl.models import naflex  # pylint: disable=g-import-not-at-top
+    return naflex.image_input(self.batch)
 
   def train(self, steps):
     """Seconds per step over `steps` back-to-back steps."""
@@ -165,7 +203,7 @@ class BigVlSide:
   def infer(self, steps):
     t0 = time.perf_counter()
     for _ in range(steps):
-      out = self.predict(self.state["params"], self.batch["image"],
+      out = self.predict(self.state["params"], self._image(),
                          self.batch["text"])
     self.jax.block_until_ready(out)
     return (time.perf_counter() - t0) / steps

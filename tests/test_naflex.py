@@ -299,3 +299,46 @@ def test_naflex_model_needs_a_posemb_grid():
   patches, pos = _patches(jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="posemb_grid"):
     model.init(jax.random.key(0), {"patches": patches, "pos": pos})
+
+
+def test_trainer_trains_and_evaluates_naflex_batches(demo_data, tmp_path):
+  """configs/demo.py:runlocal with the `naflex` op in every pp: trains,
+  evaluates zero-shot and retrieval on NaFlex batches, draws the retrieval
+  picture from reassembled patches, and its Predictor embeds like the
+  model on hand-made batches."""
+  del demo_data
+  import os  # pylint: disable=g-import-not-at-top
+  from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from big_vl import predict  # pylint: disable=g-import-not-at-top
+  from big_vl import train as train_lib  # pylint: disable=g-import-not-at-top
+  from big_vl.data import sources  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load_config(
+      os.path.join(root, "configs", "demo.py") + ":runlocal,steps=4")
+  # Square 64 px images in a budget of 20: 4x4 grids and 4 padding slots.
+  flex = lambda spec: spec.replace("resize(32)", "naflex(20, 8)").replace(
+      "keep('image',", "keep('image','image_pos',")
+  config.input.pp = flex(config.input.pp)
+  config.evals.zeroshot.pp_img = flex(config.evals.zeroshot.pp_img)
+  config.evals.retrieval.pp = flex(config.evals.retrieval.pp)
+  assert "image_pos" in config.input.pp + config.evals.retrieval.pp
+  config.model.image.posemb_grid = 4
+  config.mesh = (("data", 2),)
+  result = train_lib.train(config, str(tmp_path), devices=jax.devices()[:2])
+  final = result["final"]
+  assert 0 <= final["zeroshot/demo_shapes/top1"] <= 1
+  assert 0 <= final["retrieval/demo_shapes/img2txt_r@1"] <= 1
+  with open(tmp_path / "retrieval.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  predictor = predict.Predictor.load(
+      str(tmp_path), pp_img=config.evals.zeroshot.pp_img.replace(
+          ",'label'", ""), pp_txt="tokenize(max_len=24)")
+  test = sources.get("tfds:big_vl_demo_shapes", split="test")
+  images = [test[i]["image"] for i in range(3)]
+  got = predictor.embed_images(images)
+  batch = [pp.build(predictor.pp_img)({"image": x}) for x in images]
+  want = two_towers.outputs(
+      predictor.model, {"params": predictor.params},
+      {k: jnp.stack([b[k] for b in batch]) for k in ("image", "image_pos")}
+  )["zimg"]
+  np.testing.assert_allclose(got, want, atol=1e-5)

@@ -24,6 +24,7 @@ from big_vl import paths
 from big_vl import pretrained
 from big_vl import sharding
 from big_vl.data import device_pp as device_pp_lib
+from big_vl.models import naflex
 from big_vl.train import console
 from big_vl.train import gradcache
 from big_vl.train import schema
@@ -42,13 +43,17 @@ def params_initializer(model, example):
   Args:
     model: the linen model (`make_model`).
     example: one preprocessed example (arrays or ShapeDtypeStructs) with
-      "image" [H, W, C] and "text" [L] (or [K, L]).
+      "image" [H, W, C] (or NaFlex patches [N, ph, pw, C] with
+      "image_pos" [N, 2]) and "text" [L] (or [K, L]).
 
   Returns:
     A function of a PRNG key; `jax.eval_shape` of it gives the params'
     layout without computing anything.
   """
-  image0 = jnp.zeros((1, *np.shape(example["image"])), jnp.float32)
+  image0 = naflex.image_input({
+      k: jnp.zeros((1, *np.shape(v)), jnp.float32 if k == "image"
+                   else jnp.int32)
+      for k, v in example.items() if k in ("image", "image_pos")})
   text0 = jnp.zeros((1, *np.shape(example["text"])), jnp.int32)
   return lambda rng: model.init({"params": rng}, image0, text0)["params"]
 
