@@ -313,3 +313,80 @@ def test_preprocessing(flat, tmp_path):
   ids = pp.get_preprocess_fn(with_model["pp_txt"])({"text": "a cat"})["text"]
   np.testing.assert_array_equal(ids, tok("a cat")[0])
   assert ids[-1] == 1  # SigLIP pads with the EOS id.
+
+
+def _naflex_fixture():
+  """tests/data/big_vision_naflex.npz (tests/make_big_vision_naflex_fixture
+  .py): big_vision's own NaFlex two-tower model, its params and outputs."""
+  with np.load(os.path.join(_REPO, "tests", "data",
+                            "big_vision_naflex.npz")) as f:
+    data = dict(f)
+  flat = {k: v for k, v in data.items() if k.startswith("params/")}
+  return data, flat
+
+
+def test_siglip2_naflex_import_equals_big_visions_own_model(tmp_path):
+  data, flat = _naflex_fixture()
+  model_config, params = big_vision.convert(flat)
+  assert model_config["image"]["posemb_grid"] == 4
+  assert "image_size" not in model_config["image"]
+  assert params["img"]["pos_embedding"].shape == (1, 16, 32)
+  model = models.get(model_config)
+  # big_vision's patchify layout -> big_vl's: [B, N, P * P * 3] patches
+  # are [B, N, P, P, 3]; padding (type 0, indices 0) gets position -1.
+  b, n, _ = data["patches"].shape
+  patches = data["patches"].reshape(b, n, 8, 8, 3)
+  pos = np.stack([data["yabs"], data["xabs"]], -1)
+  pos = np.where(data["ptype"][..., None] == 1, pos, -1).astype(np.int32)
+  out = two_towers.outputs(model, {"params": params},
+                           {"image": patches, "image_pos": pos,
+                            "text": data["text"]})
+  norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  np.testing.assert_allclose(out["zimg"], norm(data["img_out"]), atol=2e-5)
+  np.testing.assert_allclose(out["ztxt"], norm(data["txt_out"]), atol=2e-5)
+  # Export writes big_vision's NaFlex layout back, leaf for leaf.
+  exported = big_vision.to_npz_dict(model_config, params)
+  assert sorted(exported) == sorted(flat)
+  for k, v in flat.items():
+    np.testing.assert_array_equal(exported[k], v, err_msg=k)
+  # Evaluation preprocessing: the `naflex` op at the grid's budget.
+  prep = big_vision.preprocessing(model_config, params=params)
+  assert prep["pp_img"] == "decode|naflex(16, 8)|value_range(-1, 1)"
+  assert prep["image_size"] is None
+  assert big_vision.preprocessing(model_config, max_patches=64)[
+      "pp_img"].startswith("decode|naflex(64, 8)")
+  with pytest.raises(ValueError, match="NaFlex"):
+    big_vision.convert(flat, image_size=64)
+
+
+def test_siglip2_naflex_convert_command_and_predictor(tmp_path):
+  """`python -m big_vl.convert --from big_vision` on a NaFlex file, then
+  `Predictor.load(...).embed_images` of images of other aspect ratios:
+  the converted folder's pp cuts them to the grid's budget."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from big_vl import predict  # pylint: disable=g-import-not-at-top
+  _, flat = _naflex_fixture()
+  src = tmp_path / "siglip2_naflex.npz"
+  np.savez(src, **flat)
+  out = tmp_path / "converted"
+  run = subprocess.run(
+      [sys.executable, "-m", "big_vl.convert", "--from=big_vision",
+       f"--src={src}", f"--out={out}"],
+      capture_output=True, text=True, timeout=300, cwd=_REPO, check=False)
+  assert run.returncode == 0, run.stderr[-2000:]
+  predictor = predict.Predictor.load(str(out), pp_txt="tokenize(max_len=8)")
+  assert predictor.pp_img == "decode|naflex(16, 8)|value_range(-1, 1)"
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, shape, np.uint8)
+            for shape in ((40, 90, 3), (64, 64, 3), (100, 30, 3))]
+  got = predictor.embed_images(images)
+  model_config, params = big_vision.load(src)
+  batch = [pp.build(predictor.pp_img)({"image": im}) for im in images]
+  assert [int((b["image_pos"][:, 0] >= 0).sum()) for b in batch] == [
+      15, 16, 14]  # 3x5, 4x4 and 7x2 grids.
+  want = two_towers.outputs(
+      models.get(model_config), {"params": params},
+      {k: np.stack([b[k] for b in batch]) for k in ("image", "image_pos")}
+  )["zimg"]
+  np.testing.assert_allclose(got, want, atol=1e-5)

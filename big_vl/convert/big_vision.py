@@ -72,6 +72,18 @@ hand); the text pool types "first", "mean" and "max" are likewise
 indistinguishable from "last" (big_vl has no "max"). An image tower with a
 `pre_logits` (rep_size) layer is not supported.
 
+SigLIP 2 NaFlex files (`siglip2/*naflex*.npz`, image tower
+`models/proj/image_text/naflex_vit.py`) differ in two image leaves:
+`img/embedding/kernel` is a Dense [P * P * 3, D] over flattened patches
+(the convolution kernel's numbers, reshaped) and `img/pos_embedding` a
+grid [G, G, D]. They convert to a ViT with `posemb_grid=G`, which resizes
+the grid to every input as big_vision does (`big_vl.models.naflex`), and
+evaluate through the `naflex` pp op (`preprocessing`); export writes the
+NaFlex layout back for such models. A NaFlex tower with `patchln_pre` /
+`patchln_post` is not supported. Checked against big_vision's own
+`naflex_vit` on padded inputs of four aspect ratios
+(tests/make_big_vision_naflex_fixture.py).
+
 Legacy layouts big_vision's own loaders repair are repaired here too: a
 position embedding stored under `img/Transformer/` (or
 `Transformer/posembed_input/`), a ViT position table with a leading class
@@ -411,6 +423,53 @@ def grid_for(image_size, patch_size):
   return (size[0] // patch[0], size[1] // patch[1])
 
 
+def _naflex_to_fixres(img):
+  """Rewrites a SigLIP 2 NaFlex image tower (`naflex_vit`) in place into the
+  fixed-resolution layout big_vl's ViT holds; returns its position grid
+  side G, or None for a fixed-resolution tower.
+
+  NaFlex files differ in two leaves: `embedding/kernel` is a Dense over
+  flattened patches [P * P * C, D] (big_vision's `patchify` order: row,
+  column, channel), the same numbers as the stride-P convolution's kernel
+  [P, P, C, D]; and `pos_embedding` is a grid [G, G, D], big_vl's [1, G *
+  G, D] row-major. The ViT then runs with `posemb_grid=G`, resizing the
+  grid to each input.
+  """
+  kernel = img.get("embedding", {}).get("kernel")
+  if kernel is None or np.ndim(kernel) != 2:
+    return None
+  for name in ("patchln_pre", "patchln_post"):
+    if name in img:
+      raise ValueError(f"img/{name}: NaFlex towers with a LayerNorm on the "
+                       "patches are not supported by big_vl's ViT.")
+  k, width = kernel.shape
+  channels = 3
+  patch = int(round(np.sqrt(k / channels)))
+  if patch * patch * channels != k:
+    raise ValueError(f"img/embedding/kernel {kernel.shape}: not a Dense "
+                     f"over square RGB patches (P * P * 3 rows).")
+  pe = img.get("pos_embedding")
+  if pe is None or np.ndim(pe) != 3 or pe.shape[0] != pe.shape[1]:
+    raise ValueError("img/pos_embedding: a NaFlex tower needs a square "
+                     f"[G, G, D] grid, got {getattr(pe, 'shape', None)}.")
+  img["embedding"] = {**img["embedding"],
+                      "kernel": np.reshape(kernel, (patch, patch, channels,
+                                                    width))}
+  img["pos_embedding"] = np.reshape(pe, (1, -1, pe.shape[-1]))
+  return int(pe.shape[0])
+
+
+def _fixres_to_naflex(img, grid):
+  """The inverse of `_naflex_to_fixres` (for export), on a copy."""
+  img = dict(img)
+  kernel = img["embedding"]["kernel"]
+  img["embedding"] = {**img["embedding"],
+                      "kernel": np.reshape(kernel, (-1, kernel.shape[-1]))}
+  pe = img["pos_embedding"]
+  img["pos_embedding"] = np.reshape(pe, (grid, grid, pe.shape[-1]))
+  return img
+
+
 def convert(flat_or_tree, *, image_size=None):
   """Converts a big_vision two-tower checkpoint to a big_vl model + params.
 
@@ -430,7 +489,10 @@ def convert(flat_or_tree, *, image_size=None):
       params tree; unscanned or scanned encoder layouts.
     image_size: optional int or (h, w) to run the image tower at: the
       learned position embedding is resampled (bilinear,
-      `big_vl.models.vit.resample_posemb`) to its patch grid.
+      `big_vl.models.vit.resample_posemb`) to its patch grid. Not for
+      NaFlex checkpoints (SigLIP 2 `*naflex*` files: a Dense patch
+      embedding and a [G, G, D] position grid), which convert to a ViT
+      with `posemb_grid=G` that resizes the grid to every input.
 
   Returns:
     (model_config, params): model_config is a JSON-serialisable dict
@@ -468,7 +530,14 @@ def convert(flat_or_tree, *, image_size=None):
                          f"{getattr(value, 'shape', 'a group of arrays')}.")
       tree[name] = value.reshape(())
 
+  naflex_grid = _naflex_to_fixres(tree["img"])
+  if naflex_grid is not None and image_size is not None:
+    raise ValueError("A NaFlex checkpoint resizes its position embedding "
+                     "to every input; convert it without image_size (pick "
+                     "the sequence budget in the `naflex` pp op).")
   image, img_out, grid, img_bias = image_config(tree)
+  if naflex_grid is not None:
+    image["posemb_grid"] = naflex_grid
   text, txt_out, txt_bias = _text_config(tree)
   if not img_bias:
     image["head_bias"] = False
@@ -492,7 +561,8 @@ def convert(flat_or_tree, *, image_size=None):
   # Record the input size (informational ViT field, as open_clip's
   # converter does) so preprocessing follows from the model config alone.
   size = image_size if image_size is not None else (
-      None if grid is None else grid * pair(image["patch_size"])[0])
+      None if grid is None or naflex_grid is not None
+      else grid * pair(image["patch_size"])[0])
   if isinstance(size, int) and \
       len(set(pair(image["patch_size"]))) == 1:
     image["image_size"] = size
@@ -528,7 +598,7 @@ def _tokenize_kwargs():
 
 
 def preprocessing(model_config, tokenizer_model=None, *, image_size=None,
-                  params=None):
+                  params=None, max_patches=None):
   """pp strings to evaluate a converted model the way big_vision does.
 
   big_vision evaluates SigLIP with `resize(S)|value_range(-1, 1)` on the
@@ -554,6 +624,10 @@ def preprocessing(model_config, tokenizer_model=None, *, image_size=None,
       "c4_en" for 32000-token vocabularies, "mc4" for 250000), or None.
     image_size: the evaluation image size (int); overrides `params`.
     params: the converted params, to read the image size from.
+    max_patches: for a NaFlex model (`image.posemb_grid` G), the sequence
+      budget of its `naflex` pp op; default G * G (SigLIP 2 NaFlex: 256).
+      pp_img is then `decode|naflex(N, P)|value_range(-1, 1)` and
+      "image_size" None.
 
   Returns:
     {"pp_img": "decode|resize(S)|value_range(-1, 1)" (`decode` passes
@@ -569,6 +643,14 @@ def preprocessing(model_config, tokenizer_model=None, *, image_size=None,
   image_cfg, text_cfg = model_config["image"], model_config["text"]
   patch = vit.ViT(**image_cfg).dims()["patch_size"]
   image_cfg = {**image_cfg, "patch_size": patch}
+  pp_img = None
+  if image_cfg.get("posemb_grid"):
+    side = pair(image_cfg["posemb_grid"])
+    max_patches = int(max_patches or side[0] * side[1])
+    p = pair(patch)
+    pp_img = (f"decode|naflex({max_patches}, "
+              f"{p[0] if p[0] == p[1] else list(p)})|value_range(-1, 1)")
+    image_size = "naflex"
   if image_size is None:
     image_size = image_cfg.get("image_size")
   if image_size is None and params is not None:
@@ -579,8 +661,12 @@ def preprocessing(model_config, tokenizer_model=None, *, image_size=None,
   if image_size is None:
     raise ValueError("preprocessing: give image_size (the model config does "
                      "not hold it) or params with a learned pos_embedding.")
-  if not isinstance(image_size, int):
+  if image_size == "naflex":
+    image_size = None
+  elif not isinstance(image_size, int):
     image_size = [int(s) for s in image_size]
+  if pp_img is None:
+    pp_img = f"decode|resize({image_size})|value_range(-1, 1)"
   max_len = int(text_cfg["max_len"])
   tokenizer = {"name": "sentencepiece",
                "model": None if tokenizer_model is None
@@ -596,8 +682,7 @@ def preprocessing(model_config, tokenizer_model=None, *, image_size=None,
       if accepted is None or key in accepted:
         args.append(f"{key}={tokenizer[key]!r}")
     text = f"tokenize({', '.join(args)})"
-  return {"pp_img": f"decode|resize({image_size})|value_range(-1, 1)",
-          "pp_txt": text, "tokenizer": tokenizer,
+  return {"pp_img": pp_img, "pp_txt": text, "tokenizer": tokenizer,
           "vocabulary": VOCABULARIES.get(text_cfg.get("vocab_size")),
           "image_size": image_size}
 
@@ -641,6 +726,9 @@ def to_npz_dict(model_config, params, *, scan=False, prefix="params/",
     params: its params, unscanned or scanned.
     scan: write each encoder as one `encoderblock` with a leading [depth]
       axis (big_vision's `scan=True` models) instead of `encoderblock_{i}`.
+      A model with `image.posemb_grid` (NaFlex) is written in the layout
+      of big_vision's `naflex_vit`: a Dense patch embedding [P * P * 3, D]
+      and a [G, G, D] position grid.
     prefix: prepended to every key: "params/" (big_vision's training
       checkpoints and the released SigLIP files) or "" (bare params).
     strict: raise if the model uses a setting big_vision's two_towers cannot
@@ -679,6 +767,12 @@ def to_npz_dict(model_config, params, *, scan=False, prefix="params/",
   for name in ("t", "b"):
     if name in tree:
       tree[name] = np.reshape(tree[name], (1,))
+  if image_cfg.get("posemb_grid"):
+    naflex_grid = pair(image_cfg["posemb_grid"])
+    if naflex_grid[0] != naflex_grid[1] or grid != naflex_grid[0]:
+      raise ValueError(f"image.posemb_grid={image_cfg['posemb_grid']}: "
+                       "big_vision's NaFlex towers hold a square grid.")
+    tree["img"] = _fixres_to_naflex(tree["img"], grid)
   if scan:
     tree = common.stack_block_params(tree)
   flat = traverse_util.flatten_dict(tree, sep="/")
