@@ -39,6 +39,7 @@ from big_vl.data import pp as pp_lib
 from big_vl.data import tokenizers
 from big_vl.evaluators import common
 from big_vl.evaluators import zeroshot
+from big_vl.models import captioner as captioner_lib
 from big_vl.models import naflex
 
 _KEEP = re.compile(r"\|\s*(keep|drop)\([^|]*\)\s*$")
@@ -138,7 +139,7 @@ class Predictor:
     self.caption_options = {"tokenizer": "clip_bpe", "start_id": 49406,
                             "end_id": 49407, "prefix": None,
                             **(caption_options or {})}
-    self.is_captioner = hasattr(model, "decode_tokens")
+    self.is_captioner = captioner_lib.decodes(model)
     self._img_fn = pp_lib.build(pp_img)
     self._txt_fn = None if pp_txt is None else pp_lib.build(pp_txt)
     outputs = lambda p, batch: models.outputs_fn(model_name)(
@@ -173,7 +174,7 @@ class Predictor:
     default_img, default_txt = default_pp(config)
     pp_img, pp_txt = pp_img or default_img, pp_txt or default_txt
     model = models.get(model_config)
-    captioner = hasattr(model, "decode_tokens")
+    captioner = captioner_lib.decodes(model)
     if not pp_img or not (pp_txt or captioner):
       raise ValueError(f"The checkpoint in {path} names no evaluation "
                        "preprocessing; pass pp_img="

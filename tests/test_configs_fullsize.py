@@ -72,6 +72,7 @@ FULLSIZE_ARGS = {
     "configs/vitamin.py": ["", "variant=XL"],
     "configs/cappa.py": ["", "fullsize"],
     "configs/coca.py": ["", "fullsize", "fullsize,arch=coca_ViT-L-14"],
+    "configs/siglip2.py": ["", "naflex"],
 }
 
 TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a",
@@ -266,7 +267,12 @@ class Checks:
 
   def image(self, out, what, uint8=False, pp=None):
     image = np.asarray(out["image"])
-    assert image.ndim == 3 and image.shape[-1] == 3, (what, image.shape)
+    if "image_pos" in out:  # NaFlex: [N, P, P, 3] patches, [N, 2] positions.
+      assert image.ndim == 4 and image.shape[-1] == 3, (what, image.shape)
+      assert np.shape(out["image_pos"]) == (image.shape[0], 2), what
+      assert (np.asarray(out["image_pos"])[:, 0] >= 0).any(), what
+    else:
+      assert image.ndim == 3 and image.shape[-1] == 3, (what, image.shape)
     if uint8:
       assert image.dtype == np.uint8, (what, image.dtype)
     else:
@@ -312,9 +318,16 @@ def _run_train(config, checks, tmp):
   # Per-token loss weights (LocCa's prompts) are batch fields too.
   weights = {o.weights_key for o in config.get("objectives", {}).values()
              if o.get("weights_key", None)}
+  # A decoder's targets beside the contrastive text (SigLIP 2), and NaFlex
+  # patch positions.
+  fields = {o.text_key for o in config.get("objectives", {}).values()
+            if o.get("text_key", None)}
+  if config.model.get("image", {}).get("posemb_grid", None):
+    fields.add("image_pos")
   for spec, record, _ in _records(block.data, block.split, tmp):
     out = pp_lib.build(block.pp)(record, rng)
-    assert set(out) == {"image", "text"} | weights, (spec, sorted(out))
+    assert set(out) == {"image", "text"} | weights | fields, (spec,
+                                                               sorted(out))
     for key in weights:
       assert np.shape(out[key]) == np.shape(out["text"]), (spec, key)
     device = block.get("device_pp", None)
@@ -322,10 +335,16 @@ def _run_train(config, checks, tmp):
     if device:
       batch = device_pp_lib.build(device)({"image": jnp.asarray(
           out["image"])[None]})
-      checks.image({"image": np.asarray(batch["image"][0])},
+      checks.image({**out, "image": np.asarray(batch["image"][0])},
                    "input.device_pp", pp=device)
     checks.tokens(out["text"], f"input.pp on {spec}")
   return out
+
+
+def _fields(out):
+  """An example's fields, NaFlex positions aside (`Checks.image` checks
+  them with the patches)."""
+  return set(out) - {"image_pos"}
 
 
 def _run_eval(name, block, checks, tmp):
@@ -334,7 +353,7 @@ def _run_eval(name, block, checks, tmp):
   if kind in ("zeroshot", "caption_scoring"):
     for spec, record, names in _records(block.data, block.split, tmp):
       out = pp_lib.build(block.pp_img)(record, None)
-      assert set(out) == {"image", block.get("label_key", "label")}, (
+      assert _fields(out) == {"image", block.get("label_key", "label")}, (
           what, spec, sorted(out))
       checks.image(out, f"{what}.pp_img", pp=block.pp_img)
       _check_prompts(checks, block.pp_txt, block.get("templates",
@@ -353,7 +372,7 @@ def _run_eval(name, block, checks, tmp):
     else:
       for spec, record, _ in _records(block.data, block.split, tmp):
         out = pp_lib.build(block.pp)(record, None)
-        assert set(out) == {"image", "texts"}, (what, spec, sorted(out))
+        assert _fields(out) == {"image", "texts"}, (what, spec, sorted(out))
         checks.image(out, f"{what}.pp", pp=block.pp)
         checks.tokens(out["texts"], f"{what}.pp")
   elif kind in ("linear_probe", "fewshot"):
@@ -366,7 +385,7 @@ def _run_eval(name, block, checks, tmp):
     for spec, record, _ in _records(block.data, block.get("split", None), tmp,
                                     captions_per_row=2):
       out = pp_lib.build(block.pp)(record, None)
-      assert set(out) == {"image"}, (what, spec, sorted(out))
+      assert _fields(out) == {"image"}, (what, spec, sorted(out))
       checks.image(out, f"{what}.pp", pp=block.pp)
       captions = record[block.get("captions_key", "captions")]
       assert captions and all(
@@ -375,7 +394,7 @@ def _run_eval(name, block, checks, tmp):
   elif kind == "locca":
     for spec, record, _ in _records(block.data, block.split, tmp):
       out = pp_lib.build(block.pp)(record, None)
-      assert set(out) == {"image", "text"}, (what, spec, sorted(out))
+      assert _fields(out) == {"image", "text"}, (what, spec, sorted(out))
       checks.image(out, f"{what}.pp", pp=block.pp)
       checks.tokens(out["text"], f"{what}.pp", rows=(2,))
   else:
@@ -387,7 +406,7 @@ def _run_adapt(config, checks, tmp):
   for split in (config.train_split, config.test_split):
     for spec, record, names in _records(config.data, split, tmp):
       out = pp_lib.build(config.pp_img)(record, None)
-      assert set(out) == {"image", config.label_key}, (spec, sorted(out))
+      assert _fields(out) == {"image", config.label_key}, (spec, sorted(out))
       checks.image(out, f"pp_img on {spec}", pp=config.pp_img)
   _check_prompts(checks, config.pp_txt, config.templates,
                  config.class_names, names, "adapt")
@@ -459,6 +478,7 @@ RUNLOCAL_ARGS = {
     "configs/cappa.py": ["runlocal"],
     "configs/coca.py": ["runlocal"],
     "configs/locca.py": ["runlocal"],
+    "configs/siglip2.py": ["runlocal", "runlocal,naflex"],
 }
 
 

@@ -32,6 +32,7 @@ from big_vl.data import sources
 from big_vl.evaluators import common
 from big_vl.evaluators import prompts
 from big_vl.evaluators import zeroshot
+from big_vl.models import captioner as captioner_lib
 from big_vl.models import naflex
 
 
@@ -85,7 +86,7 @@ class Evaluator:
                batch_size=64, label_key="label", data_dir=None, name=None,
                pad_id=0):
     del predict_fn
-    if model is None or not hasattr(model, "decode_tokens"):
+    if model is None or not captioner_lib.decodes(model):
       raise ValueError("caption_scoring: the model is not a captioner "
                        f"({type(model).__name__}).")
     self.mesh = mesh

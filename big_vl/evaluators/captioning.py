@@ -49,6 +49,7 @@ from big_vl.data import tokenizers
 from big_vl.evaluators import caption_metrics
 from big_vl.evaluators import clip_score
 from big_vl.evaluators import common
+from big_vl.models import captioner as captioner_lib
 from big_vl.models import naflex
 
 
@@ -100,7 +101,7 @@ class Evaluator:
                scorer_pp_img=None, scorer_pp_txt=None,
                model_name="captioner", prefix=None):
     del predict_fn
-    if model is None or not hasattr(model, "decode_tokens"):
+    if model is None or not captioner_lib.decodes(model):
       raise ValueError("captioning: the model is not a captioner "
                        f"({type(model).__name__}); use model_name="
                        "'captioner'.")

@@ -29,6 +29,7 @@ green, decoded box red).
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,6 +43,7 @@ from big_vl.data import tokenizers
 from big_vl.data import sources
 from big_vl.evaluators import captioning
 from big_vl.evaluators import common
+from big_vl.models import captioner as captioner_lib
 from big_vl.models import naflex
 
 
@@ -175,7 +177,7 @@ class Evaluator:
                all_objects=True, iou_threshold=0.5, tokenizer="clip_bpe",
                keep=16, data_dir=None, name=None):
     del predict_fn
-    if model is None or not hasattr(model, "decode_tokens"):
+    if model is None or not captioner_lib.decodes(model):
       raise ValueError("locca: the model is not a captioner "
                        f"({type(model).__name__}).")
     source = sources.get(data, split=split, data_dir=data_dir)

@@ -29,7 +29,7 @@ from big_vl import registry
 
 @registry.register("loss", "caption")
 def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
-                 pad_id=0, weights_key=None):
+                 pad_id=0, weights_key=None, text_key="text"):
   """Mean token cross-entropy of `outputs["logits"]` vs `batch["text"][:, 1:]`.
 
   Args:
@@ -41,6 +41,9 @@ def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
     pad_id: the padding id; those targets do not count.
     weights_key: optional batch field [B, L] of per-token weights (see the
       module docstring).
+    text_key: the batch field of the caption ids: "text" for a captioner,
+      "caption" (`two_towers.CAPTION_KEY`) for a two-tower model with a
+      decoder, whose "text" is the contrastive text.
 
   Returns:
     (loss, {"token_acc", "perplexity"}).
@@ -49,7 +52,10 @@ def caption_loss(outputs, batch, *, mesh=None, label_smoothing=0.0,
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1) "
                      "(the `label_smoothing` option of its objective).")
-  text = batch["text"]
+  if text_key not in batch:
+    raise ValueError(f"caption loss: text_key={text_key!r} is not a field "
+                     f"of the batch (fields: {sorted(batch)}).")
+  text = batch[text_key]
   length = text.shape[-1]
   # [B, T, L] (several sequences per image, LocCa) counts as B * T rows.
   logits = outputs["logits"].reshape(-1, length - 1,

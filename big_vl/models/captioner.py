@@ -36,8 +36,117 @@ from big_vl.models import naflex
 from big_vl.models import vit
 
 
+def decodes(model):
+  """Whether a model captions (a `Captioner`, or a two-tower model with a
+  decoder): what the captioning evaluators and `Predictor.caption` need."""
+  return (hasattr(model, "decode_tokens")
+          and getattr(model, "decoder", None) is not None)
+
+
+class CaptionHead:
+  """The captioning half of a model: a decoder over image tokens.
+
+  Shared by `Captioner` (a ViT and this head) and `two_towers.Model` with a
+  `decoder` (SigLIP 2: two towers and a LocCa decoder on the image
+  tower's tokens). The host module calls `setup_caption_head` in its
+  `setup`, which creates the submodules `decoder` (`decoder.TextDecoder`),
+  `memory_proj` (with project_memory) and the param `null_memory`; the
+  options below are read from the host's attributes of the same names:
+  vocab_size, max_len, parallel_fraction, uncond_prob, mask_token,
+  project_memory, decode.
+  """
+
+  def setup_caption_head(self, dec):
+    """Creates the decoder from its config `dec` (TextDecoder kwargs with a
+    dtype; not vocab_size, max_len, decode)."""
+    owned = sorted({"vocab_size", "max_len", "decode"} & set(dec))
+    if owned:
+      raise ValueError(
+          f"config.model.decoder sets {owned}: the captioner sets them "
+          "(config.model.vocab_size, config.model.max_len).")
+    if not 0 <= self.mask_token <= self.vocab_size:
+      raise ValueError(f"config.model.mask_token={self.mask_token}: a token "
+                       f"id below vocab_size={self.vocab_size}, or "
+                       "vocab_size itself for a mask token of its own.")
+    extra = self.mask_token == self.vocab_size
+    self.text_decoder = decoder_lib.TextDecoder(
+        vocab_size=self.vocab_size, max_len=self.max_len - 1,
+        input_vocab_size=self.vocab_size + 1 if extra else 0,
+        decode=self.decode, **dec, name="decoder")
+    width = dec["width"]
+    if self.project_memory:
+      self.memory_proj = nn.Dense(width, name="memory_proj")
+    self.null_memory = self.param("null_memory",
+                                  nn.initializers.normal(0.02), (1, 1, width))
+
+  def image_memory(self, aux, uncond=None):
+    """The decoder memory from an image tower's aux (its "tokens", and
+    "mask" for NaFlex inputs); rows where `uncond` is True get the learned
+    null memory instead (p(caption) without the image).
+
+    Returns:
+      [B, N, width], or {"tokens": [B, N, width], "mask": bool [B, N]} for
+      NaFlex inputs: the decoder does not attend to the padding
+      (`decoder.memory_of`).
+    """
+    memory = aux["tokens"]
+    if self.project_memory:
+      memory = self.memory_proj(memory)
+    elif memory.shape[-1] != self.null_memory.shape[-1]:
+      raise ValueError(
+          f"config.model.project_memory=False needs the decoder as wide as "
+          f"the image tokens: decoder width {self.null_memory.shape[-1]}, "
+          f"image width {memory.shape[-1]}.")
+    if uncond is not None:
+      memory = jnp.where(uncond[:, None, None],
+                         jnp.broadcast_to(self.null_memory.astype(
+                             memory.dtype), memory.shape), memory)
+    if "mask" in aux:
+      return {"tokens": memory, "mask": aux["mask"]}
+    return memory
+
+  def decode_tokens(self, tokens, memory, *, full_attention=None,
+                    train=False):
+    """Next-token logits for decoder inputs `tokens` [B, L'] (L' = 1 per
+    call with `decode=True`)."""
+    return self.text_decoder(tokens, memory, full_attention=full_attention,
+                             train=train)
+
+  def draw_uncond(self, batch, train):
+    """Caption dropout's bool [B] (None when off)."""
+    if train and self.uncond_prob > 0:
+      return jax.random.bernoulli(self.make_rng("dropout"),
+                                  self.uncond_prob, (batch,))
+    return None
+
+  def caption_logits(self, memory, text, *, train):
+    """Teacher-forced (or parallel) logits of `text[:, 1:]` over `memory`:
+    f32[B, L - 1, V] for int[B, L], f32[B, T, L - 1, V] for int[B, T, L]
+    (T rows per image, each reading the image's memory)."""
+    batch = text.shape[0]
+    if text.ndim == 3:  # [B, T, L]: every row of an image reads its memory.
+      rows = text.shape[1]
+      memory = jax.tree.map(lambda m: jnp.repeat(m, rows, axis=0), memory)
+      logits = self._decode_rows(text.reshape(batch * rows, -1), memory,
+                                 train=train)
+      return logits.reshape(batch, rows, *logits.shape[1:])
+    return self._decode_rows(text, memory, train=train)
+
+  def _decode_rows(self, text, memory, *, train):
+    """Logits of `text[:, 1:]` (int[R, L]) over `memory` [R, N, width]."""
+    batch = text.shape[0]
+    parallel = None
+    inputs = text[:, :-1]
+    if train and self.parallel_fraction > 0:
+      parallel = jax.random.bernoulli(self.make_rng("dropout"),
+                                      self.parallel_fraction, (batch,))
+      inputs = jnp.where(parallel[:, None], self.mask_token, inputs)
+    return self.decode_tokens(inputs, memory, full_attention=parallel,
+                              train=train)
+
+
 @registry.register("model", "captioner")
-class Captioner(nn.Module):
+class Captioner(CaptionHead, nn.Module):
   """ViT image tokens -> decoder -> caption logits.
 
   Attributes:
@@ -80,64 +189,19 @@ class Captioner(nn.Module):
     image = {"dtype": self.dtype, **common.as_dict(self.image)}
     image.pop("num_classes", None)
     self.encoder = vit.ViT(**image, name="img")
-    dec = {"dtype": self.dtype, **common.as_dict(self.decoder)}
-    owned = sorted({"vocab_size", "max_len", "decode"} & set(dec))
-    if owned:
-      raise ValueError(
-          f"config.model.decoder sets {owned}: the captioner sets them "
-          "(config.model.vocab_size, config.model.max_len).")
-    if not 0 <= self.mask_token <= self.vocab_size:
-      raise ValueError(f"config.model.mask_token={self.mask_token}: a token "
-                       f"id below vocab_size={self.vocab_size}, or "
-                       "vocab_size itself for a mask token of its own.")
-    extra = self.mask_token == self.vocab_size
-    self.text_decoder = decoder_lib.TextDecoder(
-        vocab_size=self.vocab_size, max_len=self.max_len - 1,
-        input_vocab_size=self.vocab_size + 1 if extra else 0,
-        decode=self.decode, **dec, name="decoder")
-    width = dec["width"]
-    if self.project_memory:
-      self.memory_proj = nn.Dense(width, name="memory_proj")
-    self.null_memory = self.param("null_memory",
-                                  nn.initializers.normal(0.02), (1, 1, width))
+    self.setup_caption_head({"dtype": self.dtype,
+                             **common.as_dict(self.decoder)})
 
   def encode(self, image, *, train=False, uncond=None):
-    """[B, N, width] decoder memory of `image`; rows where `uncond` is True
-    get the learned null memory instead (p(caption) without the image).
-
-    For a NaFlex input (`naflex.image_input`) the memory is {"tokens":
-    [B, N, width], "mask": bool [B, N]}: the decoder does not attend to
-    the padding (`decoder.memory_of`).
-    """
+    """The decoder memory of `image` (see `CaptionHead.image_memory`)."""
     _, aux = self.encoder(image, train=train)
-    memory = aux["tokens"]
-    if self.project_memory:
-      memory = self.memory_proj(memory)
-    elif memory.shape[-1] != self.null_memory.shape[-1]:
-      raise ValueError(
-          f"config.model.project_memory=False needs the decoder as wide as "
-          f"the image tokens: decoder width {self.null_memory.shape[-1]}, "
-          f"image width {memory.shape[-1]}.")
-    if uncond is not None:
-      memory = jnp.where(uncond[:, None, None],
-                         jnp.broadcast_to(self.null_memory.astype(
-                             memory.dtype), memory.shape), memory)
-    if "mask" in aux:
-      return {"tokens": memory, "mask": aux["mask"]}
-    return memory
-
-  def decode_tokens(self, tokens, memory, *, full_attention=None,
-                    train=False):
-    """Next-token logits for decoder inputs `tokens` [B, L'] (L' = 1 per
-    call with `decode=True`)."""
-    return self.text_decoder(tokens, memory, full_attention=full_attention,
-                             train=train)
+    return self.image_memory(aux, uncond)
 
   def __call__(self, image, text, *, train=False):
     """Teacher-forced (or parallel) logits f32[B, L - 1, V] of `text[:, 1:]`.
 
     Args:
-      image: f32[B, H, W, 3].
+      image: f32[B, H, W, 3] (or a NaFlex input, `naflex.image_input`).
       text: int[B, L] caption ids, or int[B, T, L]: T sequences per image
         (LocCa's tasks, `big_vl/data/locca.py`), decoded from one encoding
         of the image; the logits are then f32[B, T, L - 1, V]. Caption
@@ -145,31 +209,9 @@ class Captioner(nn.Module):
       train: enables dropout, parallel prediction and caption dropout (they
         draw from the "dropout" rng).
     """
-    batch = text.shape[0]
-    uncond = None
-    if train and self.uncond_prob > 0:
-      uncond = jax.random.bernoulli(self.make_rng("dropout"),
-                                    self.uncond_prob, (batch,))
+    uncond = self.draw_uncond(text.shape[0], train)
     memory = self.encode(image, train=train, uncond=uncond)
-    if text.ndim == 3:  # [B, T, L]: every row of an image reads its memory.
-      rows = text.shape[1]
-      memory = jax.tree.map(lambda m: jnp.repeat(m, rows, axis=0), memory)
-      logits = self._decode_rows(text.reshape(batch * rows, -1), memory,
-                                 train=train)
-      return logits.reshape(batch, rows, *logits.shape[1:])
-    return self._decode_rows(text, memory, train=train)
-
-  def _decode_rows(self, text, memory, *, train):
-    """Logits of `text[:, 1:]` (int[R, L]) over `memory` [R, N, width]."""
-    batch = text.shape[0]
-    parallel = None
-    inputs = text[:, :-1]
-    if train and self.parallel_fraction > 0:
-      parallel = jax.random.bernoulli(self.make_rng("dropout"),
-                                      self.parallel_fraction, (batch,))
-      inputs = jnp.where(parallel[:, None], self.mask_token, inputs)
-    return self.decode_tokens(inputs, memory, full_attention=parallel,
-                              train=train)
+    return self.caption_logits(memory, text, train=train)
 
 
 @registry.register("outputs", "captioner")

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from big_vl import registry
+from big_vl.models import captioner as captioner_lib
 from big_vl.models import common
+from big_vl.models import decoder as decoder_lib
 from big_vl.models import naflex
 from big_vl.models import text_transformer
 from big_vl.models import vit
@@ -49,8 +51,14 @@ def _scalar_init(value):
   return init
 
 
+# The batch field of a two-tower model's decoder targets (`decoder` set):
+# int [B, L] captions or [B, T, L] task rows (LocCa); the "caption" loss
+# reads it with `text_key=CAPTION_KEY`.
+CAPTION_KEY = "caption"
+
+
 @registry.register("model", "two_towers")
-class Model(nn.Module):
+class Model(captioner_lib.CaptionHead, nn.Module):
   """Image and text towers projected into one L2-normalised space.
 
   Attributes:
@@ -74,6 +82,16 @@ class Model(nn.Module):
       out_dim] (FILIP's late interaction, `big_vl.losses.filip`).
     token_keep: fraction of image tokens kept in "img/ztokens" (those with
       the largest projected norm, FILIP's token reduction); 1.0 keeps all.
+    decoder: None, or kwargs of `decoder.TextDecoder` (width, depth,
+      mlp_dim, num_heads, ...) for a captioning decoder over the image
+      tower's patch tokens, SigLIP 2's LocCa decoder: `__call__` then also
+      takes `caption` and aux gets "logits" (the "caption" loss's), and the
+      model decodes like a `captioner.Captioner` (`encode`,
+      `decode_tokens`; `big_vl.decode`, the captioning evaluators). Its
+      options are the captioner's: vocab_size, max_len (the caption length
+      L), parallel_fraction, uncond_prob, mask_token, project_memory;
+      decode builds it with a KV cache. Submodules `decoder`, `memory_proj`
+      and the param `null_memory` sit beside `img` and `txt`.
   """
   image: Any = None
   text: Any = None
@@ -83,6 +101,14 @@ class Model(nn.Module):
   dtype: Any = "float32"
   token_features: bool = False
   token_keep: float = 1.0
+  decoder: Any = None
+  vocab_size: int = 49408
+  max_len: int = 24
+  parallel_fraction: float = 0.0
+  uncond_prob: float = 0.0
+  mask_token: int = 0
+  project_memory: bool = True
+  decode: bool = False
 
   @staticmethod
   def sub_configs(model_config):
@@ -94,8 +120,24 @@ class Model(nn.Module):
     if arch not in IMAGE_ARCHS:
       raise ValueError(f"config.model.image.arch: unknown {arch!r}; known: "
                        f"{sorted(IMAGE_ARCHS)}.")
-    return [("image", IMAGE_ARCHS[arch], ("arch",)),
-            ("text", text_transformer.TextTransformer, ())]
+    blocks = [("image", IMAGE_ARCHS[arch], ("arch",)),
+              ("text", text_transformer.TextTransformer, ())]
+    if model_config.get("decoder") is not None:
+      blocks.append(("decoder", decoder_lib.TextDecoder, ()))
+    return blocks
+
+  def setup(self):
+    if self.decoder is not None:
+      self.setup_caption_head({"dtype": self.dtype,
+                               **common.as_dict(self.decoder)})
+
+  def encode(self, image, *, train=False, uncond=None):
+    """The decoder memory of `image` (`CaptionHead.image_memory`): the
+    image tower's patch tokens, projected."""
+    _, _, aux = self(image, None, train=train)
+    tower = {k[len("img/"):]: v for k, v in aux.items()
+             if k in ("img/tokens", "img/mask")}
+    return self.image_memory(tower, uncond)
 
   def _tower_kwargs(self, cfg, name):
     kw = common.as_dict(cfg)
@@ -116,7 +158,8 @@ class Model(nn.Module):
           f"gives width {out.shape[-1]}, not out_dim={self.out_dim}.")
 
   @nn.compact
-  def __call__(self, image, text, train=False, text_embeddings=None):
+  def __call__(self, image, text, train=False, text_embeddings=None,
+               caption=None):
     """Embeds images and/or texts.
 
     Args:
@@ -128,6 +171,9 @@ class Model(nn.Module):
       text_embeddings: optional float [*text.shape, width] token embeddings
         used in place of the text tower's lookup of `text` (learned prompt
         contexts, `big_vl.adapt.prompt`).
+      caption: with a `decoder`, int [B, L] (or [B, T, L]) decoder targets
+        for aux "logits" f32[B, L - 1, V] (or [B, T, L - 1, V]); needs
+        `image`.
 
     Returns:
       (zimg, ztxt, aux): zimg / ztxt are float32 [B, out_dim] (ztxt [B, K,
@@ -158,6 +204,13 @@ class Model(nn.Module):
       zimg = l2_normalize(out)
       for k, v in img_aux.items():
         aux[f"img/{k}"] = v
+      if caption is not None:
+        if self.decoder is None:
+          raise ValueError("two_towers: a caption without a decoder "
+                           "(config.model.decoder).")
+        memory = self.image_memory(
+            img_aux, self.draw_uncond(caption.shape[0], train))
+        aux["logits"] = self.caption_logits(memory, caption, train=train)
       if self.token_features:
         if "mask" in img_aux and self.token_keep < 1:
           raise ValueError("two_towers: token_keep < 1 picks tokens by norm "
@@ -229,9 +282,13 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
     >>> sorted(outputs(model, {"params": params}, {}))
     ['b', 't', 't_log']
   """
+  caption = (batch.get(CAPTION_KEY) if model.decoder is not None
+             else None)
+  image = naflex.image_input(batch)
   zimg, ztxt, aux = model.apply(
-      variables, naflex.image_input(batch), batch.get("text"), train=train,
-      rngs=rngs, text_embeddings=batch.get("text_embeddings"))
+      variables, image, batch.get("text"), train=train,
+      rngs=rngs, text_embeddings=batch.get("text_embeddings"),
+      caption=caption if image is not None else None)
   out = dict(aux)
   if zimg is not None:
     out["zimg"] = zimg

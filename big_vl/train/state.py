@@ -25,6 +25,7 @@ from big_vl import pretrained
 from big_vl import sharding
 from big_vl.data import device_pp as device_pp_lib
 from big_vl.models import naflex
+from big_vl.models import two_towers
 from big_vl.train import console
 from big_vl.train import gradcache
 from big_vl.train import schema
@@ -44,7 +45,8 @@ def params_initializer(model, example):
     model: the linen model (`make_model`).
     example: one preprocessed example (arrays or ShapeDtypeStructs) with
       "image" [H, W, C] (or NaFlex patches [N, ph, pw, C] with
-      "image_pos" [N, 2]) and "text" [L] (or [K, L]).
+      "image_pos" [N, 2]) and "text" [L] (or [K, L]); and "caption" for
+      a two-tower model with a decoder.
 
   Returns:
     A function of a PRNG key; `jax.eval_shape` of it gives the params'
@@ -55,7 +57,14 @@ def params_initializer(model, example):
                    else jnp.int32)
       for k, v in example.items() if k in ("image", "image_pos")})
   text0 = jnp.zeros((1, *np.shape(example["text"])), jnp.int32)
-  return lambda rng: model.init({"params": rng}, image0, text0)["params"]
+  kw = {}
+  if getattr(model, "decoder", None) is not None and \
+      two_towers.CAPTION_KEY in example and isinstance(model,
+                                                       two_towers.Model):
+    kw["caption"] = jnp.zeros((1, *np.shape(example[two_towers.CAPTION_KEY])),
+                              jnp.int32)
+  return lambda rng: model.init({"params": rng}, image0, text0, **kw)[
+      "params"]
 
 
 MODEL_LOAD_KEYS = {"dont_load"}

@@ -38,6 +38,7 @@ import numpy as np
 
 from big_vl import models
 from big_vl import pretrained
+from big_vl.models import two_towers
 
 KEYS = ("path", "step", "sharding_rules", "ema")
 PREFIX = "teacher/"
@@ -122,6 +123,9 @@ def outputs(teacher, params, batch):
     params: its params (the train state's "teacher").
     batch: the step's batch.
   """
+  # A decoder's targets are the student's alone (the teacher's logits over
+  # them would be computed and never read).
+  batch = {k: v for k, v in batch.items() if k != two_towers.CAPTION_KEY}
   out = teacher.outputs_fn(teacher.model, {"params": params}, batch,
                            train=False)
   return {PREFIX + k: jax.lax.stop_gradient(v) for k, v in out.items()}
