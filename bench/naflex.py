@@ -21,6 +21,17 @@ classes, colour accuracy and aspect accuracy (square / wide / tall) of the
 predicted class. Expected: the square arm's aspect accuracy near chance
 (1/3) and its top-1 at most about a third, NaFlex's both far above.
 
+Measured 2026-12-07 (bench/RESULTS.md, "NaFlex in miniature"; 2 CPU
+cores, 3 seeds): NaFlex 99.9% ± 0.1% zero-shot top-1 (aspect 100%),
+square resizing 52.7% ± 4.4% (aspect 52.7%; colour 100% in both), +47.2 ±
+4.4 points paired. The square arm's aspect accuracy is above chance:
+squashing a 2:1 image also squashes its background noise and softens the
+shape's edges along one axis, a cue the pixels keep. The ViT-B/16 step on
+NaFlex sequences costs what the fixed-size step with as many patches
+costs (0.99x to 1.07x at 64, 256 and 1,024 patches, equal FLOPs and
+temporary memory); the CI suite shared the machine during that part, so
+the few-percent differences are noise.
+
 2. Step time. The trainer's jitted step on `--speed_arch` (open_clip's
 ViT-B-16 towers), batch `--speed_batch`, float32, one CPU device
 (bench/train_throughput.py's big_vl side): NaFlex sequences of each

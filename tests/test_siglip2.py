@@ -145,3 +145,25 @@ def test_runlocal_trains_every_objective_resumes_exactly_and_runs_fsdp(
     for key, value in full[step].items():
       np.testing.assert_allclose(sharded[step][key], value, rtol=2e-3,
                                  atol=1e-4, err_msg=f"{step} {key}")
+
+
+def test_exported_encoder_drops_the_decoder_and_matches():
+  from big_vl.convert import big_vision  # pylint: disable=g-import-not-at-top
+  model = _model(token_features=True)
+  params = _params(model)
+  assert {"img_token_head", "txt_token_head"} <= set(params)
+  config = {"name": "two_towers", "image": model.image, "text": model.text,
+            "out_dim": 32, "bias_init": -10.0, "token_features": True,
+            "decoder": DECODER, "vocab_size": 60, "max_len": 8}
+  flat = big_vision.to_npz_dict(config, params, strict=False)
+  assert not any(k.split("/")[1] in ("decoder", "memory_proj", "null_memory",
+                                     "img_token_head", "txt_token_head")
+                 for k in flat)
+  back_config, back = big_vision.convert(flat)
+  image, text, _ = _inputs()
+  want = two_towers.outputs(model, {"params": params},
+                            {"image": image, "text": text})
+  got = two_towers.outputs(models.get(back_config), {"params": back},
+                           {"image": image, "text": text})
+  for key in ("zimg", "ztxt"):
+    np.testing.assert_allclose(got[key], want[key], atol=1e-6)

@@ -716,6 +716,26 @@ def _export_problems(model_config):
   return problems
 
 
+# A SigLIP 2 model's training-time parts (`two_towers.Model` with a
+# decoder): the decoder's config keys and params, and the patch-token heads
+# of its masked prediction.
+_DECODER_CONFIG = ("decoder", "vocab_size", "max_len", "parallel_fraction",
+                   "uncond_prob", "mask_token", "project_memory", "decode",
+                   "token_features", "token_keep")
+_DECODER_PARAMS = ("decoder", "memory_proj", "null_memory", "img_token_head",
+                   "txt_token_head")
+
+
+def encoder_only(model_config, params):
+  """(model_config, params) without a two-tower model's decoder (SigLIP 2's
+  LocCa head and its masked-prediction token heads): the encoder that is
+  exported and evaluated; other models are returned as they are."""
+  if model_config.get("decoder") is None:
+    return model_config, params
+  return ({k: v for k, v in model_config.items() if k not in _DECODER_CONFIG},
+          {k: v for k, v in dict(params).items() if k not in _DECODER_PARAMS})
+
+
 def to_npz_dict(model_config, params, *, scan=False, prefix="params/",
                 strict=True):
   """Flattens big_vl two-tower params into big_vision's `.npz` layout.
@@ -726,7 +746,9 @@ def to_npz_dict(model_config, params, *, scan=False, prefix="params/",
     params: its params, unscanned or scanned.
     scan: write each encoder as one `encoderblock` with a leading [depth]
       axis (big_vision's `scan=True` models) instead of `encoderblock_{i}`.
-      A model with `image.posemb_grid` (NaFlex) is written in the layout
+      A two-tower model with a decoder (SigLIP 2) is written without it
+      (`encoder_only`). A model with `image.posemb_grid` (NaFlex) is
+      written in the layout
       of big_vision's `naflex_vit`: a Dense patch embedding [P * P * 3, D]
       and a [G, G, D] position grid.
     prefix: prepended to every key: "params/" (big_vision's training
@@ -749,7 +771,7 @@ def to_npz_dict(model_config, params, *, scan=False, prefix="params/",
   """
   if prefix and not prefix.endswith("/"):
     raise ValueError(f"prefix must be '' or end with '/', got {prefix!r}.")
-  model_config = _plain(model_config)
+  model_config, params = encoder_only(_plain(model_config), params)
   if strict:
     problems = _export_problems(model_config)
     if problems:
