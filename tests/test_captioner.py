@@ -284,21 +284,22 @@ def test_cappa_trains_on_the_demo_data_and_decodes(demo_data, tmp_path):
 @pytest.mark.slow
 def test_cappa_captions_far_above_the_caption_agnostic_baseline(demo_data,
                                                                  tmp_path):
-  """configs/cappa.py at its runlocal sizes trained 600 steps of 32 at lr
+  """configs/cappa.py at its runlocal sizes trained 300 steps of 32 at lr
   3e-3, teacher-forced (parallel=0): its greedy captions of the 64 runlocal
   test images against the most frequent training caption ("a yellow square
   shape") given to every image.
 
-  Measured (2026-12-07, 2 CPU cores, about 4.5 min each): CIDEr-D 1.574 /
-  1.465 / 1.627 (seeds 0 / 1 / 2; the test runs seed 0) against the
-  baseline's 0.390; the threshold 1.2 sits 0.27 under the lowest seed and
-  at 3x the baseline. What does not get there in this budget: the runlocal
-  lr 1e-3 (set for its 20 steps; 300 steps scored 0.0, every caption
-  "a a a ..."), and parallel prediction at the paper's 0.75 (600 steps:
-  1.371 for seed 0 but 0.395 for seed 1, whose captions name the right
-  shape and colour and then never end: "a purple cross on a small small
-  small ..."; only a quarter of the examples teach the decoder when to
-  stop).
+  Measured (2026-12-07, 2 CPU cores): at 300 steps (about 2.2 min alone)
+  CIDEr-D 0.861 / 0.675 / 1.210 (seeds 0 / 1 / 2; the test runs seed 0)
+  against the baseline's 0.390; the thresholds 0.55 and 1.4x the baseline
+  sit 0.125 under the lowest seed. At 600 steps (4.5 min, the test's
+  length until the suite neared its 30-minute bound) 1.574 / 1.465 /
+  1.627. What does not get there: the runlocal lr 1e-3 (set for its 20
+  steps; 300 steps scored 0.0, every caption "a a a ..."), and parallel
+  prediction at the paper's 0.75 (600 steps: 1.371 for seed 0 but 0.395
+  for seed 1, whose captions name the right shape and colour and then never
+  end: "a purple cross on a small small small ..."; only a quarter of the
+  examples teach the decoder when to stop).
   """
   del demo_data
   from big_vl import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -308,7 +309,7 @@ def test_cappa_captions_far_above_the_caption_agnostic_baseline(demo_data,
   from big_vl.evaluators import captioning  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(
       os.path.join(ROOT, "configs", "cappa.py")
-      + ":runlocal,steps=600,parallel=0")
+      + ":runlocal,steps=300,parallel=0")
   config.lr = 3e-3
   config.mesh = (("data", 1),)
   config.log_steps = 100
@@ -327,7 +328,7 @@ def test_cappa_captions_far_above_the_caption_agnostic_baseline(demo_data,
   assert base == pytest.approx(caption_metrics.cider_d([caption] * 64,
                                                        refs)[0])
   assert base == pytest.approx(0.390, abs=0.001)
-  assert cider > 1.2 and cider > 3 * base, (cider, base)
+  assert cider > 0.55 and cider > 1.4 * base, (cider, base)
 
 
 def test_guidance_one_is_conditional_and_zero_unconditional():
