@@ -30,7 +30,10 @@ configs/siglip.py); Gemma's 256k SentencePiece tokenizer -> CLIP BPE (both
 towers and the decoder); the decoder's full-size targets are the alt-text
 only (LocCa's box tasks need region annotations LAION lacks). Not here
 yet (issue #20): SILC's local-to-global self-distillation on multi-crop
-views.
+views; and the masking is not yet tied to its objective: `mask_ratio`
+masks the student's patches in every training step, so the sigmoid and
+decoder losses also see masked images from the start, where SigLIP 2
+masks only the masked-prediction view of its last 20%.
 
 Full run (a TPU pod):
 

@@ -272,7 +272,9 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
   Returns:
     {"zimg": f32[B, out_dim], "ztxt": f32[B, out_dim] (or [B, K, out_dim]),
     "t", "t_log", "b" (with bias_init), and the towers' "img/..." /
-    "txt/..." entries}; zimg / ztxt only for the inputs given.
+    "txt/..." entries}; zimg / ztxt only for the inputs given; "logits"
+    (the decoder's, f32[B, L - 1, V]) for a model with a `decoder` and a
+    batch with "caption" (`CAPTION_KEY`).
 
   Example (the model and inputs of the module docstring):
     >>> out = outputs(model, {"params": params},
