@@ -63,11 +63,14 @@ Args (after the colon): `variant=B/16|L/16|So400m/16`, `naflex`,
 `steps=N` (runlocal).
 """
 
+import re
+
 import ml_collections
 
 from big_vl import config as config_lib
 from big_vl.data import locca
 from big_vl.data.builders import demo_shapes
+from big_vl.models import vit
 
 VARIANTS = {"B/16": 768, "L/16": 1024, "So400m/16": 1152}
 
@@ -75,7 +78,6 @@ VARIANTS = {"B/16": 768, "L/16": 1024, "So400m/16": 1152}
 def _naflex(spec, patches, patch):
   """A pp string with its square resize replaced by the `naflex` op (and
   the patch positions kept)."""
-  import re  # pylint: disable=g-import-not-at-top
   spec = re.sub(r"resize\(\d+\)", f"naflex({patches}, {patch})", spec)
   return spec.replace("keep('image'", "keep('image','image_pos'")
 
@@ -154,8 +156,8 @@ def get_config(arg=None):
 
 
 def _patch(config):
-  """The image tower's patch size."""
-  return 8 if config.model.image.get("variant") == "mu/8" else 16
+  """The image tower's patch size (from its variant or patch_size)."""
+  return int(vit.ViT(**config.model.image.to_dict()).dims()["patch_size"])
 
 
 def _runlocal(config, arg):
