@@ -40,6 +40,7 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from big_vl import losses
@@ -256,12 +257,15 @@ class Combined:
   `round(start_frac * total_steps)` on; before, its loss and metrics are
   still computed and logged, with "NAME/active" 0 (1 once it counts).
   `parts` are the `Objective`s (GradCache and the start-up checks read
-  them one by one).
+  them one by one). The objectives named in `skipped` are not computed
+  (their "NAME/loss" and "NAME/active" are 0): `before_views` makes the
+  trainer's early phase so.
   """
 
-  def __init__(self, objectives, total_steps=None):
+  def __init__(self, objectives, total_steps=None, skipped=()):
     self.parts = tuple(objectives)
     self.total_steps = total_steps
+    self.skipped = frozenset(skipped)
     if total_steps is None and any(o.start_frac for o in self.parts):
       raise ValueError("Objectives with start_frac need the run's total "
                        "steps (combine(..., total_steps=N)).")
@@ -274,6 +278,10 @@ class Combined:
   def __call__(self, outputs, batch, *, mesh=None, step=None):
     total, metrics = None, {}
     for obj in self.parts:
+      if obj.name in self.skipped:
+        metrics[f"{obj.name}/active"] = metrics[f"{obj.name}/loss"] = \
+            jnp.zeros((), jnp.float32)
+        continue
       loss, part_metrics = obj.fn(outputs, batch, mesh=mesh)
       term = loss if obj.weight == 1.0 else obj.weight * loss
       if obj.start_frac:
@@ -287,7 +295,42 @@ class Combined:
       metrics[f"{obj.name}/loss"] = loss
       for key, value in part_metrics.items():
         metrics[f"{obj.name}/{key}"] = value
+    if total is None:  # Every term skipped.
+      total = jnp.zeros((), jnp.float32)
     return total, metrics
+
+
+def needs_views(obj):
+  """Whether an `Objective`'s loss reads the model's extra views
+  (`two_towers.Model`; the loss function's `needs_views`)."""
+  return bool(getattr(registry.get("loss", obj.loss), "needs_views", False))
+
+
+def views_from(objective):
+  """The first step whose objectives read the extra views, or None.
+
+  Args:
+    objective: a `Combined` (anything else reads no views).
+
+  Returns:
+    None if no objective reads the views; else the smallest start step of
+    those that do (0 for one without `start_frac`). The trainer runs the
+    views from that step on and skips those objectives before it
+    (`before_views`), so SigLIP 2's late self-supervised terms cost
+    nothing in the first 80% of training.
+  """
+  parts = [o for o in getattr(objective, "parts", ()) if needs_views(o)]
+  if not parts:
+    return None
+  return min(objective.start_step(o) for o in parts)
+
+
+def before_views(objective):
+  """`objective` without the terms that read the extra views (computed as
+  0, see `Combined`): the train step before `views_from(objective)`."""
+  return Combined(objective.parts, objective.total_steps,
+                  skipped={o.name for o in objective.parts
+                           if needs_views(o)})
 
 
 def combine(objectives, total_steps=None):

@@ -1,39 +1,48 @@
-r"""SigLIP 2 (Tschannen et al. 2025): sigmoid loss + LocCa decoder + masked
-prediction against an EMA teacher, optionally on NaFlex sequences.
+r"""SigLIP 2 (Tschannen et al. 2025): sigmoid loss + LocCa decoder +
+self-distillation and masked prediction against an EMA teacher, optionally
+on NaFlex sequences.
 
-One two-tower model (`two_towers.Model` with a `decoder`): the image and
-text towers trained with SigLIP's pairwise sigmoid loss, and a LocCa
-decoder (`big_vl/data/locca.py`) cross-attending to the image tower's
-patch tokens, trained on captions (full size: the alt-text; on the demo
-data: LocCa's captioning, referring-expression and grounded-captioning
-rows) with the `caption` loss. For the last 20% of training (the paper's
-schedule, `start_frac=0.8`) `masked_prediction` adds TIPS / SigLIP 2's
-masked objective against the student's EMA (`config.teacher.ema`): the
-student's image tower replaces half its patch embeddings with a mask token
-(`mask_ratio`) and regresses the teacher's patch features there (the
-cosine-regression form, docs/design_notes.md). With `naflex` images keep
-their aspect ratio: the `naflex` pp op cuts them into at most `patches`
-patches (256 in the paper) and the ViT resizes its 16x16 position grid to
-each image (`big_vl/models/naflex.py`). The decoder is dropped when the
-encoder is exported (`big_vl.convert.big_vision.to_npz_dict`).
+One two-tower model (`two_towers.Model` with a `decoder` and an
+`ssl_head`): the image and text towers trained with SigLIP's pairwise
+sigmoid loss, and a LocCa decoder (`big_vl/data/locca.py`) cross-attending
+to the image tower's patch tokens, trained on captions (full size: the
+alt-text; on the demo data: LocCa's captioning, referring-expression and
+grounded-captioning rows) with the `caption` loss. Both see the plain
+image. For the last 20% of training (the paper's schedule,
+`start_frac=0.8`) two self-supervised objectives against the student's EMA
+(`config.teacher.ema`) join, on extra views that the `multi_crop` pp op
+draws (SILC's 2 global crops of 40-100% of the area and 8 local crops of
+5-40%): `self_distillation`, SILC's local-to-global loss (DINO's head and
+cross-entropy from the teacher's global views to the student's other
+views, `big_vl/losses/self_distillation.py`), and `masked_prediction`,
+TIPS's masked objective (the student's global views have half their patch
+embeddings replaced by a mask token, `mask_ratio`, and regress the
+teacher's patch features there; the cosine-regression form,
+docs/design_notes.md). Before that step the train step runs neither the
+views nor the teacher (`big_vl/train/state.py`, two compiled phases). With
+`naflex` images keep their aspect ratio: the `naflex` pp op cuts them into
+at most `patches` patches (256 in the paper) and the ViT resizes its 16x16
+position grid to each image (`big_vl/models/naflex.py`). The decoder, the
+self-distillation head and the mask token are dropped when the encoder is
+exported (`big_vl.convert.big_vision.to_npz_dict`).
 
 The paper's numbers used here: batch 32,768, 40B examples, cosine schedule
 with 20,000 warm-up steps, patch 16 at 256 px (256 patches), 64 text
 tokens, the decoder objective throughout and the self-supervised ones in
-the last 20%; Adam at lr 1e-3 with decoupled weight decay 1e-4 and
-gradient clipping 1.0 as SigLIP (configs/siglip.py); FSDP over every
-device. Choices of ours where the sources read do not give the value: the
-decoder (4 layers at the image tower's width), the objectives' weights
-(1.0 each), the mask ratio (0.5) and the EMA momentum (0.999).
-Substitutions: WebLI -> LAION-400M WebDataset shards (`data=`, as
-configs/siglip.py); Gemma's 256k SentencePiece tokenizer -> CLIP BPE (both
-towers and the decoder); the decoder's full-size targets are the alt-text
-only (LocCa's box tasks need region annotations LAION lacks). Not here
-yet (issue #20): SILC's local-to-global self-distillation on multi-crop
-views; and the masking is not yet tied to its objective: `mask_ratio`
-masks the student's patches in every training step, so the sigmoid and
-decoder losses also see masked images from the start, where SigLIP 2
-masks only the masked-prediction view of its last 20%.
+the last 20% with weights 1 (self-distillation) and 0.25 (masked
+prediction) beside the sigmoid loss's 1; Adam at lr 1e-3 with decoupled
+weight decay 1e-4 and gradient clipping 1.0 as SigLIP (configs/siglip.py);
+FSDP over every device. SILC's multi-crop (2 global, 8 local views; local
+views at 96 px as DINO's) and DINO's head (65,536 prototypes, 2048 hidden,
+256 bottleneck) and temperatures (student 0.1, teacher 0.04). Choices of
+ours where the sources read do not give the value: the decoder (4 layers
+at the image tower's width), the mask ratio (0.5), the EMA momentum
+(0.999) and the teacher's centring on the batch mean
+(docs/design_notes.md). Substitutions: WebLI -> LAION-400M WebDataset
+shards (`data=`, as configs/siglip.py); Gemma's 256k SentencePiece
+tokenizer -> CLIP BPE (both towers and the decoder); the decoder's
+full-size targets are the alt-text only (LocCa's box tasks need region
+annotations LAION lacks).
 
 Full run (a TPU pod):
 
@@ -50,17 +59,20 @@ objective, NaFlex on:
         --workdir=/tmp/siglip2
 
 Metrics: train/contrastive/loss, train/caption/{loss, token_acc},
-train/masked/{loss, active} (active from 80% of the steps), zero-shot and
-retrieval on the demo test split, captions (captioning/demo_shapes/cider)
-and LocCa localisation (locca/demo_shapes/grounding_acc). Measured
+train/self_distillation/{loss, active, teacher_entropy, agreement} and
+train/masked/{loss, active, cosine} (active from 80% of the steps, 0
+before), zero-shot and retrieval on the demo test split, captions
+(captioning/demo_shapes/cider) and LocCa localisation
+(locca/demo_shapes/grounding_acc). Measured
 2026-12-07 (2 CPU cores; tests/test_siglip2.py trains it): the 20 steps
 run every objective and evaluator; at that length the metrics are those
 of an untrained model.
 
 Args (after the colon): `variant=B/16|L/16|So400m/16`, `naflex`,
 `patches=N` (NaFlex budget), `batch=N`, `examples=N`, `res=N`,
-`max_len=N`, `data=SHARDS`, `imagenet=SPEC`, `coco=SPEC`, `runlocal`,
-`steps=N` (runlocal).
+`max_len=N`, `data=SHARDS`, `imagenet=SPEC`, `coco=SPEC`,
+`local_res=N` and `local_views=N` (the local crops), `runlocal`, `steps=N`
+(runlocal).
 """
 
 import re
@@ -73,6 +85,10 @@ from big_vl.data.builders import demo_shapes
 from big_vl.models import vit
 
 VARIANTS = {"B/16": 768, "L/16": 1024, "So400m/16": 1152}
+VIEW_FIELDS = "'views_global','views_local'"
+# The main image and the views to [-1, 1] in the train step.
+DEVICE_PP = ("value_range(-1,1)|value_range(-1,1,key='views_global')|"
+             "value_range(-1,1,key='views_local')")
 
 
 def _naflex(spec, patches, patch):
@@ -89,7 +105,7 @@ def get_config(arg=None):
                              max_len=64, data=config_lib.LAION400M_SHARDS,
                              imagenet=config_lib.IMAGENET_DATA,
                              coco=config_lib.COCO_DATA, runlocal=False,
-                             steps=20)
+                             steps=20, local_res=96, local_views=8)
   if arg.variant not in VARIANTS:
     raise ValueError(f"configs/siglip2.py: variant must be one of "
                      f"{sorted(VARIANTS)}.")
@@ -99,11 +115,15 @@ def get_config(arg=None):
   tokenize = f"tokenize(max_len={arg.max_len})"
   # The decoder's targets: the alt-text again, as caption ids.
   caption = f"tokenize(max_len={arg.max_len}, out='caption')"
+  # The self-supervised objectives' views: SILC's 2 global and 8 local
+  # crops, drawn from the decoded image; the main image stays as it is.
+  views = f"multi_crop({arg.res}, {arg.local_res}, 2, {arg.local_views})"
   config.input = ml_collections.ConfigDict(dict(
       data=config_lib.shards_spec(arg.data), split="train", data_dir=None,
       batch_size=arg.batch,
-      pp=f"{image_pp}|{caption}|{tokenize}|keep('image','text','caption')",
-      device_pp="value_range(-1,1)",
+      pp=(f"decode|{views}|resize({arg.res})|{caption}|{tokenize}|"
+          f"keep('image','text','caption',{VIEW_FIELDS})"),
+      device_pp=DEVICE_PP,
       workers=8, read_threads=16, shuffle=True))
 
   width = VARIANTS[arg.variant]
@@ -118,12 +138,15 @@ def get_config(arg=None):
       token_features=True,
       decoder=dict(width=width, depth=4, mlp_dim=4 * width,
                    num_heads=width // 64),
-      vocab_size=49408, max_len=arg.max_len, dtype="bfloat16"))
+      vocab_size=49408, max_len=arg.max_len, dtype="bfloat16",
+      ssl_head=dict(prototypes=65536, hidden_dim=2048, bottleneck_dim=256)))
   config.teacher = ml_collections.ConfigDict(dict(ema=0.999))
   config.objectives = ml_collections.ConfigDict(dict(
       contrastive=dict(loss="sigmoid", weight=1.0, impl="ring"),
       caption=dict(loss="caption", weight=1.0, text_key="caption"),
-      masked=dict(loss="masked_prediction", weight=1.0, start_frac=0.8)))
+      self_distillation=dict(loss="self_distillation", weight=1.0,
+                             start_frac=0.8),
+      masked=dict(loss="masked_prediction", weight=0.25, start_frac=0.8)))
 
   config.total_examples = arg.examples
   config.warmup_examples = 20_000 * arg.batch
@@ -163,7 +186,10 @@ def _patch(config):
 def _runlocal(config, arg):
   """The demo data, tiny towers, LocCa's three tasks, 20 steps."""
   config_lib.runlocal_on_demo(config, steps=arg.steps)
+  config.input.device_pp = DEVICE_PP
   config.model.dtype = "float32"
+  config.model.ssl_head = dict(prototypes=256, hidden_dim=64,
+                               bottleneck_dim=32)
   config.objectives.contrastive.impl = "dense"
   config.objectives.caption.weights_key = "caption_weights"
   layout = locca.Layout(text_vocab=49408, num_bins=64)
@@ -172,7 +198,8 @@ def _runlocal(config, arg):
   config.input.pp = config.input.pp.replace(
       "keep('image','text')",
       f"{tasks}, out='caption', weights_out='caption_weights')|"
-      "keep('image','text','caption','caption_weights')")
+      f"keep('image','text','caption','caption_weights',{VIEW_FIELDS})"
+  ).replace("decode|", "decode|multi_crop(32, 16, 2, 4)|", 1)
   config.model.decoder = dict(width=64, depth=2, mlp_dim=256, num_heads=2)
   config.model.vocab_size = layout.vocab_size
   config.model.max_len = 24

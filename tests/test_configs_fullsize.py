@@ -47,6 +47,7 @@ from big_vl.data import sources
 from big_vl.evaluators import common
 from big_vl.evaluators import prompts
 from big_vl.evaluators import retrieval
+from big_vl.models import two_towers
 from big_vl.data.builders import image_folder
 import big_vl.data.builders.mnist_idx  # pylint: disable=unused-import
 
@@ -322,8 +323,12 @@ def _run_train(config, checks, tmp):
   # patch positions.
   fields = {o.text_key for o in config.get("objectives", {}).values()
             if o.get("text_key", None)}
-  if config.model.get("image", {}).get("posemb_grid", None):
+  if "naflex(" in block.pp:
     fields.add("image_pos")
+  # The self-supervised objectives' multi-crop views.
+  views = set(two_towers.VIEW_KEYS.values()) if "multi_crop(" in block.pp \
+      else set()
+  fields |= views
   for spec, record, _ in _records(block.data, block.split, tmp):
     out = pp_lib.build(block.pp)(record, rng)
     assert set(out) == {"image", "text"} | weights | fields, (spec,
@@ -333,10 +338,16 @@ def _run_train(config, checks, tmp):
     device = block.get("device_pp", None)
     checks.image(out, f"input.pp on {spec}", uint8=bool(device))
     if device:
-      batch = device_pp_lib.build(device)({"image": jnp.asarray(
-          out["image"])[None]})
+      batch = device_pp_lib.build(device)({k: jnp.asarray(out[k])[None]
+                                           for k in {"image"} | views})
       checks.image({**out, "image": np.asarray(batch["image"][0])},
                    "input.device_pp", pp=device)
+      for key in views:  # uint8 [V, S, S, 3] crops -> [-1, 1] floats.
+        view = np.asarray(batch[key][0])
+        assert view.ndim == 4 and view.shape[1] == view.shape[2], (key,
+                                                                   view.shape)
+        assert view.dtype == np.float32 and -1 <= view.min() < view.max() \
+            <= 1, (key, view.min(), view.max())
     checks.tokens(out["text"], f"input.pp on {spec}")
   return out
 

@@ -274,8 +274,8 @@ def test_masked_prediction_is_one_minus_the_cosine_at_masked_patches():
   student, teacher = (_unit(rng.normal(size=(6, 8))).reshape(2, 3, 8)
                       .astype(np.float32) for _ in range(2))
   mask = np.array([[True, False, True], [False, False, True]])
-  outputs = {"img/ztokens": student, "teacher/img/ztokens": teacher,
-             "img/patch_mask": mask}
+  outputs = {"view/img/ztokens": student, "teacher/view/img/ztokens": teacher,
+             "view/img/patch_mask": mask}
   loss, metrics = masked_prediction.masked_prediction_loss(outputs, {})
   cos = np.sum(student * teacher, axis=-1)[mask]
   np.testing.assert_allclose(loss, 1 - cos.mean(), rtol=1e-5)
@@ -285,22 +285,22 @@ def test_masked_prediction_is_one_minus_the_cosine_at_masked_patches():
   other = student.copy()
   other[~mask] = -other[~mask]
   np.testing.assert_allclose(masked_prediction.masked_prediction_loss(
-      {**outputs, "img/ztokens": other}, {})[0], loss, rtol=1e-6)
+      {**outputs, "view/img/ztokens": other}, {})[0], loss, rtol=1e-6)
   g_student, g_teacher = jax.grad(
       lambda s, t: masked_prediction.masked_prediction_loss(
-          {**outputs, "img/ztokens": s, "teacher/img/ztokens": t}, {})[0],
+          {**outputs, "view/img/ztokens": s, "teacher/view/img/ztokens": t}, {})[0],
       argnums=(0, 1))(student, teacher)
   assert np.abs(g_student[mask]).sum() > 0 and not g_student[~mask].any()
   assert not np.asarray(g_teacher).any()
   same = masked_prediction.masked_prediction_loss(
-      {**outputs, "teacher/img/ztokens": student}, {})[0]
+      {**outputs, "teacher/view/img/ztokens": student}, {})[0]
   np.testing.assert_allclose(same, 0.0, atol=1e-6)
-  with pytest.raises(ValueError, match=r"\['img/patch_mask'\]"):
+  with pytest.raises(ValueError, match=r"\['view/img/patch_mask'\]"):
     masked_prediction.masked_prediction_loss(
-        {k: v for k, v in outputs.items() if k != "img/patch_mask"}, {})
+        {k: v for k, v in outputs.items() if k != "view/img/patch_mask"}, {})
   with pytest.raises(ValueError, match="token_keep = 1"):
     masked_prediction.masked_prediction_loss(
-        {**outputs, "img/ztokens": student[:, :2]}, {})
+        {**outputs, "view/img/ztokens": student[:, :2]}, {})
 
 
 @pytest.mark.slow
@@ -323,6 +323,10 @@ def test_masked_prediction_trains_against_an_ema_teacher(demo_data,
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
   for r in rows:
     on = float(r["step"] >= 3)
+    assert r["train/masked/active"] == on
+    if not on:  # Before its start the views and the term are not computed.
+      assert r["train/masked/loss"] == 0.0 and "train/masked/masked" not in r
+      continue
     assert r["train/masked/masked"] == 0.5
     # Masked inputs: the student's features there are not the teacher's.
     assert 0.01 < r["train/masked/loss"] < 2.0

@@ -112,8 +112,9 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_runlocal_trains_every_objective_resumes_exactly_and_runs_fsdp(
     demo_data, tmp_path):
-  """configs/siglip2.py:runlocal,naflex (sigmoid + LocCa decoder + masked
-  prediction from 80% of the steps, NaFlex with padding): every objective
+  """configs/siglip2.py:runlocal,naflex (sigmoid + LocCa decoder, and
+  self-distillation on multi-crop views and masked prediction from 80% of
+  the steps, NaFlex with padding): every objective
   trains; a run stopped and resumed equals the uninterrupted one bit for
   bit (EMA teacher included); an 8-device FSDP mesh follows the
   one-device run."""
@@ -125,8 +126,18 @@ def test_runlocal_trains_every_objective_resumes_exactly_and_runs_fsdp(
   train_lib.train(config, str(tmp_path / "full"), devices=one)
   full = _losses(tmp_path / "full")
   assert sorted(full) == list(range(1, 9))
-  # Masked prediction switches on at step ceil(0.8 * 8) = 7, not before.
-  assert [full[s]["train/masked/active"] for s in (6, 7)] == [0.0, 1.0]
+  # The self-supervised terms switch on at step round(0.8 * 8) = 6 (logged
+  # as step 7), not before; the total is the weighted sum of the terms.
+  for name in ("masked", "self_distillation"):
+    assert [full[s][f"train/{name}/active"] for s in (6, 7)] == [0.0, 1.0]
+    assert full[6][f"train/{name}/loss"] == 0.0 < full[7][f"train/{name}/loss"]
+  for step in (6, 7, 8):
+    on = float(step >= 7)
+    want = (full[step]["train/contrastive/loss"]
+            + full[step]["train/caption/loss"]
+            + on * full[step]["train/self_distillation/loss"]
+            + on * 0.25 * full[step]["train/masked/loss"])
+    assert full[step]["train/loss"] == pytest.approx(want, rel=1e-5)
   for key in ("train/contrastive/loss", "train/caption/loss"):
     assert full[8][key] < full[1][key], (key, full[1][key], full[8][key])
   train_lib.train(config, str(tmp_path / "cut"), devices=one,

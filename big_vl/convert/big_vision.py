@@ -717,23 +717,34 @@ def _export_problems(model_config):
 
 
 # A SigLIP 2 model's training-time parts (`two_towers.Model` with a
-# decoder): the decoder's config keys and params, and the patch-token heads
-# of its masked prediction.
+# decoder or a self-distillation head): the decoder's config keys and
+# params, the patch-token heads of its masked prediction and the
+# self-distillation head.
 _DECODER_CONFIG = ("decoder", "vocab_size", "max_len", "parallel_fraction",
                    "uncond_prob", "mask_token", "project_memory", "decode",
-                   "token_features", "token_keep")
+                   "token_features", "token_keep", "ssl_head")
 _DECODER_PARAMS = ("decoder", "memory_proj", "null_memory", "img_token_head",
-                   "txt_token_head")
+                   "txt_token_head", "ssl_head")
 
 
 def encoder_only(model_config, params):
-  """(model_config, params) without a two-tower model's decoder (SigLIP 2's
-  LocCa head and its masked-prediction token heads): the encoder that is
-  exported and evaluated; other models are returned as they are."""
-  if model_config.get("decoder") is None:
+  """(model_config, params) without a two-tower model's training-time
+  heads (SigLIP 2's LocCa decoder, its masked-prediction token heads and
+  mask token, its self-distillation head): the encoder that is exported
+  and evaluated; other models are returned as they are."""
+  if model_config.get("decoder") is None and \
+      model_config.get("ssl_head") is None:
     return model_config, params
-  return ({k: v for k, v in model_config.items() if k not in _DECODER_CONFIG},
-          {k: v for k, v in dict(params).items() if k not in _DECODER_PARAMS})
+  config = {k: v for k, v in model_config.items()
+            if k not in _DECODER_CONFIG}
+  params = {k: v for k, v in dict(params).items()
+            if k not in _DECODER_PARAMS}
+  image = dict(config.get("image") or {})
+  if image.pop("mask_ratio", None):  # Masking is training-time too.
+    config["image"] = image
+    params["img"] = {k: v for k, v in dict(params["img"]).items()
+                     if k != "mask_token"}
+  return config, params
 
 
 def to_npz_dict(model_config, params, *, scan=False, prefix="params/",

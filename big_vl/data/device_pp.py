@@ -91,10 +91,16 @@ def build(spec):
       raise ValueError(
           f"config.input.device_pp: {name!r} is not a device op; known: "
           f"{sorted(OPS)} (other ops belong in config.input.pp).")
-    ops.append(OPS[name](*args, **kwargs))
+    key = kwargs.get("key", "image")
+    ops.append((name, key, OPS[name](*args, **kwargs)))
 
   def apply(batch):
-    for op in ops:
+    for name, key, op in ops:
+      if key not in batch:
+        raise KeyError(
+            f"config.input.device_pp: {name} reads the batch field {key!r}, "
+            f"which the batch lacks (it has {sorted(batch)}); keep it in "
+            "config.input.pp or drop the op.")
       batch = op(batch)
     return batch
 

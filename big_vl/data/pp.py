@@ -566,6 +566,72 @@ def get_random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
   return op
 
 
+@registry.register("pp", "multi_crop")
+def get_multi_crop(global_size=224, local_size=96, n_global=2, n_local=8,
+                   global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
+                   ratio=(3 / 4, 4 / 3), flip=True, method="bicubic",
+                   key="image", out="views"):
+  """Multi-crop views (DINO / SILC): global and local random resized crops.
+
+  The self-distillation objective (`big_vl/losses/self_distillation.py`)
+  lets an EMA teacher see the global views and the student every view.
+  `key` itself is left as it is, so put this op before the ops that make
+  the image-text input (e.g. `decode|multi_crop(224, 96)|resize(224)|...`):
+  the contrastive and captioning losses keep the plain image, as SILC and
+  SigLIP 2 advise. Each crop is drawn as `random_resized_crop` draws one
+  (area fraction in `global_scale` / `local_scale`, aspect in `ratio`),
+  resized and, with `flip`, flipped left-right with probability 1/2.
+  Without rng (evaluation) every view is the deterministic central crop.
+  SILC's defaults: 2 global views of 40-100% of the area, 8 local views of
+  5-40%.
+
+  Args:
+    global_size, local_size: output sizes, int or (height, width).
+    n_global, n_local: view counts (n_local may be 0).
+    global_scale, local_scale: (min, max) area fractions.
+    ratio: (min, max) crop aspect (width / height).
+    flip: random left-right flips.
+    method: PIL resize filter.
+    key: the image field (uint8 [H, W, C] or a PIL image).
+    out: prefix of the output fields.
+
+  Returns:
+    op(example, rng) writing `out + "_global"` [n_global, *global_size, C]
+    and `out + "_local"` [n_local, *local_size, C] (with n_local > 0), in
+    the image's dtype; e.g. multi_crop(32, 16, 2, 4) on uint8[64, 96, 3]
+    -> views_global uint8[2, 32, 32, 3], views_local uint8[4, 16, 16, 3].
+  """
+  if n_global < 1 or n_local < 0:
+    raise ValueError(f"multi_crop: n_global={n_global} must be >= 1 and "
+                     f"n_local={n_local} >= 0.")
+  scales = (tuple(global_scale), tuple(local_scale))
+  for scale in scales:
+    random_resized_crop_box(1, 1, scale, tuple(ratio))  # Validates.
+  groups = (("_global", _hw(global_size), n_global, scales[0]),
+            ("_local", _hw(local_size), n_local, scales[1]))
+  resample = _resample(method)
+
+  def op(example, rng):
+    image = example[key]
+    shape = _image_shape(image)
+    for suffix, (out_h, out_w), count, scale in groups:
+      if not count:
+        continue
+      views = []
+      for _ in range(count):
+        top, left, crop_h, crop_w = random_resized_crop_box(
+            *shape, scale, tuple(ratio), rng)
+        view = as_array(_pil_resize(_crop(image, top, left, crop_h, crop_w),
+                                    out_h, out_w, resample))
+        if flip and rng is not None and rng.random() < 0.5:
+          view = view[:, ::-1]
+        views.append(view)
+      example[out + suffix] = np.stack(views)
+    return example
+
+  return op
+
+
 def naflex_grid(height, width, patch, max_patches):
   """The patch grid of an image resized, aspect kept, to fit a NaFlex budget.
 

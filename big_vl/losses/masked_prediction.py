@@ -1,12 +1,16 @@
 """Masked prediction of a teacher's patch features (TIPS / SigLIP 2's
 masked-prediction objective, in a feature-regression form).
 
-The student's image tower sees a fraction of its patches replaced by a
-mask token (`config.model.image.mask_ratio`, aux "img/patch_mask"); at
-those positions its projected patch features ("img/ztokens",
-`config.model.token_features = True`) should match the teacher's on the
-whole image ("teacher/img/ztokens": an EMA teacher, `config.teacher.ema`,
-sees the unmasked image since it runs in evaluation mode):
+The student's image tower sees a fraction of the patches of its global
+views (the `multi_crop` pp op's, or else the main image; `two_towers.Model`
+"extra views") replaced by a mask token (`config.model.image.mask_ratio`,
+aux "view/img/patch_mask"); at those positions its projected patch
+features ("view/img/ztokens", `config.model.token_features = True`) should
+match the teacher's on the same, unmasked views ("teacher/view/img/ztokens":
+an EMA teacher, `config.teacher.ema`, runs in evaluation mode, which masks
+nothing). The main image, which the contrastive and caption losses see,
+is never masked; the trainer runs the views only in the steps where an
+objective that reads them counts (`start_frac`):
 
     loss = mean over masked patches of (1 - cos(student, teacher)).
 
@@ -30,7 +34,8 @@ import jax.numpy as jnp
 
 from big_vl import registry
 
-KEYS = ("img/ztokens", "img/patch_mask", "teacher/img/ztokens")
+KEYS = ("view/img/ztokens", "view/img/patch_mask",
+        "teacher/view/img/ztokens")
 
 
 @registry.register("loss", "masked_prediction")
@@ -39,9 +44,9 @@ def masked_prediction_loss(outputs, batch, *, mesh=None):
   the masked patches (see the module docstring).
 
   Args:
-    outputs: the outputs dict with "img/ztokens" [B, N, D] (the student's,
-      on the masked image), "img/patch_mask" bool [B, N] and
-      "teacher/img/ztokens" [B, N, D].
+    outputs: the outputs dict with "view/img/ztokens" [B * V, N, D] (the
+      student's, on the masked views), "view/img/patch_mask" bool
+      [B * V, N] and "teacher/view/img/ztokens" [B * V, N, D].
     batch: unused.
     mesh: unused (per-patch terms; XLA partitions them with the batch).
 
@@ -56,9 +61,9 @@ def masked_prediction_loss(outputs, batch, *, mesh=None):
         "token_features = True and config.model.image.mask_ratio (the "
         "student's masked patch features) and config.teacher (its "
         f"features); the outputs hold {sorted(outputs)}.")
-  student = outputs["img/ztokens"]
-  teacher = jax.lax.stop_gradient(outputs["teacher/img/ztokens"])
-  mask = outputs["img/patch_mask"].astype(jnp.float32)
+  student = outputs[KEYS[0]]
+  teacher = jax.lax.stop_gradient(outputs[KEYS[2]])
+  mask = outputs[KEYS[1]].astype(jnp.float32)
   if student.shape != teacher.shape or student.shape[:2] != mask.shape:
     raise ValueError(
         f"masked_prediction: student features {student.shape}, teacher "
@@ -70,3 +75,7 @@ def masked_prediction_loss(outputs, batch, *, mesh=None):
   cosine = jnp.sum(mask * cos) / count
   return 1.0 - cosine, {"cosine": cosine,
                         "masked": jnp.sum(mask) / mask.size}
+
+
+# Reads the extra views' outputs: the trainer runs them while it counts.
+masked_prediction_loss.needs_views = True

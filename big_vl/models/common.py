@@ -120,6 +120,13 @@ def as_dict(cfg):
   return dict(cfg)
 
 
+def l2_normalize(x, axis=-1, eps=1e-12):
+  """x / ||x|| along `axis`, in float32; a zero row stays zero (no NaN)."""
+  x = x.astype(jnp.float32)
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
+
+
 def get_dtype(dtype):
   """Returns a jnp dtype from a name ("float32", "bfloat16") or a dtype."""
   try:

@@ -29,6 +29,7 @@ from big_vl import registry
 from big_vl.models import captioner as captioner_lib
 from big_vl.models import common
 from big_vl.models import decoder as decoder_lib
+from big_vl.models import dino_head
 from big_vl.models import naflex
 from big_vl.models import text_transformer
 from big_vl.models import vit
@@ -38,11 +39,7 @@ from big_vl.models import vitamin
 IMAGE_ARCHS = {"vit": vit.ViT, "vitamin": vitamin.ViTamin}
 
 
-def l2_normalize(x, axis=-1, eps=1e-12):
-  """x / ||x|| along `axis`, in float32; a zero row stays zero (no NaN)."""
-  x = x.astype(jnp.float32)
-  sq = jnp.sum(x * x, axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
+l2_normalize = common.l2_normalize
 
 
 def _scalar_init(value):
@@ -55,6 +52,18 @@ def _scalar_init(value):
 # int [B, L] captions or [B, T, L] task rows (LocCa); the "caption" loss
 # reads it with `text_key=CAPTION_KEY`.
 CAPTION_KEY = "caption"
+
+# The batch fields of the extra views (the `multi_crop` pp op's, its
+# default `out="views"`): float [B, V, H, W, 3] global and [B, U, h, w, 3]
+# local views, see `Model` and `view_input`.
+VIEW_KEYS = {"global": "views_global", "local": "views_local"}
+
+
+def view_input(batch):
+  """`Model.__call__`'s `views` argument from a batch: {"global": ...,
+  "local": ...}, None where the batch lacks that field (no global views:
+  the main image is the one global view)."""
+  return {name: batch.get(key) for name, key in VIEW_KEYS.items()}
 
 
 @registry.register("model", "two_towers")
@@ -92,6 +101,20 @@ class Model(captioner_lib.CaptionHead, nn.Module):
       L), parallel_fraction, uncond_prob, mask_token, project_memory;
       decode builds it with a KV cache. Submodules `decoder`, `memory_proj`
       and the param `null_memory` sit beside `img` and `txt`.
+    ssl_head: None, or kwargs of `dino_head.DINOHead` (prototypes,
+      hidden_dim, bottleneck_dim, depth): SILC / SigLIP 2's
+      self-distillation head (submodule `ssl_head`) on the image tower's
+      pooled features of the extra views (`views` below).
+
+  Extra views (`__call__`'s `views`, `outputs(..., views=True)`): the
+  self-supervised objectives' passes of the image tower, beside the main
+  image the contrastive and caption losses see. The global views (the
+  `multi_crop` pp op's, or else the main image as the one view) run with
+  the tower's `mask_ratio` masking in training (masked prediction); the
+  local views run unmasked. Their outputs, for V global and U local views:
+  "view/img/ztokens" [B * V, N, out_dim] (with token_features),
+  "view/img/patch_mask" [B * V, N] (with mask_ratio), "view/img/ssl"
+  [B, V, K] and "local/img/ssl" [B, U, K] (with ssl_head).
   """
   image: Any = None
   text: Any = None
@@ -109,6 +132,7 @@ class Model(captioner_lib.CaptionHead, nn.Module):
   mask_token: int = 0
   project_memory: bool = True
   decode: bool = False
+  ssl_head: Any = None
 
   @staticmethod
   def sub_configs(model_config):
@@ -159,7 +183,7 @@ class Model(captioner_lib.CaptionHead, nn.Module):
 
   @nn.compact
   def __call__(self, image, text, train=False, text_embeddings=None,
-               caption=None):
+               caption=None, views=None):
     """Embeds images and/or texts.
 
     Args:
@@ -173,6 +197,10 @@ class Model(captioner_lib.CaptionHead, nn.Module):
         contexts, `big_vl.adapt.prompt`).
       caption: with a `decoder`, int [B, L] (or [B, T, L]) decoder targets
         for aux "logits" f32[B, L - 1, V] (or [B, T, L - 1, V]); needs
+        `image`.
+      views: None, or {"global": float [B, V, H, W, 3] or None (None: the
+        main image is the one global view), "local": float [B, U, h, w, 3]
+        or None} for the extra views' outputs (class docstring); needs
         `image`.
 
     Returns:
@@ -199,7 +227,11 @@ class Model(captioner_lib.CaptionHead, nn.Module):
         raise ValueError(f"two_towers: NaFlex inputs need a ViT image tower, "
                          f"not image.arch={arch!r}.")
       img = IMAGE_ARCHS[arch](**kw, name="img")
-      out, img_aux = img(image, train=train)
+      # Shared by the main pass and the views.
+      token_head = nn.Dense(self.out_dim, name="img_token_head")
+      tower_kw = {"mask": False} if kw.get("mask_ratio") else {}
+      out, img_aux = img(image, train=train, **tower_kw)
+      img_aux.pop("patch_mask", None)  # The views' pass is the masked one.
       self._check_width(out, "image")
       zimg = l2_normalize(out)
       for k, v in img_aux.items():
@@ -216,7 +248,11 @@ class Model(captioner_lib.CaptionHead, nn.Module):
           raise ValueError("two_towers: token_keep < 1 picks tokens by norm "
                            "and would pick padding of NaFlex inputs; use "
                            "token_keep=1 with NaFlex.")
-        aux["img/ztokens"] = self._image_token_features(img_aux["tokens"])
+        aux["img/ztokens"] = self._image_token_features(token_head,
+                                                        img_aux["tokens"])
+      if views is not None:
+        aux.update(self._view_outputs(img, token_head, image, views, train,
+                                      bool(tower_kw)))
     if text is not None:
       txt = text_transformer.TextTransformer(
           **self._tower_kwargs(self.text, "text"), name="txt")
@@ -237,12 +273,53 @@ class Model(captioner_lib.CaptionHead, nn.Module):
             self.out_dim, name="txt_token_head")(txt_aux["tokens"]))
     return zimg, ztxt, aux
 
-  def _image_token_features(self, tokens):
-    """Projected, normalised patch tokens; the top `token_keep` by norm."""
+  def _view_outputs(self, img, token_head, image, views, train, masking):
+    """The extra views' aux entries (class docstring), from the image
+    tower module `img` and the patch-token head (their params shared with
+    the main pass)."""
+    if naflex.is_naflex(image) and views.get("global") is None:
+      raise ValueError("two_towers: extra views of a NaFlex image need the "
+                       "multi_crop pp op's square views.")
+    out, head = {}, None
+    if self.ssl_head is not None:
+      head = dino_head.DINOHead(**{"dtype": self.dtype,
+                                   **common.as_dict(self.ssl_head)},
+                                name="ssl_head")
+    glob = views.get("global")
+    if glob is None:
+      glob = image[:, None]
+    n = glob.shape[0]
+    _, glob_aux = img(glob.reshape(-1, *glob.shape[2:]), train=train,
+                      **({"mask": True} if masking else {}))
+    if "patch_mask" in glob_aux:
+      out["view/img/patch_mask"] = glob_aux["patch_mask"]
+    if self.token_features:
+      out["view/img/ztokens"] = self._image_token_features(
+          token_head, glob_aux["tokens"])
+    if head is not None:
+      out["view/img/ssl"] = head(glob_aux["pre_logits"]).reshape(n, -1,
+                                                                self.ssl_head_k)
+    local = views.get("local")
+    if local is not None and head is not None:
+      _, local_aux = img(local.reshape(-1, *local.shape[2:]), train=train,
+                         **({"mask": False} if masking else {}))
+      out["local/img/ssl"] = head(local_aux["pre_logits"]).reshape(
+          n, -1, self.ssl_head_k)
+    return out
+
+  @property
+  def ssl_head_k(self):
+    """The self-distillation head's output width K."""
+    return int(common.as_dict(self.ssl_head).get(
+        "prototypes", dino_head.DINOHead.prototypes))
+
+  def _image_token_features(self, head, tokens):
+    """Projected (by `head`), normalised patch tokens; the top
+    `token_keep` by norm."""
     if not 0 < self.token_keep <= 1:
       raise ValueError(f"two_towers: token_keep={self.token_keep} must be "
                        "in (0, 1].")
-    proj = nn.Dense(self.out_dim, name="img_token_head")(tokens)
+    proj = head(tokens)
     keep = max(1, int(np.ceil(self.token_keep * proj.shape[1])))
     if keep < proj.shape[1]:
       norms = jnp.linalg.norm(proj.astype(jnp.float32), axis=-1)
@@ -252,7 +329,8 @@ class Model(captioner_lib.CaptionHead, nn.Module):
 
 
 @registry.register("outputs", "two_towers")
-def outputs(model, variables, batch, *, train=False, rngs=None):
+def outputs(model, variables, batch, *, train=False, rngs=None,
+            views=False):
   """The two-tower model's outputs dict for a batch.
 
   The one way the trainer, GradCache, growth and the evaluators' predict
@@ -268,13 +346,18 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
       An empty batch gives the entries that depend on the params only.
     train: enables dropout.
     rngs: e.g. {"dropout": key} when training with dropout.
+    views: also run the extra views (`Model`'s docstring) from the batch's
+      `VIEW_KEYS` fields (or the main image): the self-supervised
+      objectives' inputs. The trainer sets it only in the steps where such
+      an objective counts (`big_vl/train/state.py`).
 
   Returns:
     {"zimg": f32[B, out_dim], "ztxt": f32[B, out_dim] (or [B, K, out_dim]),
     "t", "t_log", "b" (with bias_init), and the towers' "img/..." /
     "txt/..." entries}; zimg / ztxt only for the inputs given; "logits"
     (the decoder's, f32[B, L - 1, V]) for a model with a `decoder` and a
-    batch with "caption" (`CAPTION_KEY`).
+    batch with "caption" (`CAPTION_KEY`); with `views`, the views'
+    "view/img/..." and "local/img/..." entries.
 
   Example (the model and inputs of the module docstring):
     >>> out = outputs(model, {"params": params},
@@ -290,7 +373,8 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
   zimg, ztxt, aux = model.apply(
       variables, image, batch.get("text"), train=train,
       rngs=rngs, text_embeddings=batch.get("text_embeddings"),
-      caption=caption if image is not None else None)
+      caption=caption if image is not None else None,
+      views=view_input(batch) if views and image is not None else None)
   out = dict(aux)
   if zimg is not None:
     out["zimg"] = zimg

@@ -16,6 +16,7 @@ With scan=True the blocks are one `Transformer/encoderblock` whose leaves
 have a leading [depth] axis (see `common.stack_block_params`).
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -216,13 +217,16 @@ class ViT(nn.Module):
     mask_ratio: masked prediction (TIPS / iBOT): in training, each image
       has a random `round(mask_ratio * N)` of its patch embeddings replaced
       by a learned `mask_token` (before the position embedding) and
-      aux["patch_mask"] (bool [B, N]) marks them; evaluation masks nothing.
+      aux["patch_mask"] (bool [B, N]) marks them; evaluation (and a call
+      with `mask=False`) masks nothing.
       0: off (no `mask_token` param, no "patch_mask").
     posemb_grid: None, or the (h, w) (or int side) patch grid of the
       learned position embedding, resized (bilinear, antialiased, as
       SigLIP 2's NaFlex) to each input's grid: needed for NaFlex inputs
       (`naflex.image_input`), and lets fixed-size images of any grid run.
-      None: the grid of the init image, which inputs must then match.
+      None: the grid of the init image; inputs of another grid get it
+      resized when it is square (SigLIP 2's smaller local views), else
+      must match it.
       At the input's own grid the embedding is used as is, so a model
       with posemb_grid=16 equals one without on 16x16-patch images.
     image_size: informational, not used in the computation: the image
@@ -263,7 +267,7 @@ class ViT(nn.Module):
         num_heads=self.num_heads, patch_size=self.patch_size)
 
   @nn.compact
-  def __call__(self, image, *, train=False):
+  def __call__(self, image, *, train=False, mask=True):
     """Encodes images.
 
     Args:
@@ -271,6 +275,9 @@ class ViT(nn.Module):
         NaFlex input {"patches": float [B, N, ph, pw, 3], "pos": int [B, N,
         2]} (`naflex.image_input`), padding at pos (-1, -1).
       train: enables dropout (and patch dropout, `patch_keep`).
+      mask: with `mask_ratio`, whether training masks this call's patches
+        (a model that also needs its unmasked features, such as
+        `two_towers` with masked prediction, passes False for those).
 
     Returns:
       (out, aux): out is [B, num_classes] (or [B, width] without a head) in
@@ -324,7 +331,7 @@ class ViT(nn.Module):
       token = self.param("mask_token", nn.initializers.normal(0.02),
                          (1, 1, width), jnp.float32)
       masked = jnp.zeros((n, num), jnp.bool_)
-      if train:
+      if train and mask:
         masked = mask_patches(n, num, self.mask_ratio,
                               self.make_rng("dropout"), valid)
       x = jnp.where(masked[..., None], token.astype(dtype), x)
@@ -395,7 +402,18 @@ class ViT(nn.Module):
       if pos is not None:
         return naflex.sincos_at(pos, width)
       return common.posemb_sincos_2d(*grid, width)
-    own = _pair(self.posemb_grid) if self.posemb_grid else grid
+    own = _pair(self.posemb_grid) if self.posemb_grid else None
+    if own is None and self.has_variable("params", "pos_embedding"):
+      # The init image's grid (square), resized to this call's.
+      n = self.get_variable("params", "pos_embedding").shape[1]
+      side = math.isqrt(n)
+      if grid is None or (side * side != n and n != grid[0] * grid[1]):
+        raise ValueError(
+            f"ViT: a learned position embedding of {n} positions (not a "
+            f"square grid) cannot be resized to a {grid} patch grid; set "
+            "`posemb_grid`.")
+      own = (side, side) if side * side == n else tuple(grid)
+    own = own or grid
     if own is None:
       raise ValueError("ViT: NaFlex inputs need `posemb_grid` (the learned "
                        "position-embedding grid, e.g. 16), since the inputs "

@@ -312,7 +312,8 @@ class _Loop:
             self._read(pending)
             pending = None
           self._grow(batch)
-        self.state, step_metrics = self.run_.train_step(self.state, batch)
+        self.state, step_metrics = self.run_.step_at(self.step)(self.state,
+                                                                batch)
         self.step += 1
         done_this_call += 1
         self._examples_since_log += data.global_batch

@@ -46,7 +46,8 @@ def params_initializer(model, example):
     example: one preprocessed example (arrays or ShapeDtypeStructs) with
       "image" [H, W, C] (or NaFlex patches [N, ph, pw, C] with
       "image_pos" [N, 2]) and "text" [L] (or [K, L]); and "caption" for
-      a two-tower model with a decoder.
+      a two-tower model with a decoder; the `multi_crop` views for one
+      with an `ssl_head`.
 
   Returns:
     A function of a PRNG key; `jax.eval_shape` of it gives the params'
@@ -63,6 +64,11 @@ def params_initializer(model, example):
                                                        two_towers.Model):
     kw["caption"] = jnp.zeros((1, *np.shape(example[two_towers.CAPTION_KEY])),
                               jnp.int32)
+  if isinstance(model, two_towers.Model) and model.ssl_head is not None:
+    kw["views"] = {  # The self-distillation head's params need a view.
+        name: jnp.zeros((1, *np.shape(example[key])), jnp.float32)
+        if key in example else None
+        for name, key in two_towers.VIEW_KEYS.items()}
   return lambda rng: model.init({"params": rng}, image0, text0, **kw)[
       "params"]
 
@@ -131,6 +137,25 @@ def model_outputs_fn(config):
   return models.outputs_fn(config.get("model_name", "two_towers"))
 
 
+class PhasedStep:
+  """A run's train step in two phases: `early` before step `start`, `late`
+  from it (the extra views and the objectives that read them switch on:
+  `objectives.views_from`); two compiles, each phase pays only for
+  itself."""
+
+  def __init__(self, early, late, start):
+    self.early, self.late, self.start = early, late, int(start)
+
+  def at(self, step):
+    """The jitted step function for training step `step` (0-based)."""
+    return self.late if step >= self.start else self.early
+
+  def __call__(self, state, batch):
+    """One step; reads the state's step from the device (the loop, which
+    knows it, calls `at(step)` instead)."""
+    return self.at(int(jax.device_get(state["step"])))(state, batch)
+
+
 class Run(NamedTuple):
   """What `build` makes for a run: model, optimiser, state and step.
 
@@ -142,7 +167,8 @@ class Run(NamedTuple):
     state_shardings: NamedShardings of the train state.
     init_state: `() -> state`, the freshly initialised, sharded state.
     train_step: the jitted `(state, global_batch) -> (state, metrics)`; it
-      donates `state`.
+      donates `state`. A `PhasedStep` where the objectives switch the
+      extra views on after the first step (`step_at`).
   """
   model: Any
   tx: Any
@@ -151,6 +177,12 @@ class Run(NamedTuple):
   state_shardings: Any
   init_state: Any
   train_step: Any
+
+  def step_at(self, step):
+    """The jitted step function for training step `step`."""
+    if isinstance(self.train_step, PhasedStep):
+      return self.train_step.at(step)
+    return self.train_step
 
 
 def build(config, mesh, example, total_steps, warmup_steps):
@@ -178,9 +210,18 @@ def build(config, mesh, example, total_steps, warmup_steps):
   # Every rule list must match the params (big_vl/paths.py), before any
   # device work.
   paths.check_config_rules(config, abstract_params)
+  # The extra views run from the first step whose objectives read them.
+  views_from = objectives_lib.views_from(objective)
+  if views_from is not None and not isinstance(model, two_towers.Model):
+    raise ValueError(
+        "config.objectives: self_distillation and masked_prediction read "
+        "the extra image views of a two-tower model (model_name "
+        f"'two_towers'), not of {type(model).__name__}.")
   # Every objective's fields exist (an abstract trace, no device work).
-  check_objective_fields(objective, model, outputs_fn, abstract_params,
-                         example, config, mesh, teacher=teacher)
+  reads = check_objective_fields(objective, model, outputs_fn,
+                                 abstract_params, example, config, mesh,
+                                 teacher=teacher,
+                                 views=views_from is not None)
   frozen_teacher = teacher is not None and teacher.state_key == "teacher"
   tx, schedule = optim.make(config, abstract_params, total_steps,
                             warmup_steps)
@@ -211,18 +252,31 @@ def build(config, mesh, example, total_steps, warmup_steps):
     state_shardings["teacher"] = sharding.tree_shardings(
         abstract_state["teacher"], mesh, teacher.rules,
         where="config.teacher.sharding_rules")
-  step_fn = step_lib.make_train_step(
-      model, objective, tx, schedule, mesh, frozen, outputs_fn=outputs_fn,
-      grad_accum_steps=schema.grad_accum_steps(config),
-      compute_dtype=schema.param_compute_dtype(config),
-      ema_momentum=ema_momentum,
-      device_pp=device_pp_lib.build(config.input.get("device_pp", None)),
-      teacher=None if teacher is None else teacher._replace(params=None))
-  train_step = jax.jit(
-      step_fn,
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+  def jitted_step(objective, views, teacher):
+    step_fn = step_lib.make_train_step(
+        model, objective, tx, schedule, mesh, frozen, outputs_fn=outputs_fn,
+        grad_accum_steps=schema.grad_accum_steps(config),
+        compute_dtype=schema.param_compute_dtype(config),
+        ema_momentum=ema_momentum,
+        device_pp=device_pp_lib.build(config.input.get("device_pp", None)),
+        teacher=None if teacher is None else teacher._replace(params=None),
+        views=views)
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0)
+
+  train_step = jitted_step(objective, views_from is not None, teacher)
+  if views_from:  # Two phases: without the views, then with them.
+    early = objectives_lib.before_views(objective)
+    # The teacher runs early only if an objective that counts reads it.
+    early_teacher = teacher if reads is None or any(
+        key.startswith(teacher_lib.PREFIX)
+        for part in early.parts if part.name not in early.skipped
+        for key in reads[part.name]) else None
+    train_step = PhasedStep(jitted_step(early, False, early_teacher),
+                            train_step, views_from)
   return Run(
       model=model, tx=tx, schedule=schedule, abstract_state=abstract_state,
       state_shardings=state_shardings,
@@ -233,7 +287,7 @@ def build(config, mesh, example, total_steps, warmup_steps):
 
 
 def check_objective_fields(objective, model, outputs_fn, abstract_params,
-                           example, config, mesh, teacher=None):
+                           example, config, mesh, teacher=None, views=False):
   """Fails before any data or device work if an objective reads a model
   output or batch field that this run does not have.
 
@@ -246,10 +300,18 @@ def check_objective_fields(objective, model, outputs_fn, abstract_params,
   be per example or parameter-only (what GradCache can split); a teacher's
   outputs ("teacher/KEY") are computed on the whole batch, so any is.
 
+  With `views` the model and the teacher run the extra views too (the
+  step's late phase, where every objective is computed).
+
+  Returns:
+    {objective name: the output keys it reads}, or None with GradCache
+    (which checks its reads its own way).
+
   Raises:
     objectives.MissingFieldError: naming the objective and the field.
     ValueError: naming the objective and the output GradCache cannot split.
   """
+  view_kw = {"views": True} if views else {}
   size = config.input.batch_size
   dtype = lambda v: v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
   batch = {k: jax.ShapeDtypeStruct((size, *np.shape(v)), dtype(v))
@@ -259,26 +321,28 @@ def check_objective_fields(objective, model, outputs_fn, abstract_params,
     batch = jax.eval_shape(device_pp, batch)
   outputs = jax.eval_shape(
       lambda p, b: outputs_fn(model, {"params": p}, b, train=True,
-                              rngs={"dropout": jax.random.PRNGKey(0)}),
+                              rngs={"dropout": jax.random.PRNGKey(0)},
+                              **view_kw),
       abstract_params, batch)
   taught = {}
   if teacher is not None:
     taught = jax.eval_shape(
-        lambda p, b: teacher_lib.outputs(teacher, p, b),
+        lambda p, b: teacher_lib.outputs(teacher, p, b, views=views),
         abstract_params if teacher.params is None
         else teacher_lib.abstract_params(teacher), batch)
     outputs = {**outputs, **taught}
   steps = schema.grad_accum_steps(config)
   if steps == 1:
-    for part in getattr(objective, "parts", ()):
-      objectives_lib.fields_read(part, outputs, batch, mesh)
-    return
+    return {part.name: objectives_lib.fields_read(part, outputs, batch,
+                                                  mesh)[0]
+            for part in getattr(objective, "parts", ())}
   # GradCache assembles per-example and param-only outputs only.
   param_only = set(jax.eval_shape(
       lambda p: outputs_fn(model, {"params": p}, {}, train=True),
       abstract_params)) | set(taught)
   gradcache.splittable_reads(objective, outputs, param_only, batch,
                               rows=size, steps=steps, mesh=mesh)
+  return None
 
 
 def _with_teacher(state, teacher, state_shardings):

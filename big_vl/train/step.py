@@ -29,7 +29,8 @@ def cast_floating(tree, dtype):
 
 def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
                     outputs_fn=None, grad_accum_steps=1, compute_dtype=None,
-                    ema_momentum=None, device_pp=None, teacher=None):
+                    ema_momentum=None, device_pp=None, teacher=None,
+                    views=False):
   """The pure train step `(state, batch) -> (state, metrics)`.
 
   The batch goes through device pp, the model kind's outputs function and
@@ -60,16 +61,22 @@ def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
       outputs on the batch, from the state's frozen "teacher" params (or
       the "ema" ones, before this step's update), join the student's as
       "teacher/KEY" for the objectives (`big_vl/train/teacher.py`).
+    views: the model (and the teacher) also run the extra views that the
+      self-supervised objectives read (`two_towers.outputs(...,
+      views=True)`); the trainer builds this step for the phase where one
+      of them counts (`objectives.views_from`).
 
   Returns:
     The train step function (to be jitted).
   """
 
   outputs_fn = outputs_fn or models.outputs_fn("two_towers")
+  view_kw = {"views": True} if views else {}
 
   def forward(params, batch, rng):
     return outputs_fn(model, {"params": params}, batch, train=True,
-                      rngs=None if rng is None else {"dropout": rng})
+                      rngs=None if rng is None else {"dropout": rng},
+                      **view_kw)
 
   def train_step(state, batch):
     if device_pp is not None:
@@ -80,7 +87,8 @@ def make_train_step(model, objective, tx, schedule, mesh, frozen, *,
     if teacher is not None:
       # Once per step on the whole batch (GradCache's objective sees the
       # whole batch's outputs too).
-      taught = teacher_lib.outputs(teacher, state[teacher.state_key], batch)
+      taught = teacher_lib.outputs(teacher, state[teacher.state_key], batch,
+                                   views=views)
       at_step = objective_
       objective_ = lambda out, b, *, mesh: at_step({**out, **taught}, b,
                                                    mesh=mesh)

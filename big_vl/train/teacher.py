@@ -115,19 +115,24 @@ def load(config, model=None, outputs_fn=None):
                  rules=tuple(block.get("sharding_rules", None) or ()))
 
 
-def outputs(teacher, params, batch):
+def outputs(teacher, params, batch, views=False):
   """{"teacher/KEY": value} of the teacher on `batch`, held constant.
 
   Args:
     teacher: a `Teacher` (its model and outputs function are used).
     params: its params (the train state's "teacher").
     batch: the step's batch.
+    views: also its outputs on the global extra views ("teacher/view/...",
+      `two_towers.outputs`; unmasked, as it runs in evaluation mode), for
+      the self-supervised objectives.
   """
   # A decoder's targets are the student's alone (the teacher's logits over
-  # them would be computed and never read).
-  batch = {k: v for k, v in batch.items() if k != two_towers.CAPTION_KEY}
+  # them would be computed and never read), as are the local views (the
+  # teacher sees the global ones).
+  drop = (two_towers.CAPTION_KEY, two_towers.VIEW_KEYS["local"])
+  batch = {k: v for k, v in batch.items() if k not in drop}
   out = teacher.outputs_fn(teacher.model, {"params": params}, batch,
-                           train=False)
+                           train=False, **({"views": True} if views else {}))
   return {PREFIX + k: jax.lax.stop_gradient(v) for k, v in out.items()}
 
 
