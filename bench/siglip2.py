@@ -23,7 +23,8 @@ patch's centre (`patch_labels`), fitted on the object patches (about a
 third; background patches left out) of `--probe_train` training images
 and scored on those of `--eval_images` test images. The self-supervised objectives are the ones
 expected to help the dense probe most (the paper's dense-feature gains).
-Results (mean ± std over the seeds, and the paired difference) go to the
+Results (mean ± std over the seeds, and the paired difference with its
+95% t-interval) go to the
 "## SigLIP 2 recipe in miniature" section of RESULTS.md; only a run at
 the default flags writes it. Runs are resumable (bench/runs.py).
 """
@@ -41,6 +42,7 @@ flags.FLAGS.mark_as_parsed()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import scipy.stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -195,6 +197,17 @@ def patch_labels_of(data, split):
           np.concatenate([s for _, s in labels]))
 
 
+def paired_interval(diffs, level=0.95):
+  """The t-interval of the mean of paired differences (one per seed):
+  (low, high); (-inf, inf) with fewer than 2 seeds."""
+  diffs = np.asarray(diffs, np.float64)
+  if len(diffs) < 2:
+    return -np.inf, np.inf
+  half = scipy.stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * diffs.std(
+      ddof=1) / np.sqrt(len(diffs))
+  return diffs.mean() - half, diffs.mean() + half
+
+
 def make_parser():
   """The command-line flags (`--root` aside, any non-default one makes a
   partial run)."""
@@ -254,13 +267,14 @@ def main(argv):
         pct(values[k]) for k in METRICS[2:]) + " |")
   diffs = {k: 100 * (np.asarray(table["siglip2", k])
                      - np.asarray(table["siglip", k])) for k in METRICS}
-  lines.append("| siglip2 - siglip (paired, points) | " + " | ".join(
-      f"{d.mean():+.1f} ± {d.std():.1f}" for d in diffs.values()) + " |")
+  intervals = {k: paired_interval(d) for k, d in diffs.items()}
+  lines.append("| siglip2 - siglip (paired, points; 95% CI) | " + " | ".join(
+      f"{d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}]"
+      for d, (lo, hi) in zip(diffs.values(), intervals.values())) + " |")
   verdict = ", ".join(
-      f"{k}: " + ("inside the seed noise" if abs(d.mean()) <= d.std()
-                  or len(d) < 2 else
-                  ("SigLIP 2 better" if d.mean() > 0 else "SigLIP better"))
-      for k, d in diffs.items())
+      f"{k}: " + ("inside the seed noise" if lo <= 0 <= hi else
+                  ("SigLIP 2 better" if lo > 0 else "SigLIP better"))
+      for k, (lo, hi) in intervals.items())
   section = "\n".join([
       HEADING, "",
       f"Measured {datetime.date.today()} on {machine}. configs/siglip2.py "
@@ -271,8 +285,9 @@ def main(argv):
       "probe accuracy on object patches; baselines: the "
       "most frequent object class of the training patches, and the probe "
       "on an untrained tower (each seed's init); the last row is the "
-      f"paired difference. Per metric: {verdict} (a difference is called "
-      "only where its mean exceeds its std).",
+      f"paired difference with its 95% t-interval over the seeds. Per "
+      f"metric: {verdict} (a difference is called only where the interval "
+      "excludes 0).",
       "", "```", results_md.command(__file__, argv), "```", "", *lines, ""])
   results_md.publish(HEADING, section, write=not args.no_write,
                      partial=partial)

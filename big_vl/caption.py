@@ -143,10 +143,12 @@ def caption_all(predictor, items, write, *, chunk=None, progress=True,
   bar = tqdm.tqdm(total=len(items), unit="img", file=sys.stderr,
                   disable=not progress, dynamic_ncols=True)
   for start in range(0, len(items), chunk):
-    ids, pixels = [], []
+    ids, pixels, positions = [], [], []
     for ident, image in items[start:start + chunk]:
       try:
-        pixels.append(predictor.preprocess_images([_load(image)])[0])
+        one, pos = predictor.preprocess_images([_load(image)], with_pos=True)
+        pixels.append(one[0])
+        positions.append(None if pos is None else pos[0])  # NaFlex.
         ids.append(ident)
       except (pp_lib.CorruptRecordError, OSError, ValueError) as e:
         skipped += 1
@@ -155,8 +157,9 @@ def caption_all(predictor, items, write, *, chunk=None, progress=True,
     if pixels:
       # `first` counts captioned images, so sampling does not depend on the
       # chunk size (only on the order of the usable images).
+      naflex_pos = None if positions[0] is None else positions
       for ident, text in zip(ids, predictor.caption_pixels(
-          pixels, first=first, **options)):
+          pixels, first=first, pos=naflex_pos, **options)):
         write({"image": ident, "caption": text})
       first += len(pixels)
       done += len(pixels)

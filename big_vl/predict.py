@@ -216,8 +216,7 @@ class Predictor:
   def embed_images(self, images):
     """f32[N, D] unit-norm image embeddings."""
     pixels, pos = self.preprocess_images(images, with_pos=True)
-    columns = [] if pos is None else [list(pos)]
-    return self._batched(self._embed_img, list(pixels), *columns)
+    return self._batched(self._embed_img, list(pixels), *_columns(pos))
 
   def tokenize(self, texts):
     """i32[N, L] token ids of `texts` with the model's text pp."""
@@ -268,15 +267,17 @@ class Predictor:
     Returns:
       A list of N caption strings.
     """
-    return self.caption_pixels(self.preprocess_images(images), **options)
+    pixels, pos = self.preprocess_images(images, with_pos=True)
+    return self.caption_pixels(pixels, pos=pos, **options)
 
   def caption_pixels(self, pixels, *, beam=1, alpha=0.0, guidance=None,
                      temperature=0.0, top_k=None, top_p=None, seed=0,
-                     first=0, prefix=None):
+                     first=0, prefix=None, pos=None):
     """Captions of preprocessed images by a captioner.
 
     Args:
-      pixels: f32[N, H, W, 3] (`preprocess_images`' output).
+      pixels: f32[N, H, W, 3] (`preprocess_images`' output), or NaFlex
+        patches f32[N, M, ph, pw, 3] with their `pos`.
       beam: 1: greedy (or sampled, with `temperature` > 0); K > 1: beam
         search with K hypotheses (`big_vl.decode.beam_search`).
       alpha: beam search's length penalty exponent.
@@ -291,6 +292,8 @@ class Predictor:
         one call would.
       prefix: optional text every caption starts with (e.g. "a photo
         of"); decoding continues after it (greedy or sampling).
+      pos: int32[N, M, 2] NaFlex patch positions (`preprocess_images(...,
+        with_pos=True)`), or None for images.
 
     Returns:
       A list of N caption strings.
@@ -316,7 +319,8 @@ class Predictor:
     model, starts = self.model, iter(range(first, first + len(pixels),
                                            self.batch_size))
 
-    def run(params, image):
+    def run(params, image, *pos):
+      image = _tower_input(image, pos)
       if beam > 1:
         return decode.beam_search(model, params, image, beam=beam,
                                   alpha=alpha, **ids)[0]
@@ -327,7 +331,7 @@ class Predictor:
                              top_p=top_p, guidance=guidance, **ids)
       return decode.greedy(model, params, image, guidance=guidance, **ids)
 
-    tokens = self._batched(run, list(pixels))
+    tokens = self._batched(run, list(pixels), *_columns(pos))
     return [locca.text_of(tokenizer, row) for row in tokens]
 
   def _locca(self):
@@ -344,18 +348,19 @@ class Predictor:
           f"{tokenizer.vocab_size} ids, box bins, 3 tasks and a separator).")
     return locca.Layout.of_model(vocab, tokenizer.vocab_size), tokenizer
 
-  def _complete(self, pixels, prompts):
+  def _complete(self, images, prompts):
     """Greedy continuations of per-image prompts (lists of ids after the
-    start token): int32[N, L - 1]."""
+    start token) on `images`: int32[N, L - 1]."""
+    pixels, pos = self.preprocess_images(images, with_pos=True)
     width = max(len(p) for p in prompts)
     prefix = np.full((len(prompts), width), -1, np.int32)
     for i, p in enumerate(prompts):
       prefix[i, :len(p)] = p
     ends = {"start_id": self.caption_options["start_id"],
             "end_id": self.caption_options["end_id"]}
-    run = lambda params, image, rows: decode.greedy(
-        self.model, params, image, prefix=rows, **ends)
-    return self._batched(run, list(pixels), list(prefix))
+    run = lambda params, image, rows, *pos: decode.greedy(
+        self.model, params, _tower_input(image, pos), prefix=rows, **ends)
+    return self._batched(run, list(pixels), list(prefix), *_columns(pos))
 
   def locate(self, images, descriptions):
     """Where each description is in its image, by a LocCa model
@@ -373,7 +378,7 @@ class Predictor:
     layout, tokenizer = self._locca()
     prompts = [[layout.task_id("gcap"), *tokenizer.encode(d), layout.sep_id]
                for d in descriptions]
-    tokens = self._complete(self.preprocess_images(images), prompts)
+    tokens = self._complete(images, prompts)
     boxes = np.full((len(prompts), 4), np.nan)
     for i, (p, row) in enumerate(zip(prompts, tokens)):
       box = layout.box_of(row[len(p):len(p) + 4])
@@ -396,6 +401,20 @@ class Predictor:
     layout, tokenizer = self._locca()
     prompts = [[layout.task_id("aref"), *layout.box_ids(b), layout.sep_id]
                for b in boxes]
-    tokens = self._complete(self.preprocess_images(images), prompts)
+    tokens = self._complete(images, prompts)
     return [locca.text_of(tokenizer, row[len(p):])
             for p, row in zip(prompts, tokens)]
+
+
+def _tower_input(image, pos):
+  """The image tower's input from a batch of pixels and the optional
+  NaFlex positions column (`_batched`'s extra column)."""
+  if not pos:
+    return image
+  return naflex.image_input({"image": image, "image" + naflex.POS_SUFFIX:
+                             pos[0]})
+
+
+def _columns(pos):
+  """`_batched`'s extra columns for optional NaFlex positions."""
+  return [] if pos is None else [list(pos)]

@@ -170,3 +170,31 @@ def test_sharded_over_8_devices_equals_one_device():
   for g, w in zip(got[1], want[1]):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
   assert np.abs(np.asarray(want[1][2])).sum() > 0   # grouping reaches patches
+
+
+@pytest.mark.parametrize("impl,mesh_config", [("dense", None),
+                                              ("ring", [("data", 8)])])
+def test_naflex_padding_patches_are_not_grouped(impl, mesh_config):
+  """NaFlex: 3 junk patches per image, masked by "img/mask", give the loss
+  and gradients of the unpadded patches (dense and on an 8-device ring);
+  unmasked, the junk would be grouped."""
+  from big_vl import sharding  # pylint: disable=g-import-not-at-top
+  zimg, ztxt, patches = _data(b=16, k=3, n=5)
+  padded = np.concatenate([patches, -patches[:, :3]], axis=1)
+  mask = np.broadcast_to(np.arange(8) < 5, (16, 8))
+  mesh = mesh_config and sharding.make_mesh(mesh_config)
+  put = (lambda a: a) if mesh is None else (
+      lambda a: jax.device_put(a, sharding.batch_sharding(mesh)))
+
+  def f(p, *m):
+    aux = {"t": jnp.float32(T), "img/ztokens": p,
+           **dict(zip(["img/mask"], m))}
+    return dreamlip.dreamlip_loss(put(zimg), put(ztxt), aux, mesh=mesh,
+                                  impl=impl)[0]
+
+  want, want_g = jax.jit(jax.value_and_grad(f))(put(patches))
+  got, got_g = jax.jit(jax.value_and_grad(f))(put(padded), put(mask))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(got_g)[:, :5], want_g, atol=1e-7)
+  assert not np.asarray(got_g)[:, 5:].any()
+  assert abs(float(jax.jit(f)(put(padded))) - float(want)) > 1e-3

@@ -84,6 +84,38 @@ def test_ring_equals_dense(mesh_config):
   assert float(want) > 0 and np.abs(want_g[0]).sum() > 0
 
 
+@pytest.mark.parametrize("impl,mesh_config", [("dense", None),
+                                              ("ring", [("data", 8)])])
+def test_naflex_padding_patches_change_nothing(impl, mesh_config):
+  """NaFlex: images padded with 3 junk patches and their "img/mask" give
+  the loss and gradients of the unpadded images, dense and on an 8-device
+  ring; without the mask the junk would count."""
+  mesh = mesh_config and sharding.make_mesh(mesh_config)
+  x, y, mask = _tokens(16, 6, 5, seed=2)
+  padded = np.concatenate([x, -np.roll(x, 1, axis=0)[:, :3]], axis=1)
+  img_mask = np.broadcast_to(np.arange(9) < 6, (16, 9))
+  t = jnp.float32(T)
+
+  def f(tokens, y, t, mask, img_mask=None):
+    aux = {"t": t, "img/ztokens": tokens, "txt/ztokens": y,
+           "txt/mask": mask}
+    if img_mask is not None:
+      aux["img/mask"] = img_mask
+    return filip.filip_loss(None, None, aux, mesh=mesh, impl=impl)[0]
+
+  put = (lambda a: a) if mesh is None else (
+      lambda a: jax.device_put(a, sharding.batch_sharding(mesh)))
+  want, want_g = jax.jit(jax.value_and_grad(f))(put(x), put(y), t,
+                                                put(mask))
+  got, got_g = jax.jit(jax.value_and_grad(f))(put(padded), put(y), t,
+                                              put(mask), put(img_mask))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(got_g)[:, :6], want_g, atol=1e-7)
+  assert not np.asarray(got_g)[:, 6:].any()
+  unmasked = jax.jit(f)(put(padded), put(y), t, put(mask))
+  assert abs(float(unmasked) - float(want)) > 1e-3
+
+
 def test_ring_holds_one_token_block_per_device():
   # Per device, dense (partitioned by XLA) holds at least its
   # [B_global / 8, B_global, N, L] share of the token similarities; the ring

@@ -227,7 +227,7 @@ def test_patch_dropout_and_masking_draw_among_real_patches():
                                 fixed_aux["patch_mask"])
 
 
-def test_two_towers_take_naflex_batches_and_coca_refuses_them():
+def test_two_towers_take_naflex_batches():
   model = two_towers.Model(
       image={"variant": "mu/8", "pool_type": "map", "posemb_grid": 4},
       text={"variant": "mu", "vocab_size": 100, "max_len": 8}, out_dim=32)
@@ -244,9 +244,33 @@ def test_two_towers_take_naflex_batches_and_coca_refuses_them():
   # Patches without their positions: a message that says what to keep.
   with pytest.raises(ValueError, match="image_pos"):
     two_towers.outputs(model, {"params": params}, {"image": patches})
+
+
+def test_coca_on_naflex_inputs_equals_the_unpadded_images():
+  """CoCa's attentional pooler skips the padding: embeddings, caption
+  logits and greedy captions of padded patch sequences equal those of the
+  plain images (a 2x3-patch grid, with 5 padding slots of junk)."""
+  from big_vl import decode  # pylint: disable=g-import-not-at-top
   from big_vl.models import coca  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match="NaFlex"):
-    coca.outputs(None, {"params": {}}, {"image": patches, "image_pos": pos})
+  tower = {"width": 32, "depth": 2, "mlp_dim": 64, "num_heads": 2}
+  model = coca.CoCa(image={"variant": "mu/8", "posemb_grid": 4}, text=tower,
+                    decoder=tower, out_dim=32, vocab_size=50, max_len=9,
+                    num_queries=5, pool_heads=2)
+  images = jax.random.normal(jax.random.key(6), (3, 16, 24, 3))
+  text = jax.random.randint(jax.random.key(7), (3, 9), 1, 48)
+  params = model.init(jax.random.key(0), images, text)["params"]
+  head = params["dec"]["head"]
+  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  flex = dict(zip(("image", "image_pos"), _pad(*_patches(images), 5)))
+  want = coca.outputs(model, {"params": params},
+                      {"image": images, "text": text})
+  got = coca.outputs(model, {"params": params}, {**flex, "text": text})
+  for key in ("zimg", "ztxt", "logits"):
+    np.testing.assert_allclose(got[key], want[key], atol=2e-5, err_msg=key)
+  flex_input = {"patches": flex["image"], "pos": flex["image_pos"]}
+  np.testing.assert_array_equal(
+      decode.greedy(model, params, flex_input, start_id=48, end_id=49),
+      decode.greedy(model, params, images, start_id=48, end_id=49))
 
 
 def _captioner(**kw):

@@ -387,3 +387,9 @@ def test_dense_probe_labels_come_from_the_object_boxes():
   assert (colour[2:, 1] == 5).all() and (shape[2:, 1] == 4).all()
   assert (colour[2:, 0] == len(demo_shapes.COLOURS)).all()
   assert (shape[2:, 0] == n_shape).all()
+  # The paired t-interval of its verdicts: mean 2, sd 1, t(0.975, 2) =
+  # 4.303 over sqrt(3).
+  low, high = bench.paired_interval([1.0, 2.0, 3.0])
+  np.testing.assert_allclose([low, high], [2 - 2.4843, 2 + 2.4843],
+                             atol=1e-3)
+  assert bench.paired_interval([1.0]) == (-np.inf, np.inf)

@@ -178,3 +178,44 @@ def test_exported_encoder_drops_the_decoder_and_matches():
                            {"image": image, "text": text})
   for key in ("zimg", "ztxt"):
     np.testing.assert_allclose(got[key], want[key], atol=1e-6)
+
+
+def test_predictor_captions_naflex_images_whatever_their_padding():
+  """A NaFlex SigLIP 2 model's `Predictor.caption` decodes the patch
+  sequence with its positions: the captions equal `decode.greedy` on the
+  NaFlex input, and a larger budget (more padding) changes nothing."""
+  from big_vl import predict  # pylint: disable=g-import-not-at-top
+  from big_vl.data import locca  # pylint: disable=g-import-not-at-top
+  from big_vl.data import pp as pp_lib  # pylint: disable=g-import-not-at-top
+  from big_vl.data import tokenizers  # pylint: disable=g-import-not-at-top
+  model = two_towers.Model(
+      image={"variant": "mu/8", "pool_type": "map", "posemb_grid": 4},
+      text={"variant": "mu", "vocab_size": 60, "max_len": 8}, out_dim=32,
+      decoder=DECODER, vocab_size=60, max_len=8)
+  image, text, caption = _inputs()
+  params = model.init(jax.random.key(0), image, text,
+                      caption=caption)["params"]
+  head = params["decoder"]["head"]
+  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, shape, np.uint8)
+            for shape in ((32, 64, 3), (48, 32, 3), (40, 40, 3))]
+  options = {"start_id": 58, "end_id": 59}
+  spec = "naflex(20, 8)|value_range(-1,1)|keep('image','image_pos')"
+  predictor = predict.Predictor(model, params, pp_img="decode|" + spec,
+                                batch_size=2, caption_options=options)
+  captions = predictor.caption(images)
+  examples = [pp_lib.build(spec)({"image": x}, None) for x in images]
+  patches = np.stack([e["image"] for e in examples])
+  pos = np.stack([e["image_pos"] for e in examples])
+  tokenizer = tokenizers.from_spec("clip_bpe")
+  # 12 more padding slots (zeros at position -1) change nothing.
+  for extra in (0, 12):
+    padded = {"patches": jnp.asarray(np.pad(
+        patches, ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0)))),
+              "pos": jnp.asarray(np.pad(pos, ((0, 0), (0, extra), (0, 0)),
+                                        constant_values=-1))}
+    tokens = decode.greedy(model, params, padded, **options)
+    assert captions == [locca.text_of(tokenizer, np.asarray(row))
+                        for row in tokens], extra
+  assert len(set(captions)) > 1  # The images give different captions.

@@ -65,20 +65,22 @@ def multi_positive_logits(zimg, ztxt, t):
   return logits, positives
 
 
-def grouped_patches(ztxt, patches, t):
+def grouped_patches(ztxt, patches, t, mask=None):
   """Each sub-caption's attention-pooled patch feature of its own image.
 
   Args:
     ztxt: f32[B, K, D] normalised sub-caption embeddings.
     patches: f32[B, N, D] normalised patch tokens.
     t: the attention's logit scale.
+    mask: optional bool[B, N], False at NaFlex padding (not attended to).
 
   Returns:
     f32[B, K, D]: normalised `sum_n softmax_n(t <ztxt_ik, p_in>) p_in`.
   """
-  weights = jax.nn.softmax(
-      t * jnp.einsum("ikd,ind->ikn", ztxt, patches, precision=_HIGHEST),
-      axis=-1)
+  logits = t * jnp.einsum("ikd,ind->ikn", ztxt, patches, precision=_HIGHEST)
+  if mask is not None:
+    logits = jnp.where(mask[:, None, :], logits, -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1)
   return _l2_normalize(jnp.einsum("ikn,ind->ikd", weights, patches,
                                   precision=_HIGHEST))
 
@@ -111,14 +113,10 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     raise ValueError("The dreamlip grouping loss needs patch tokens: set "
                      "config.model.token_features = True (or "
                      "grouping_weight = 0 in its objective).")
-  if grouping_weight and "img/mask" in aux:
-    raise ValueError("The dreamlip grouping loss does not take NaFlex "
-                     "(padded) image inputs yet: its patch grouping would "
-                     "see the padding. Use square images or "
-                     "grouping_weight = 0.")
+  patch_mask = aux.get("img/mask")  # NaFlex padding, not grouped.
   if impl == "ring":
     return _ring_dreamlip(zimg, ztxt, aux.get("img/ztokens"), t, mesh,
-                          grouping_weight)
+                          grouping_weight, patch_mask)
   logits, pos = multi_positive_logits(zimg, ztxt, t)
   loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1)[:, None] - pos)
   loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - pos.reshape(-1))
@@ -132,7 +130,7 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
   }
   loss = contrastive
   if grouping_weight:
-    grouped = grouped_patches(ztxt, aux["img/ztokens"], t)
+    grouped = grouped_patches(ztxt, aux["img/ztokens"], t, patch_mask)
     d = grouped.shape[-1]
     grouping, _ = contrastive_lib.softmax_loss(grouped.reshape(b * k, d),
                                       ztxt.reshape(b * k, d), {"t": t})
@@ -141,12 +139,16 @@ def dreamlip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
   return loss, metrics
 
 
-def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
+def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight,
+                   patch_mask=None):
   """`dreamlip_loss` with sub-caption blocks travelling around the ring."""
   axes, n = ring.layout(zimg, mesh)
   with_grouping = bool(grouping_weight)
+  # The patches (and their NaFlex mask) stay with their images.
+  local_patches = () if not with_grouping else (
+      (patches,) if patch_mask is None else (patches, patch_mask))
   if not axes:
-    aux = {"t": t, **({"img/ztokens": patches} if with_grouping else {})}
+    aux = {"t": t, **dict(zip(("img/ztokens", "img/mask"), local_patches))}
     return dreamlip_loss(zimg, ztxt, aux, grouping_weight=grouping_weight)
   rows = P(axes)
 
@@ -154,7 +156,8 @@ def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
     b, k, d = ztxt.shape
     total = n * b * k
     me = ring.index(axes)
-    grouped = (grouped_patches(ztxt, maybe_patches[0], t).reshape(b * k, d)
+    grouped = (grouped_patches(ztxt, maybe_patches[0], t,
+                               *maybe_patches[1:]).reshape(b * k, d)
                if with_grouping else jnp.zeros((0, d), ztxt.dtype))
 
     def block(mine, held):
@@ -188,7 +191,7 @@ def _ring_dreamlip(zimg, ztxt, patches, t, mesh, grouping_weight):
       loss = loss + grouping_weight * grouping
     return loss, metrics
 
-  in_specs = (rows, rows, P()) + ((rows,) if with_grouping else ())
+  in_specs = (rows, rows, P()) + (rows,) * len(local_patches)
   fn = jax.shard_map(local, mesh=mesh, in_specs=in_specs,
                      out_specs=(P(), P()), check_vma=False)
-  return fn(zimg, ztxt, t, *((patches,) if with_grouping else ()))
+  return fn(zimg, ztxt, t, *local_patches)

@@ -39,13 +39,15 @@ from big_vl.losses import ring
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def late_similarities(ximg, ytxt, mask):
+def late_similarities(ximg, ytxt, mask, img_mask=None):
   """FILIP's two similarity matrices of image and text token sets.
 
   Args:
     ximg: f32[Bi, N, D] normalised image tokens.
     ytxt: f32[Bt, L, D] normalised text tokens.
     mask: bool[Bt, L], True for the text's real (non-padding) tokens.
+    img_mask: optional bool[Bi, N], True for the image's real patches
+      (NaFlex inputs: False at padding); None: all are.
 
   Returns:
     (s_i2t, s_t2i), each f32[Bi, Bt]: mean over image tokens of the best
@@ -60,20 +62,24 @@ def late_similarities(ximg, ytxt, mask):
   sim = jnp.einsum("ind,jld->ijnl", ximg, ytxt, precision=_HIGHEST)
   valid = mask[None, :, None, :]
   best_word = jnp.max(jnp.where(valid, sim, -jnp.inf), axis=3)
-  s_i2t = jnp.mean(best_word, axis=2)
-  best_patch = jnp.max(sim, axis=2)
+  if img_mask is None:
+    s_i2t = jnp.mean(best_word, axis=2)
+    best_patch = jnp.max(sim, axis=2)
+  else:  # Padding patches neither look for words nor are found.
+    im = img_mask.astype(sim.dtype)[:, None, :]
+    s_i2t = jnp.sum(jnp.where(im > 0, best_word, 0.0), axis=2) / jnp.maximum(
+        im.sum(axis=2), 1.0)
+    best_patch = jnp.max(jnp.where(img_mask[:, None, :, None], sim,
+                                   -jnp.inf), axis=2)
   m = mask.astype(sim.dtype)[None]
   s_t2i = jnp.sum(best_patch * m, axis=2) / jnp.maximum(m.sum(axis=2), 1.0)
   return s_i2t, s_t2i
 
 
 def _token_inputs(aux):
-  if "img/mask" in aux:
-    raise ValueError("The filip loss does not take NaFlex (padded) image "
-                     "inputs yet: its max over patches would see the "
-                     "padding. Use square images (no `naflex` pp op).")
   try:
-    return aux["img/ztokens"], aux["txt/ztokens"], aux["txt/mask"]
+    return (aux["img/ztokens"], aux["txt/ztokens"], aux["txt/mask"],
+            aux.get("img/mask"))
   except KeyError as e:
     raise ValueError(
         "The filip loss needs token features: set config.model."
@@ -101,12 +107,12 @@ def filip_loss(zimg, ztxt, aux, *, mesh=None, impl="dense",
     similarities (and "global_loss" with global_weight).
   """
   ring.check_impl(impl, "filip")
-  ximg, ytxt, mask = _token_inputs(aux)
+  ximg, ytxt, mask, img_mask = _token_inputs(aux)
   t = aux["t"]
   if impl == "ring":
-    loss, metrics = _ring_filip(ximg, ytxt, mask, t, mesh)
+    loss, metrics = _ring_filip(ximg, ytxt, mask, t, mesh, img_mask)
   else:
-    s_i2t, s_t2i = late_similarities(ximg, ytxt, mask)
+    s_i2t, s_t2i = late_similarities(ximg, ytxt, mask, img_mask)
     loss, metrics = _contrastive(t * s_i2t, t * s_t2i)
   if global_weight:
     global_loss, _ = contrastive_lib.softmax_loss(zimg, ztxt, aux, mesh=mesh)
@@ -129,7 +135,7 @@ def _contrastive(logits_i2t, logits_t2i):
   return (loss_i2t + loss_t2i) / 2, metrics
 
 
-def _ring_filip(ximg, ytxt, mask, t, mesh):
+def _ring_filip(ximg, ytxt, mask, t, mesh, img_mask=None):
   """FILIP loss with text blocks passed around the ring of batch devices.
 
   Each device keeps its B_local images and, after n steps, has their
@@ -141,17 +147,19 @@ def _ring_filip(ximg, ytxt, mask, t, mesh):
   """
   axes, n = ring.layout(ximg, mesh)
   if not axes:
-    s_i2t, s_t2i = late_similarities(ximg, ytxt, mask)
+    s_i2t, s_t2i = late_similarities(ximg, ytxt, mask, img_mask)
     return _contrastive(t * s_i2t, t * s_t2i)
   spec = P(axes)
+  # The images (and their patch masks) stay; the texts travel.
+  rows = (ximg,) if img_mask is None else (ximg, img_mask)
 
-  def local(ximg, ytxt, mask, t):
-    b = ximg.shape[0]
+  def local(ytxt, mask, t, *rows):
+    b = rows[0].shape[0]
     total = n * b
     me = ring.index(axes)
     rows_i2t, rows_t2i = ring.gather_rows(
-        lambda x, held: late_similarities(x, *held), ximg, (ytxt, mask),
-        axes, n)
+        lambda x, held: late_similarities(x[0], *held, *x[1:]), rows,
+        (ytxt, mask), axes, n)
     own = me * b + jnp.arange(b)
     li2t, lt2i = t * rows_i2t, t * rows_t2i
     i2t, t2i, col_max = ring.cross_entropies(li2t, lt2i, own[:, None],
@@ -164,6 +172,7 @@ def _ring_filip(ximg, ytxt, mask, t, mesh):
                            axes) / total
     return loss, {"img2txt_acc": acc_i2t, "txt2img_acc": acc_t2i}
 
-  fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()),
+  fn = jax.shard_map(local, mesh=mesh,
+                     in_specs=(spec, spec, P()) + (spec,) * len(rows),
                      out_specs=(P(), P()), check_vma=False)
-  return fn(ximg, ytxt, mask, t)
+  return fn(ytxt, mask, t, *rows)

@@ -76,8 +76,9 @@ class AttentionalPooler(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
-    """[B, N, D] tokens -> [B, num_queries, width]."""
+  def __call__(self, x, mask=None):
+    """[B, N, D] tokens -> [B, num_queries, width]; `mask` (bool [B, N],
+    False at NaFlex padding) leaves tokens out of the attention."""
     query = self.param("query", nn.initializers.normal(1.0),
                        (self.num_queries, self.width), jnp.float32)
     x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_k")(x)
@@ -87,7 +88,8 @@ class AttentionalPooler(nn.Module):
     return nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(),
-        force_fp32_for_softmax=True, deterministic=True, name="attn")(q, x)
+        force_fp32_for_softmax=True, deterministic=True, name="attn")(
+            q, x, mask=None if mask is None else mask[:, None, None, :])
 
 
 class CrossBlock(nn.Module):
@@ -247,7 +249,11 @@ class CoCa(nn.Module):
     _, aux = self.img(image, train=train)
     sequence = jnp.concatenate([aux["pre_logits"][:, None], aux["tokens"]],
                                axis=1)  # The class token, then the patches.
-    pooled = self.img_norm(self.img_pool(sequence))
+    mask = None
+    if "mask" in aux:  # NaFlex: the pooler skips the padding patches.
+      mask = jnp.concatenate([jnp.ones_like(aux["mask"][:, :1]),
+                              aux["mask"]], axis=1)
+    pooled = self.img_norm(self.img_pool(sequence, mask))
     z = self.img_proj(pooled[:, 0])
     return two_towers.l2_normalize(z), pooled[:, 1:]
 
@@ -281,7 +287,8 @@ class CoCa(nn.Module):
       out["zimg"], memory = self.embed_image(image, train=train)
       if train and self.uncond_prob > 0:
         uncond = jax.random.bernoulli(self.make_rng("dropout"),
-                                      self.uncond_prob, (image.shape[0],))
+                                      self.uncond_prob,
+                                      (naflex.batch_size(image),))
         memory = jnp.where(uncond[:, None, None], jnp.broadcast_to(
             self.null_memory.astype(memory.dtype), memory.shape), memory)
     if text is not None:
@@ -419,8 +426,7 @@ def outputs(model, variables, batch, *, train=False, rngs=None):
   (the caption loss's). An evaluator's batch of K texts per image (B
   images, B * K texts) gets the embeddings only."""
   image, text = naflex.image_input(batch), batch.get("text")
-  naflex.refuse(image, "CoCa")
   paired = (image is not None and text is not None
-            and image.shape[0] == text.shape[0])
+            and naflex.batch_size(image) == text.shape[0])
   return model.apply(variables, image, text, train=train, rngs=rngs,
                      captions=paired)

@@ -70,15 +70,6 @@ def is_naflex(image):
   return isinstance(image, dict)
 
 
-def refuse(image, who):
-  """Raises a clear error where a model kind does not take NaFlex inputs."""
-  if is_naflex(image):
-    raise ValueError(
-        f"{who} does not take NaFlex inputs yet (its decoder would attend "
-        "to the padding patches): use square images, without the `naflex` "
-        "pp op. NaFlex works with two_towers ViT models.")
-
-
 def batch_size(image):
   """The leading (batch) size of a tower input of either form."""
   return (image["patches"] if is_naflex(image) else image).shape[0]

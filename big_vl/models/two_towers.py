@@ -289,29 +289,25 @@ class Model(captioner_lib.CaptionHead, nn.Module):
     if glob is None:
       glob = image[:, None]
     n = glob.shape[0]
+    # Crops of other sizes than the main image's get its position grid
+    # resized.
+    resize = {"posemb_resize": True} if isinstance(img, vit.ViT) else {}
     _, glob_aux = img(glob.reshape(-1, *glob.shape[2:]), train=train,
-                      **({"mask": True} if masking else {}))
+                      **({"mask": True} if masking else {}), **resize)
     if "patch_mask" in glob_aux:
       out["view/img/patch_mask"] = glob_aux["patch_mask"]
     if self.token_features:
       out["view/img/ztokens"] = self._image_token_features(
           token_head, glob_aux["tokens"])
+    per_view = lambda x: x.reshape(n, -1, x.shape[-1])  # [B, V, K]
     if head is not None:
-      out["view/img/ssl"] = head(glob_aux["pre_logits"]).reshape(n, -1,
-                                                                self.ssl_head_k)
+      out["view/img/ssl"] = per_view(head(glob_aux["pre_logits"]))
     local = views.get("local")
     if local is not None and head is not None:
       _, local_aux = img(local.reshape(-1, *local.shape[2:]), train=train,
-                         **({"mask": False} if masking else {}))
-      out["local/img/ssl"] = head(local_aux["pre_logits"]).reshape(
-          n, -1, self.ssl_head_k)
+                         **({"mask": False} if masking else {}), **resize)
+      out["local/img/ssl"] = per_view(head(local_aux["pre_logits"]))
     return out
-
-  @property
-  def ssl_head_k(self):
-    """The self-distillation head's output width K."""
-    return int(common.as_dict(self.ssl_head).get(
-        "prototypes", dino_head.DINOHead.prototypes))
 
   def _image_token_features(self, head, tokens):
     """Projected (by `head`), normalised patch tokens; the top

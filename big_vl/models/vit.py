@@ -224,9 +224,8 @@ class ViT(nn.Module):
       learned position embedding, resized (bilinear, antialiased, as
       SigLIP 2's NaFlex) to each input's grid: needed for NaFlex inputs
       (`naflex.image_input`), and lets fixed-size images of any grid run.
-      None: the grid of the init image; inputs of another grid get it
-      resized when it is square (SigLIP 2's smaller local views), else
-      must match it.
+      None: the grid of the init image, which inputs must then match
+      (except calls with `posemb_resize`, e.g. SigLIP 2's local views).
       At the input's own grid the embedding is used as is, so a model
       with posemb_grid=16 equals one without on 16x16-patch images.
     image_size: informational, not used in the computation: the image
@@ -267,7 +266,7 @@ class ViT(nn.Module):
         num_heads=self.num_heads, patch_size=self.patch_size)
 
   @nn.compact
-  def __call__(self, image, *, train=False, mask=True):
+  def __call__(self, image, *, train=False, mask=True, posemb_resize=False):
     """Encodes images.
 
     Args:
@@ -278,6 +277,11 @@ class ViT(nn.Module):
       mask: with `mask_ratio`, whether training masks this call's patches
         (a model that also needs its unmasked features, such as
         `two_towers` with masked prediction, passes False for those).
+      posemb_resize: without `posemb_grid`, resize the learned position
+        embedding that an earlier call (the init image) made, a square
+        grid, to this input's grid (SigLIP 2's smaller local views);
+        otherwise an input of another grid is an error, as a model
+        evaluated at a resolution it was not trained at should be.
 
     Returns:
       (out, aux): out is [B, num_classes] (or [B, width] without a head) in
@@ -337,8 +341,8 @@ class ViT(nn.Module):
       x = jnp.where(masked[..., None], token.astype(dtype), x)
       extra["patch_mask"] = masked
 
-    x = x + self._posemb(width, pos, None if pos is not None else (h, w)
-                         ).astype(dtype)
+    x = x + self._posemb(width, pos, None if pos is not None else (h, w),
+                         posemb_resize).astype(dtype)
     if not 0.0 < self.patch_keep <= 1.0:
       raise ValueError(f"ViT: patch_keep={self.patch_keep} is not in (0, 1].")
     if train and self.patch_keep < 1.0:
@@ -395,15 +399,17 @@ class ViT(nn.Module):
                      kernel_init=common.head_init(width), name="head")(pooled)
     return out, {"tokens": tokens, "pre_logits": pooled, **extra}
 
-  def _posemb(self, width, pos, grid):
+  def _posemb(self, width, pos, grid, resize=False):
     """The position embedding to add: [1, h * w, width] for an image's
-    (h, w) `grid`, or [B, N, width] at NaFlex positions `pos`."""
+    (h, w) `grid`, or [B, N, width] at NaFlex positions `pos`; `resize`:
+    see `__call__`'s `posemb_resize`."""
     if self.posemb == "sincos2d":
       if pos is not None:
         return naflex.sincos_at(pos, width)
       return common.posemb_sincos_2d(*grid, width)
     own = _pair(self.posemb_grid) if self.posemb_grid else None
-    if own is None and self.has_variable("params", "pos_embedding"):
+    if own is None and resize and self.has_variable("params",
+                                                    "pos_embedding"):
       # The init image's grid (square), resized to this call's.
       n = self.get_variable("params", "pos_embedding").shape[1]
       side = math.isqrt(n)
