@@ -246,6 +246,15 @@ def test_two_towers_take_naflex_batches():
     two_towers.outputs(model, {"params": params}, {"image": patches})
 
 
+def _decoding_params(model, images, text, decoder):
+  """A decoding model's params, its decoder head given random values (it
+  starts at zero: uniform predictions, every caption alike)."""
+  params = model.init(jax.random.key(0), images, text)["params"]
+  head = params[decoder]["head"]
+  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  return params
+
+
 def test_coca_on_naflex_inputs_equals_the_unpadded_images():
   """CoCa's attentional pooler skips the padding: embeddings, caption
   logits and greedy captions of padded patch sequences equal those of the
@@ -258,9 +267,7 @@ def test_coca_on_naflex_inputs_equals_the_unpadded_images():
                     num_queries=5, pool_heads=2)
   images = jax.random.normal(jax.random.key(6), (3, 16, 24, 3))
   text = jax.random.randint(jax.random.key(7), (3, 9), 1, 48)
-  params = model.init(jax.random.key(0), images, text)["params"]
-  head = params["dec"]["head"]
-  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  params = _decoding_params(model, images, text, "dec")
   flex = dict(zip(("image", "image_pos"), _pad(*_patches(images), 5)))
   want = coca.outputs(model, {"params": params},
                       {"image": images, "text": text})
@@ -288,10 +295,7 @@ def test_captioner_decodes_naflex_inputs_as_the_unpadded_images():
   # A 2x3-patch image (16x24), as a plain image and padded to 10 patches.
   images = jax.random.normal(jax.random.key(4), (3, 16, 24, 3))
   text = jax.random.randint(jax.random.key(5), (3, 8), 1, 48)
-  params = model.init(jax.random.key(0), images, text)["params"]
-  # The head starts at zero (uniform predictions): give it values.
-  head = params["decoder"]["head"]
-  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  params = _decoding_params(model, images, text, "decoder")
   flex = dict(zip(("image", "image_pos"), _pad(*_patches(images), 4)))
   want = captioner.outputs(model, {"params": params},
                            {"image": images, "text": text})["logits"]

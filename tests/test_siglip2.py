@@ -192,11 +192,7 @@ def test_predictor_captions_naflex_images_whatever_their_padding():
       image={"variant": "mu/8", "pool_type": "map", "posemb_grid": 4},
       text={"variant": "mu", "vocab_size": 60, "max_len": 8}, out_dim=32,
       decoder=DECODER, vocab_size=60, max_len=8)
-  image, text, caption = _inputs()
-  params = model.init(jax.random.key(0), image, text,
-                      caption=caption)["params"]
-  head = params["decoder"]["head"]
-  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  params = _params(model)
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 256, shape, np.uint8)
             for shape in ((32, 64, 3), (48, 32, 3), (40, 40, 3))]

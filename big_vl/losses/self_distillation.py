@@ -83,32 +83,28 @@ def self_distillation_loss(outputs, batch, *, mesh=None, student_temp=0.1,
                      f"and teacher views {teacher.shape} must agree.")
   n_global = teacher.shape[1]
   center = jnp.mean(teacher, axis=(0, 1), keepdims=True)
-  target = jax.nn.softmax((teacher - center) / teacher_temp, axis=-1)
   log_target = jax.nn.log_softmax((teacher - center) / teacher_temp, axis=-1)
-
-  def cross(student):  # [B, V, U] cross-entropies and argmax agreements.
-    log_p = jax.nn.log_softmax(student / student_temp, axis=-1)
-    ce = -jnp.einsum("bgk,bvk->bgv", target, log_p)
-    agree = (jnp.argmax(target, -1)[:, :, None]
-             == jnp.argmax(student, -1)[:, None, :])
-    return ce, agree.astype(jnp.float32)
-
-  # Student global views, without each teacher view's own (unless it is
-  # the only view: the masked student against the unmasked teacher).
-  ce, agree = cross(glob)
-  pairs = 1.0 - jnp.eye(n_global) if n_global > 1 else jnp.ones((1, 1))
-  total = jnp.sum(ce * pairs) / glob.shape[0]
-  matched = jnp.sum(agree * pairs) / glob.shape[0]
-  count = jnp.sum(pairs)
+  target = jnp.exp(log_target)
+  # Every student view, the global ones first: [B, V + U, K].
+  students = glob
   if STUDENT_KEYS[1] in outputs:
-    local = outputs[STUDENT_KEYS[1]].astype(jnp.float32)
-    ce, agree = cross(local)
-    total = total + jnp.mean(ce, axis=0).sum()
-    matched = matched + jnp.mean(agree, axis=0).sum()
-    count = count + n_global * local.shape[1]
+    students = jnp.concatenate(
+        [glob, outputs[STUDENT_KEYS[1]].astype(jnp.float32)], axis=1)
+  log_p = jax.nn.log_softmax(students / student_temp, axis=-1)
+  ce = -jnp.mean(jnp.einsum("bgk,bvk->bgv", target, log_p), axis=0)
+  agree = jnp.mean((jnp.argmax(target, -1)[:, :, None]
+                    == jnp.argmax(students, -1)[:, None, :]
+                    ).astype(jnp.float32), axis=0)
+  # The (teacher view, student view) pairs [V, V + U]: not a global view
+  # with itself, unless it is the only view (the masked student against
+  # the unmasked teacher).
+  own = 1.0 - jnp.eye(n_global) if n_global > 1 else jnp.ones((1, 1))
+  pairs = jnp.concatenate(
+      [own, jnp.ones((n_global, students.shape[1] - n_global))], axis=1)
+  count = jnp.sum(pairs)
   entropy = -jnp.mean(jnp.sum(target * log_target, axis=-1))
-  return total / count, {"teacher_entropy": entropy,
-                         "agreement": matched / count}
+  return jnp.sum(ce * pairs) / count, {
+      "teacher_entropy": entropy, "agreement": jnp.sum(agree * pairs) / count}
 
 
 # Reads the extra views' outputs: the trainer runs them while it counts.

@@ -413,12 +413,13 @@ class ViT(nn.Module):
       # The init image's grid (square), resized to this call's.
       n = self.get_variable("params", "pos_embedding").shape[1]
       side = math.isqrt(n)
-      if grid is None or (side * side != n and n != grid[0] * grid[1]):
+      if side * side == n:
+        own = (side, side)
+      elif grid is None or n != grid[0] * grid[1]:
         raise ValueError(
             f"ViT: a learned position embedding of {n} positions (not a "
             f"square grid) cannot be resized to a {grid} patch grid; set "
             "`posemb_grid`.")
-      own = (side, side) if side * side == n else tuple(grid)
     own = own or grid
     if own is None:
       raise ValueError("ViT: NaFlex inputs need `posemb_grid` (the learned "
