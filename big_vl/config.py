@@ -403,16 +403,20 @@ def data_field(spec):
 DEMO_DEVICE_PP = "value_range(-1,1)"
 
 
-def demo_pp(res, max_len):
+def demo_pp(res, max_len, caption="captions"):
   """pp strings (train, zero-shot image, text, retrieval) for the demo data.
 
   `train_uint8` is `train` without the final value_range, for runs that set
   `config.input.device_pp = DEMO_DEVICE_PP` (the train step does it).
+  `caption` names the training records' caption field: "captions" (the
+  demo's 5 per image, one drawn per step) or a field of one caption, such
+  as the noisy demo crawl's "caption" (`big_vl_demo_noisy`).
   """
   img = f"decode|resize({res})|{DEMO_DEVICE_PP}"
   tok = f"tokenize(max_len={max_len}"
-  train_tail = (f"choice(key='captions', out='text')|{tok})|"
-                "keep('image','text')")
+  pick = (f"choice(key='captions', out='text')|{tok})" if caption ==
+          "captions" else f"{tok}, key='{caption}', out='text')")
+  train_tail = f"{pick}|keep('image','text')"
   return ml_collections.ConfigDict(dict(
       train=f"{img}|{train_tail}",
       train_uint8=f"decode|resize({res})|{train_tail}",
@@ -512,7 +516,8 @@ def fullsize_evals(image_pp, tokenize, *, every, imagenet=IMAGENET_DATA,
   ))
 
 
-def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
+def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20,
+                     caption="captions"):
   """Shrinks any two-tower config to a one-minute CPU run on the demo data.
 
   Keeps the config's method (objectives, pooling, causal text, bias,
@@ -523,11 +528,12 @@ def runlocal_on_demo(config, *, res=32, max_len=24, batch_size=32, steps=20):
   Args:
     config: the full-size ConfigDict; modified in place.
     res, max_len, batch_size, steps: the local run's sizes.
+    caption: the training records' caption field (`demo_pp`).
 
   Returns:
     `config`, for chaining.
   """
-  pp = demo_pp(res, max_len)
+  pp = demo_pp(res, max_len, caption)
   config.input.data = DEMO_DATA
   config.input.split = "train"
   config.input.batch_size = batch_size

@@ -195,3 +195,61 @@ def _give_up(who, where, timeout_s, request):
       "reachable port, or raise the wait with --init_timeout.\n")
   sys.stderr.flush()
   os._exit(1)  # pylint: disable=protected-access
+
+
+class JoinFlags:
+  """The flags of an entry point that can join a multi-process job.
+
+  `define_flags()` defines --distributed, --coordinator, --num_processes,
+  --process_id, --init_timeout and --heartbeat_timeout (as
+  `python -m big_vl.train` has them); `join()` plans and joins.
+
+      JOIN = distributed.JoinFlags.define(flag_values)   # at import
+      request = JOIN.join()                              # in main()
+  """
+
+  def __init__(self, holders):
+    self._holders = holders
+
+  @classmethod
+  def define(cls, flag_values=None, heartbeat_timeout_s=10):
+    """Defines the flags in `flag_values` (None: absl's global FLAGS)."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    kw = {} if flag_values is None else {"flag_values": flag_values}
+    return cls({
+        "mode": flags.DEFINE_enum(
+            "distributed", "auto", MODES,
+            "Join a multi-process jax.distributed job: auto (when a "
+            "coordinator is given, under multi-task SLURM, on a Cloud TPU "
+            "VM), yes, no.", **kw),
+        "coordinator": flags.DEFINE_string(
+            "coordinator", None,
+            "HOST:PORT of process 0 (explicit multi-process).", **kw),
+        "num_processes": flags.DEFINE_integer(
+            "num_processes", None,
+            "Processes in the job (with --coordinator).", **kw),
+        "process_id": flags.DEFINE_integer(
+            "process_id", None, "This process's index (with --coordinator).",
+            **kw),
+        "init_timeout": flags.DEFINE_integer(
+            "init_timeout", 300, "Seconds a process of a multi-process job "
+            "waits for the others to join before it stops with an error.",
+            **kw),
+        "heartbeat_timeout": flags.DEFINE_integer(
+            "heartbeat_timeout", heartbeat_timeout_s, "Seconds without a "
+            "heartbeat after which a process counts as dead and the whole "
+            "job stops (non-zero exit).", **kw),
+    })
+
+  @property
+  def heartbeat_timeout_s(self):
+    return self._holders["heartbeat_timeout"].value
+
+  def join(self):
+    """Plans from the flags and joins; returns the `Request`."""
+    h = self._holders
+    request = plan(h["mode"].value, h["coordinator"].value,
+                   h["num_processes"].value, h["process_id"].value)
+    initialize(request, heartbeat_timeout_s=h["heartbeat_timeout"].value,
+               initialization_timeout_s=h["init_timeout"].value)
+    return request

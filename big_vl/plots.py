@@ -4,6 +4,7 @@ PNGs.
     plot_curves(rows, "workdir/curves.png")      # rows from metrics.jsonl
     plot_retrieval(queries, images, scores, "workdir/retrieval.png")
     plot_captions(images, generated, references, "workdir/captions.png")
+    plot_histogram(scores, "curated/clip_score.png", thresholds={"min": .28})
 """
 
 import io
@@ -180,6 +181,46 @@ def plot_boxes(images, titles, true_boxes, predicted_boxes, path,
           (x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h,
           fill=False, edgecolor=colour, linestyle=style, linewidth=1.5))
     ax.set_title(textwrap.fill(titles[i], 30), fontsize=8)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def plot_histogram(values, path, *, thresholds=None, title="", xlabel="",
+                   groups=None, bins=60):
+  """A histogram of `values` with vertical threshold lines.
+
+  Args:
+    values: f[N] (non-finite values are left out, their count in the
+      title).
+    path: output PNG path.
+    thresholds: {label: value} drawn as dashed lines (None values skipped).
+    title, xlabel: text.
+    groups: optional {label: bool[N]}: one stacked histogram per group
+      (e.g. rows kept and removed) instead of one.
+    bins: bin count.
+  """
+  values = np.asarray(values, np.float64)
+  finite = np.isfinite(values)
+  fig, ax = new_figure(1, 1, figsize=(6, 3.6))
+  edges = np.histogram_bin_edges(values[finite], bins=bins) if finite.any() \
+      else bins
+  if groups:
+    labels = list(groups)
+    ax.hist([values[finite & np.asarray(groups[k], bool)] for k in labels],
+            bins=edges, stacked=True, label=labels)
+  else:
+    ax.hist(values[finite], bins=edges, color="tab:blue")
+  for j, (label, value) in enumerate((thresholds or {}).items()):
+    if value is not None and np.isfinite(value):
+      ax.axvline(value, color=f"C{3 + j}", linestyle="--",
+                 label=f"{label} = {value:.3g}")
+  if groups or thresholds:
+    ax.legend(fontsize=8)
+  missing = int((~finite).sum())
+  ax.set_title(title + (f" ({missing} without a value)" if missing else ""),
+               fontsize=10)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("rows")
   fig.tight_layout()
   save(fig, path)
 

@@ -14,6 +14,10 @@
     locca.locate(["shapes.png"], ["red circle"])         # f64[1, 4] boxes
     locca.describe(["shapes.png"], [[0.1, 0.1, 0.5, 0.5]])  # ["red circle"]
 
+    # Nearest neighbours in a corpus embedded by `python -m big_vl.embed`:
+    predictor.search("/data/noisy_emb", texts=["a red circle"], k=5)
+    # [[{"row": 17, "key": "17", "score": 0.41, "caption": "...", ...}, ..]]
+
 Images may be file paths, encoded bytes, PIL images or uint8 arrays
 [H, W, 3]; they go through the model's evaluation pp (a converted model's
 `preprocessing`, or a training run's zero-shot evaluator pp; a
@@ -149,6 +153,20 @@ class Predictor:
     )["zimg"])
     self._embed_txt = jax.jit(lambda p, x: outputs(p, {"text": x})["ztxt"])
     self._aux = jax.jit(lambda p, x: outputs(p, {"text": x}))
+    self._sharding = None
+    self._tables = {}  # search(): the last embed folder loaded.
+
+  def shard_over(self, devices):
+    """Splits each batch over `devices` (data parallel; e.g. a host's
+    `jax.local_devices()`), when `batch_size` divides evenly over them;
+    one device (or an uneven split): the default placement."""
+    devices = list(devices)
+    if len(devices) > 1 and self.batch_size % len(devices) == 0:
+      mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+      self._sharding = jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec("data"))
+    else:
+      self._sharding = None
 
   @classmethod
   def load(cls, path, *, step=None, pp_img=None, pp_txt=None, batch_size=64):
@@ -195,6 +213,8 @@ class Predictor:
       chunks = [np.concatenate([c, np.zeros((self.batch_size - n,
                                              *c.shape[1:]), c.dtype)])
                 for c in chunks]
+      if self._sharding is not None:
+        chunks = [jax.device_put(c, self._sharding) for c in chunks]
       out.append(np.asarray(fn(self.params, *chunks))[:n])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -216,6 +236,11 @@ class Predictor:
   def embed_images(self, images):
     """f32[N, D] unit-norm image embeddings."""
     pixels, pos = self.preprocess_images(images, with_pos=True)
+    return self.embed_pixels(list(pixels), pos)
+
+  def embed_pixels(self, pixels, pos=None):
+    """f32[N, D] unit-norm embeddings of preprocessed images (a list of
+    `preprocess_images` rows; NaFlex: with their positions `pos`)."""
     return self._batched(self._embed_img, list(pixels), *_columns(pos))
 
   def tokenize(self, texts):
@@ -233,6 +258,53 @@ class Predictor:
   def embed_texts(self, texts):
     """f32[N, D] unit-norm text embeddings."""
     return self.embed_tokens(self.tokenize(texts))
+
+  def search(self, embeddings, *, texts=None, images=None, k=8,
+             target="img", factory="auto"):
+    """The `k` rows of an embedded corpus nearest each query.
+
+    Args:
+      embeddings: a `big_vl.embed` folder or its `curation.shards.load`
+        table,
+        embedded with this model.
+      texts: text queries; images: image queries (paths, bytes, PIL,
+        arrays); the results list the text queries first.
+      k: results per query.
+      target: search the corpus's "img" or "txt" embeddings.
+      factory: the faiss index kind (`curation.index`; cached in the
+        folder).
+
+    Returns:
+      Per query, up to k dicts {"row", "key", "score", "caption",
+      "component", "index"}, best first.
+    """
+    from big_vl.curation import index as index_lib  # pylint: disable=g-import-not-at-top
+    from big_vl.curation import shards  # pylint: disable=g-import-not-at-top
+    if isinstance(embeddings, shards.Table):
+      table, folder = embeddings, embeddings.folder
+    else:
+      folder = embeddings
+      table = self._tables.get(folder) or shards.load(folder)
+      self._tables = {folder: table}
+    vectors = table.img if target == "img" else table.txt
+    if vectors is None:
+      raise ValueError(f"The corpus has no {target!r} embeddings.")
+    index = (index_lib.cached(folder, target, vectors, factory)
+             if folder is not None else index_lib.build(vectors, factory))
+    queries = []
+    if texts:
+      queries.append(self.embed_texts(list(texts)))
+    if images:
+      queries.append(self.embed_images(list(images)))
+    if not queries:
+      return []
+    sims, ids = index_lib.search(index, np.concatenate(queries), k)
+    return [[{"row": int(i), "key": table.keys[i], "score": float(s),
+              "caption": table.captions[i],
+              "component": int(table.component[i]),
+              "index": int(table.index[i])}
+             for s, i in zip(row_s, row_i) if i >= 0]
+            for row_s, row_i in zip(sims, ids)]
 
   def temperature(self):
     """The model's learned logit scale (exp of its log temperature)."""

@@ -75,13 +75,15 @@ from big_vl import config as config_lib
 def get_config(arg=None):
   """The demo config. Args: `runlocal`, `steps=N` (or `epochs=X`),
   `batch=N`, `loss=NAME`, `patch_keep=F` (FLIP patch dropout),
-  `teacher=PATH` (distillation from a frozen teacher)."""
+  `teacher=PATH` (distillation from a frozen teacher), `caption=KEY`
+  (the training records' caption field: "caption" for one caption per
+  record, as the noisy demo crawl or a curated subset of it)."""
   arg = config_lib.parse_arg(arg, runlocal=False, steps=800, epochs=0.0,
                              batch=128, loss="softmax", res=64, max_len=24,
-                             patch_keep=1.0, teacher="")
+                             patch_keep=1.0, teacher="", caption="captions")
   config = ml_collections.ConfigDict()
   config.seed = 0
-  pp = config_lib.demo_pp(arg.res, arg.max_len)
+  pp = config_lib.demo_pp(arg.res, arg.max_len, arg.caption)
   config.input = ml_collections.ConfigDict(dict(
       # A spec or a mixture ((spec, weight), ...), also on the command line.
       data=config_lib.data_field(config_lib.DEMO_DATA),
@@ -137,7 +139,8 @@ def get_config(arg=None):
   config.evals = config_lib.demo_evals(arg.res, arg.max_len, every=400)
 
   if arg.runlocal:
-    config_lib.runlocal_on_demo(config, res=32, max_len=arg.max_len)
+    config_lib.runlocal_on_demo(config, res=32, max_len=arg.max_len,
+                                caption=arg.caption)
   return config
 
 

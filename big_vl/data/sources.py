@@ -4,6 +4,7 @@
     config.input.data = "wds:/data/cc3m/{00000..00331}.tar?shuffle_buffer=5000"
     config.input.data = "jsonl:/data/pairs.jsonl"   # {"image": path, "caption": ..}
     config.input.data = "csv:/data/pairs.csv?sep=\t&image_key=filepath&caption_key=title"
+    config.input.data = "subset:/data/curated"   # a `big_vl.curate` output
     config.input.data = (("tfds:big_vl_demo_shapes", 0.7), ("wds:...", 0.3))
     config.input.split = "train"   # for tfds specs
 
@@ -12,6 +13,8 @@
   `tfds.data_source` from an array_record-prepared TFDS dataset; datasets whose
   builder ships with big_vl, the demo set, are built on first use) and for
   `jsonl:` / `csv:` (rows of image path + caption; see `CaptionFileSource`);
+- a random-access `Subset` for `subset:DIR` (the records of a
+  random-access source at the indices `big_vl.curate` wrote to DIR);
 - a streaming `grain.IterDataset` for `wds:` (WebDataset tar shards, see
   `big_vl.data.wds`);
 - a `Mixture` for a list of (spec, weight) pairs or a {spec: weight} dict.
@@ -38,13 +41,14 @@ from big_vl.data import pp as pp_lib
 from big_vl.data import wds as wds_lib
 
 # Kinds whose name is a path (it may hold ':', as in gs://); no split.
-PATH_KINDS = ("wds", "jsonl", "csv")
+PATH_KINDS = ("wds", "jsonl", "csv", "subset")
 
 # TFDS builders shipped with big_vl: dataset name -> module with prepare().
 SHIPPED_BUILDERS = {
     "big_vl_demo_shapes": "big_vl.data.builders.demo_shapes",
     "big_vl_mnist_idx": "big_vl.data.builders.mnist_idx",
     "big_vl_image_folder": "big_vl.data.builders.image_folder",
+    "big_vl_demo_noisy": "big_vl.data.builders.demo_noisy",
 }
 
 
@@ -338,6 +342,53 @@ def wds_source(name, *, split=None, data_dir=None, **options):
   """
   del split, data_dir
   return wds_lib.WebDataset(name, **options)
+
+
+class Subset:
+  """Records `indices` of a random-access source, in that order.
+
+  Args: `source` (random access), `indices` (int64[K]), `name` (for
+  messages). Other attributes (`dataset_info`, ...) are the source's, so
+  class names and caption checks carry over.
+  """
+
+  def __init__(self, source, indices, name=""):
+    self._source, self.indices, self.name = source, indices, name
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, j):
+    return self._source[int(self.indices[j])]
+
+  def __getitems__(self, js):
+    return [self[j] for j in js]
+
+  def __getattr__(self, name):
+    if name.startswith("__") or name == "_source":  # e.g. while unpickling
+      raise AttributeError(name)
+    return getattr(self._source, name)
+
+  def __repr__(self):
+    return f"Subset({self.name!r}, {len(self)} of {self._source!r})"
+
+
+@registry.register("source", "subset")
+def subset_source(name, *, split=None, data_dir=None, **options):
+  """`subset:DIR`: the records a curation kept (`big_vl.curate`'s
+  subset.json names the source and split, subset.npy the indices)."""
+  del split, options
+  from big_vl.curation import write  # pylint: disable=g-import-not-at-top
+  meta, indices = write.read_subset(name)
+  base = get(meta["data"], split=meta.get("split"),
+             data_dir=meta.get("data_dir") or data_dir)
+  if not hasattr(base, "__getitem__") or isinstance(base, Mixture):
+    raise ValueError(f"subset:{name} names {meta['data']!r}, which is not "
+                     "a random-access source.")
+  if len(indices) and (indices.min() < 0 or indices.max() >= len(base)):
+    raise ValueError(f"subset:{name} has indices outside [0, {len(base)}) "
+                     f"of {meta['data']!r}: written for another source?")
+  return Subset(base, indices, name)
 
 
 def _parse_options(text):

@@ -32,22 +32,7 @@ _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_steps", None, "Stop (checkpointing) after this many steps.")
 
 
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", distributed.MODES,
-    "Join a multi-process jax.distributed job: auto (when a coordinator is "
-    "given, under multi-task SLURM, on a Cloud TPU VM), yes, no.")
-
-
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator", None, "HOST:PORT of process 0 (explicit multi-process).")
-
-
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Processes in the job (with --coordinator).")
-
-
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "This process's index (with --coordinator).")
+_JOIN = distributed.JoinFlags.define()
 
 
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
@@ -56,33 +41,20 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "and outputs (the differences are logged).")
 
 
-_INIT_TIMEOUT = flags.DEFINE_integer(
-    "init_timeout", 300, "Seconds a process of a multi-process job waits for "
-    "the others to join before it stops with an error.")
-
-
-_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
-    "heartbeat_timeout", 10, "Seconds without a heartbeat after which a "
-    "process counts as dead and the whole job stops (non-zero exit).")
-
-
 @cli.user_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
-  request = distributed.plan(_DISTRIBUTED.value, _COORDINATOR.value,
-                             _NUM_PROCESSES.value, _PROCESS_ID.value)
-  distributed.initialize(request, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
-                         initialization_timeout_s=_INIT_TIMEOUT.value)
+  request = _JOIN.join()
   config_lib.setup_cli_runtime(logging.WARNING)
   if request.join:
     console.log(f"jax.distributed ({request.reason}): process "
          f"{jax.process_index()} of {jax.process_count()}, "
          f"{jax.local_device_count()} of {jax.device_count()} devices here. "
          "If a process dies, the others stop (a failed collective, or no "
-         f"heartbeat for {_HEARTBEAT_TIMEOUT.value} s); relaunch the same "
+         f"heartbeat for {_JOIN.heartbeat_timeout_s} s); relaunch the same "
          "command on every host to resume from the last checkpoint.")
   train_lib.train(_CONFIG.value, _WORKDIR.value, stop_after_steps=_STOP_AFTER.value,
         allow_config_change=_ALLOW_CONFIG_CHANGE.value,
