@@ -104,3 +104,16 @@ def publish(heading, section, write=True, partial=(), path=RESULTS):
   write_section(heading, section, path=path)
   print(f"Wrote {heading!r} in {path}", file=sys.stderr)
   return True
+
+
+def paired_interval(diffs, level=0.95):
+  """The t-interval of the mean of paired differences (one per seed):
+  (low, high); (-inf, inf) with fewer than 2 seeds."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  diffs = np.asarray(diffs, np.float64)
+  if len(diffs) < 2:
+    return -np.inf, np.inf
+  half = scipy.stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * diffs.std(
+      ddof=1) / np.sqrt(len(diffs))
+  return diffs.mean() - half, diffs.mean() + half

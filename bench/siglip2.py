@@ -52,7 +52,6 @@ flags.FLAGS.mark_as_parsed()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import scipy.stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -207,15 +206,7 @@ def patch_labels_of(data, split):
           np.concatenate([s for _, s in labels]))
 
 
-def paired_interval(diffs, level=0.95):
-  """The t-interval of the mean of paired differences (one per seed):
-  (low, high); (-inf, inf) with fewer than 2 seeds."""
-  diffs = np.asarray(diffs, np.float64)
-  if len(diffs) < 2:
-    return -np.inf, np.inf
-  half = scipy.stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * diffs.std(
-      ddof=1) / np.sqrt(len(diffs))
-  return diffs.mean() - half, diffs.mean() + half
+paired_interval = results_md.paired_interval
 
 
 def make_parser():

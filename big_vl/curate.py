@@ -21,7 +21,11 @@ Filters, applied in this order (each on the rows the earlier ones kept):
    `--top_fraction=F` (DataComp: the best 30% of the pool; the threshold
    is computed over all rows): the cosine of each row's image and caption
    embeddings.
-4. `--balance=ENTRIES --balance_cap=N`: MetaCLIP's balancing of the
+4. `--reward=DIR` with `--reward_min=S` or `--reward_top_fraction=F`: the
+   same corpus embedded by a caption reward model (Compress & Align: a
+   CLIP fine-tuned on preferred captions, `configs/preference.py:
+   kind=captions`); rows whose caption it scores low are dropped.
+5. `--balance=ENTRIES --balance_cap=N`: MetaCLIP's balancing of the
    captions' concepts (`curation.filters.balance`); ENTRIES is a file (one
    per line), a comma-separated list, or `classes:SPEC` (a TFDS source's
    class names).
@@ -32,10 +36,12 @@ Outputs in `--out`:
   records; per filter its threshold, the rows it flags on its own
   (`flagged`) and those it removed in the sequence (`removed`);
 * `decisions.parquet`: one row per embedded record: key, component,
-  index, clip_score, nn_sim (nearest other image), group (duplicate group),
+  index, clip_score, reward, nn_sim (nearest other image), group (duplicate
+  group),
   eval_sim / eval_key (nearest evaluation image), matched (balance), and
   `removed_by` (the filter that removed it, or null);
-* `clip_score.png`, `dedup.png`, `decontamination.png`: histograms of the
+* `clip_score.png`, `reward.png`, `dedup.png`, `decontamination.png`:
+  histograms of the
   scores with the thresholds drawn, kept and removed rows stacked;
 * the curated data (`--write`): `subset` writes subset.json/subset.npy, read
   by the `subset:DIR` source (random-access, so training resumes exactly);
@@ -64,7 +70,6 @@ from big_vl.curation import shards
 from big_vl.curation import write as write_lib
 
 WRITES = ("auto", "subset", "wds", "none")
-ORDER = ("decontaminate", "dedup", "clip_score", "balance")
 
 
 @dataclasses.dataclass
@@ -81,6 +86,9 @@ class Options:
   decontaminate_threshold: float = 0.9
   balance: tuple[str, ...] = ()
   balance_cap: int | None = None
+  reward: str | None = None
+  reward_min: float | None = None
+  reward_top_fraction: float | None = None
   index: str = "auto"
   seed: int = 0
 
@@ -106,13 +114,16 @@ def _log(message):
   sys.stderr.flush()
 
 
-def decide(table, options, eval_tables=()):
+def decide(table, options, eval_tables=(), reward_table=None):
   """Applies the filters of `options` to an `curation.shards.Table`.
 
   Args:
     table: the corpus's embeddings.
     options: an `Options`.
-    eval_tables: `curation.shards.Table`s of the evaluation sets (decontamination).
+    eval_tables: `curation.shards.Table`s of the evaluation sets
+      (decontamination).
+    reward_table: the same corpus embedded by a reward model (the reward
+      filter).
 
   Returns:
     A `Decisions`.
@@ -172,6 +183,19 @@ def decide(table, options, eval_tables=()):
     low = score < threshold
     apply("clip_score", low, low, threshold=threshold,
           min_score=options.min_score, top_fraction=options.top_fraction)
+  if reward_table is not None:
+    if options.reward_min is None and options.reward_top_fraction is None:
+      raise ValueError("--reward needs --reward_min or "
+                       "--reward_top_fraction.")
+    reward = reward_scores(table, reward_table)
+    columns["reward"] = reward
+    threshold = filters.score_threshold(
+        reward, min_score=options.reward_min,
+        top_fraction=options.reward_top_fraction)
+    low = reward < threshold
+    apply("reward", low, low, threshold=threshold,
+          min_score=options.reward_min,
+          top_fraction=options.reward_top_fraction, model=options.reward)
   if options.balance:
     if options.balance_cap is None:
       raise ValueError("--balance needs --balance_cap (rows per entry).")
@@ -188,6 +212,22 @@ def decide(table, options, eval_tables=()):
   return Decisions(keep, removed_by, columns, report)
 
 
+def reward_scores(table, reward_table):
+  """Each row's image-caption score under a reward model: the cosine of
+  `reward_table`'s embeddings of the same record (matched by component and
+  index), so the two embed runs may have skipped different records; a row
+  the reward run lacks scores -inf (it is removed)."""
+  if reward_table.txt is None:
+    raise ValueError("The reward embeddings have no text embeddings.")
+  score = filters.clip_score(reward_table.img, reward_table.txt)
+  where = {(int(c), int(i)): r for r, (c, i) in enumerate(
+      zip(reward_table.component, reward_table.index))}
+  rows = [where.get((int(c), int(i)), -1)
+          for c, i in zip(table.component, table.index)]
+  return np.array([score[r] if r >= 0 else -np.inf for r in rows],
+                  np.float32)
+
+
 def _histograms(out, decisions):
   """The score histograms with their thresholds: rows this filter removed,
   rows another one removed, and kept rows, stacked."""
@@ -196,6 +236,7 @@ def _histograms(out, decisions):
   for column, name, png, title in (
       ("clip_score", "clip_score", "clip_score",
        "CLIP score (image-caption cosine)"),
+      ("reward", "reward", "reward", "Reward model score (cosine)"),
       ("nn_sim", "dedup", "dedup", "Nearest other image"),
       ("eval_sim", "decontaminate", "decontamination",
        "Nearest evaluation image")):
@@ -285,10 +326,11 @@ def run(embeddings, out, options, *, write="auto", shard_size=10_000,
   out.mkdir(parents=True, exist_ok=True)
   table = shards.load(embeddings)
   eval_tables = [shards.load(d) for d in options.decontaminate]
+  reward_table = shards.load(options.reward) if options.reward else None
   _log(f"curate: {len(table)} rows from {embeddings}"
        + (f", {sum(len(t) for t in eval_tables)} evaluation images"
           if eval_tables else ""))
-  decisions = decide(table, options, eval_tables)
+  decisions = decide(table, options, eval_tables, reward_table)
   for f in decisions.filters:
     setting = (f"threshold {f['threshold']:.4g}" if "threshold" in f
                else f"cap {f['cap']}")
@@ -353,6 +395,13 @@ _BALANCE = flags.DEFINE_string("balance", None, "Entries file, comma "
                                flag_values=_FLAGS)
 _BALANCE_CAP = flags.DEFINE_integer("balance_cap", None, "Rows per entry.",
                                     flag_values=_FLAGS)
+_REWARD = flags.DEFINE_string("reward", None, "Embed folder of the same "
+                              "corpus by a reward model.", flag_values=_FLAGS)
+_REWARD_MIN = flags.DEFINE_float("reward_min", None, "Keep reward >= S.",
+                                 flag_values=_FLAGS)
+_REWARD_TOP_FRACTION = flags.DEFINE_float(
+    "reward_top_fraction", None, "Keep the best F of the pool by reward.",
+    flag_values=_FLAGS)
 _INDEX = flags.DEFINE_string("index", "auto", "faiss index_factory string "
                              "('auto': exact up to 100k rows, else HNSW32).",
                              flag_values=_FLAGS)
@@ -377,6 +426,8 @@ def main(argv):
       decontaminate=tuple(_DECONTAMINATE.value),
       decontaminate_threshold=_DECONTAMINATE_THRESHOLD.value,
       balance=entries(_BALANCE.value), balance_cap=_BALANCE_CAP.value,
+      reward=_REWARD.value, reward_min=_REWARD_MIN.value,
+      reward_top_fraction=_REWARD_TOP_FRACTION.value,
       index=_INDEX.value, seed=_SEED.value)
   run(_EMBEDDINGS.value, _OUT.value, options, write=_WRITE.value,
       shard_size=_SHARD_SIZE.value)

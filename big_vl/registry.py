@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "big_vl.evaluators.captioning",
     "big_vl.evaluators.caption_scoring",
     "big_vl.evaluators.locca",
+    "big_vl.evaluators.preference",
     "big_vl.data.sources",
     "big_vl.data.pp",
     "big_vl.data.locca",

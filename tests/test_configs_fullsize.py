@@ -48,6 +48,7 @@ from big_vl.evaluators import common
 from big_vl.evaluators import prompts
 from big_vl.evaluators import retrieval
 from big_vl.models import two_towers
+from big_vl.data.builders import demo_prefs
 from big_vl.data.builders import image_folder
 import big_vl.data.builders.mnist_idx  # pylint: disable=unused-import
 
@@ -74,6 +75,9 @@ FULLSIZE_ARGS = {
     "configs/cappa.py": ["", "fullsize"],
     "configs/coca.py": ["", "fullsize", "fullsize,arch=coca_ViT-L-14"],
     "configs/siglip2.py": ["", "naflex"],
+    "configs/preference.py": ["init={demo_run}",
+                              "init={demo_run},kind=captions",
+                              "init={converted}"],
 }
 
 TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a",
@@ -217,6 +221,12 @@ def _tfds_record(spec, split, tmp):
   if spec == config_lib.DEMO_DATA:
     source = sources.get(spec, split=split)
     return source[0], sources.class_names(source)
+  if spec.startswith(f"tfds:{demo_prefs.NAME}/"):  # Generated, as stored.
+    kind = spec.split("/")[1].split(":")[0].removesuffix("_small")
+    record = demo_prefs.generate_record(kind, split, 0)
+    if "images" in record:
+      record["images"] = np.array(record["images"], dtype=object)
+    return record, None
   name = spec.partition(":")[2]
   features = _tfds_features(name, tmp)
   # pylint: disable-next=g-import-not-at-top
@@ -266,8 +276,10 @@ class Checks:
     self.sizes = {}
     self.count = 0
 
-  def image(self, out, what, uint8=False, pp=None):
+  def image(self, out, what, uint8=False, pp=None, candidates=False):
     image = np.asarray(out["image"])
+    if candidates:  # K images per record (preference data).
+      image = image[0]
     if "image_pos" in out:  # NaFlex: [N, P, P, 3] patches, [N, 2] positions.
       assert image.ndim == 4 and image.shape[-1] == 3, (what, image.shape)
       assert np.shape(out["image_pos"]) == (image.shape[0], 2), what
@@ -329,6 +341,11 @@ def _run_train(config, checks, tmp):
   views = set(two_towers.VIEW_KEYS.values()) if "multi_crop(" in block.pp \
       else set()
   fields |= views
+  # A rater's choice among K candidates (preference data).
+  fields |= {o.get("choice_key", "choice") for o in
+             config.get("objectives", {}).values()
+             if o.get("loss", None) == "preference"}
+  candidates = "each(" in block.pp
   for spec, record, _ in _records(block.data, block.split, tmp):
     out = pp_lib.build(block.pp)(record, rng)
     assert set(out) == {"image", "text"} | weights | fields, (spec,
@@ -336,7 +353,8 @@ def _run_train(config, checks, tmp):
     for key in weights:
       assert np.shape(out[key]) == np.shape(out["text"]), (spec, key)
     device = block.get("device_pp", None)
-    checks.image(out, f"input.pp on {spec}", uint8=bool(device))
+    checks.image(out, f"input.pp on {spec}", uint8=bool(device),
+                 pp=block.pp, candidates=candidates)
     if device:
       batch = device_pp_lib.build(device)({k: jnp.asarray(out[k])[None]
                                            for k in {"image"} | views})
@@ -402,6 +420,16 @@ def _run_eval(name, block, checks, tmp):
       assert captions and all(
           (c.decode() if isinstance(c, bytes) else c).strip()
           for c in captions), (what, spec, captions)
+  elif kind == "preference":
+    for spec, record, _ in _records(block.data, block.split, tmp):
+      out = pp_lib.build(block.pp)(record, None)
+      assert _fields(out) == {"image", "text", "ratings", "defects"}, (
+          what, spec, sorted(out))
+      checks.image(out, f"{what}.pp", pp=block.pp,
+                   candidates="each(" in block.pp)
+      rows = (np.shape(out["ratings"])[0],) if np.ndim(out["text"]) == 2 \
+          else None
+      checks.tokens(out["text"], f"{what}.pp", rows=rows)
   elif kind == "locca":
     for spec, record, _ in _records(block.data, block.split, tmp):
       out = pp_lib.build(block.pp)(record, None)
@@ -490,6 +518,8 @@ RUNLOCAL_ARGS = {
     "configs/coca.py": ["runlocal"],
     "configs/locca.py": ["runlocal"],
     "configs/siglip2.py": ["runlocal", "runlocal,naflex"],
+    "configs/preference.py": ["runlocal,init={demo_run}",
+                              "runlocal,init={demo_run},kind=captions"],
 }
 
 

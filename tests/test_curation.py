@@ -301,6 +301,28 @@ def test_curate_finds_every_planted_copy_and_leak(embedded, noisy, tmp_path):
   assert subset[5]["image"] == src[kept[5]]["image"]
 
 
+def test_reward_filter_reads_the_reward_models_embeddings(embedded,
+                                                         tmp_path):
+  noisy_dir, _ = embedded
+  table = shards.load(noisy_dir)
+  # A "reward model" that embedded only the first two shards of the corpus.
+  partial = shards.load(noisy_dir)
+  partial.img, partial.txt = table.img[:512], table.txt[:512]
+  partial.component, partial.index = table.component[:512], table.index[:512]
+  reward = curate.reward_scores(table, partial)
+  np.testing.assert_array_equal(
+      reward[:512], filters.clip_score(table.img, table.txt)[:512])
+  assert np.isneginf(reward[512:]).all()
+  options = curate.Options(reward=os.fspath(noisy_dir),
+                           reward_top_fraction=0.25)
+  report = curate.run(noisy_dir, tmp_path / "cur", options, write="none")
+  (step,) = report["filters"]
+  assert step["name"] == "reward" and step["removed"] == 450
+  assert (tmp_path / "cur" / "reward.png").exists()
+  with pytest.raises(ValueError, match="reward_min"):
+    curate.decide(table, curate.Options(reward="x"), reward_table=table)
+
+
 def test_curated_data_trains_and_resumes_exactly(embedded, predictor,
                                                  checkpoint, tmp_path):
   noisy_dir, _ = embedded

@@ -1101,6 +1101,38 @@ def _check_keys_present(op_name, keys, example):
                    f"{sorted(example)}.")
 
 
+@registry.register("pp", "each")
+def get_each(pp, key="images", out=None, inner="image"):
+  """Applies a pp string to each element of a list field and stacks them.
+
+  For records with several images (K candidates per prompt in preference
+  data): `each('decode|resize(32)|value_range(-1,1)', key='images',
+  out='image')` turns object[K] encoded images into f32[K, 32, 32, 3].
+
+  Args:
+    pp: the pp string applied to {inner: element} for each element.
+    key: the list field.
+    out: the output field (default `key`).
+    inner: the field name the inner pp reads and writes.
+
+  Returns:
+    op(example, rng); a corrupt element skips the whole record (its
+    `CorruptRecordError`), an empty list is reason "missing_image".
+  """
+  fn = build(pp)
+
+  def op(example, rng):
+    values = example.get(key)
+    if values is None or len(values) == 0:
+      raise CorruptRecordError(f"no elements in field {key!r}",
+                               reason="missing_image")
+    example[out or key] = np.stack(
+        [np.asarray(fn({inner: v}, rng)[inner]) for v in values])
+    return example
+
+  return op
+
+
 @registry.register("pp", "keep")
 def get_keep(*keys):
   """Keeps only the given keys."""
@@ -1131,6 +1163,19 @@ def get_drop(*keys):
     del rng
     _check_keys_present("drop", keys, example)
     return {k: v for k, v in example.items() if k not in keys}
+
+  return op
+
+
+@registry.register("pp", "unnest")
+def get_unnest(key):
+  """Moves the fields of a nested dict field to the top level:
+  unnest('hidden') turns {"hidden": {"defects": d}} into {"defects": d}."""
+
+  def op(example, rng):
+    del rng
+    example.update(example.pop(key))
+    return example
 
   return op
 

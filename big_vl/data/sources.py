@@ -49,6 +49,7 @@ SHIPPED_BUILDERS = {
     "big_vl_mnist_idx": "big_vl.data.builders.mnist_idx",
     "big_vl_image_folder": "big_vl.data.builders.image_folder",
     "big_vl_demo_noisy": "big_vl.data.builders.demo_noisy",
+    "big_vl_demo_prefs": "big_vl.data.builders.demo_prefs",
 }
 
 

@@ -46,7 +46,8 @@ the batch-wide ones each dense and ring, on `ring.py` (the one ring
 engine); `masked_prediction.py` (a teacher's patch features at masked
 patches, per patch) and `self_distillation.py` (DINO / SILC's
 local-to-global loss over multi-crop views), both on the model's extra
-views (their functions' `needs_views`). Loss modules import jax, `big_vl.registry`, `big_vl.sharding`,
+views (their functions' `needs_views`); `preference.py` (a rater's choice
+among K candidate images or captions: HPS v2, Compress & Align). Loss modules import jax, `big_vl.registry`, `big_vl.sharding`,
 `ring` and (filip, dreamlip: for their global / grouping terms)
 `contrastive`; nothing here imports the trainer, the models or the data.
 """
@@ -61,6 +62,7 @@ from big_vl.losses import distill
 from big_vl.losses import dreamlip
 from big_vl.losses import filip
 from big_vl.losses import masked_prediction
+from big_vl.losses import preference
 from big_vl.losses import ring
 from big_vl.losses import self_distillation
 
@@ -74,6 +76,7 @@ caption_loss = caption.caption_loss
 distill_loss = distill.distill_loss
 masked_prediction_loss = masked_prediction.masked_prediction_loss
 self_distillation_loss = self_distillation.self_distillation_loss
+preference_loss = preference.preference_loss
 
 
 def get(name, where="config.loss", meta_keys=("name",), **options):

@@ -187,8 +187,10 @@ class Model(captioner_lib.CaptionHead, nn.Module):
     """Embeds images and/or texts.
 
     Args:
-      image: float [B, H, W, 3], a NaFlex {"patches", "pos"} dict
-        (`naflex.image_input`; ViT towers only), or None.
+      image: float [B, H, W, 3], [B, K, H, W, 3] for K images per
+        example (not with a NaFlex model, `posemb_grid`), a NaFlex
+        {"patches", "pos"} dict (`naflex.image_input`; ViT towers only), or
+        None.
       text: int [B, L] token ids, [B, K, L] for K texts per example, or
         None.
       train: enables dropout (needs a "dropout" rng if any rate > 0).
@@ -204,8 +206,8 @@ class Model(captioner_lib.CaptionHead, nn.Module):
         `image`.
 
     Returns:
-      (zimg, ztxt, aux): zimg / ztxt are float32 [B, out_dim] (ztxt [B, K,
-      out_dim] for [B, K, L] texts) with unit-norm rows, or None where the
+      (zimg, ztxt, aux): zimg / ztxt are float32 [B, out_dim] (zimg / ztxt
+      [B, K, out_dim] for K images / texts per example) with unit-norm rows, or None where the
       input was None. aux holds "t" (exp of the log temperature, f32 []),
       "t_log", "b" (with bias_init), and for each tower run "img/tokens",
       "img/pre_logits" or "txt/tokens", "txt/pre_logits", "txt/mask" (text
@@ -230,10 +232,23 @@ class Model(captioner_lib.CaptionHead, nn.Module):
       # Shared by the main pass and the views.
       token_head = nn.Dense(self.out_dim, name="img_token_head")
       tower_kw = {"mask": False} if kw.get("mask_ratio") else {}
+      lead = None
+      if (not naflex.is_naflex(image) and image.ndim == 5
+          and not kw.get("posemb_grid")):
+        # K images per example ([B, K, H, W, 3], preference candidates)
+        # are encoded as B * K images; zimg comes back as [B, K, out_dim].
+        # (For a NaFlex model, 5-d input is patches missing their
+        # positions: the tower says so.)
+        if caption is not None or views is not None:
+          raise ValueError("two_towers: [B, K, H, W, 3] images take no "
+                           "caption or views.")
+        lead, image = image.shape[:2], image.reshape(-1, *image.shape[2:])
       out, img_aux = img(image, train=train, **tower_kw)
       img_aux.pop("patch_mask", None)  # The views' pass is the masked one.
       self._check_width(out, "image")
       zimg = l2_normalize(out)
+      if lead is not None:
+        zimg = zimg.reshape(*lead, -1)
       for k, v in img_aux.items():
         aux[f"img/{k}"] = v
       if caption is not None:
