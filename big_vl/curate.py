@@ -47,13 +47,18 @@ Outputs in `--out`:
   by the `subset:DIR` source (random-access, so training resumes exactly);
   `wds` writes WebDataset shards in img2dataset's layout
   (`curation.write`), read by `wds:DIR/{00000..N}.tar`; `auto`: subset
-  for one random-access source, else wds.
+  for one random-access source, else wds. Reading the kept records back
+  and writing them is the stage that grows with the corpus: with
+  `--engine=beam` an Apache Beam pipeline does it (`curation.beam`;
+  `--beam_args` picks the runner: Beam's DirectRunner here, Dataflow,
+  Flink or Spark on a cluster), writing the same files.
 """
 
 import collections
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -263,27 +268,46 @@ def _write_decisions(out, table, decisions):
     pq.write_table(pa.table(columns), f)
 
 
+def writable(record, caption, meta, counts):
+  """The row a curated shard holds for a re-read `record` (image bytes,
+  caption, meta), or None, counted in `counts` by reason, for one that
+  cannot be written."""
+  image = None if record is None else record.get("image")
+  if not isinstance(image, bytes):
+    counts["unreadable"] += 1
+    return None
+  try:
+    write_lib.image_extension(image)
+  except ValueError:
+    counts["image_format"] += 1
+    return None
+  return {"image": image, "caption": caption, **meta}
+
+
+def kept_rows(table, keep):
+  """[(row, caption, meta)] of the kept rows, in row order."""
+  return [(int(i), table.captions[i],
+           {"source_key": table.keys[i], "source_index": int(table.index[i]),
+            "component": int(table.component[i])})
+          for i in np.nonzero(keep)[0]]
+
+
 def _kept_records(table, keep, data_dir, counts):
-  """Yields {"image", "caption", "source_key", ...} of the kept rows, in
-  row order; a record that no longer reads is counted and skipped."""
-  for i, record in shards.records_of(table, np.nonzero(keep)[0], data_dir):
-    image = None if record is None else record.get("image")
-    if not isinstance(image, bytes):
-      counts["unreadable"] += 1
-      continue
-    try:
-      write_lib.image_extension(image)
-    except ValueError:
-      counts["image_format"] += 1
-      continue
-    yield {"image": image, "caption": table.captions[i],
-           "source_key": table.keys[i], "source_index": int(table.index[i]),
-           "component": int(table.component[i])}
+  """The writable rows of the kept records, in row order (None for one that
+  no longer reads)."""
+  planned = kept_rows(table, keep)
+  records = shards.records_of(table, [r for r, _, _ in planned], data_dir)
+  # Table rows are in shard order, so the records come back in row order.
+  for (row, caption, meta), (got, record) in zip(planned, records):
+    assert row == got, (row, got)
+    yield writable(record, caption, meta, counts)
 
 
 def write_curated(out, table, decisions, *, write="auto", shard_size=10_000,
-                  data_dir=None):
-  """Writes the kept rows as a subset index or WebDataset shards.
+                  data_dir=None, engine="local", beam_args=()):
+  """Writes the kept rows as a subset index or WebDataset shards (with
+  `engine="beam"`: on an Apache Beam pipeline, `curation.beam`, given
+  `beam_args`; the same files).
 
   Returns:
     {"kind": "subset"|"wds"|"none", "spec": the source spec that reads it,
@@ -305,17 +329,25 @@ def write_curated(out, table, decisions, *, write="auto", shard_size=10_000,
     write_lib.write_subset(out, comps.pop(), manifest["split"], indices,
                            data_dir=data_dir, made_by="big_vl.curate")
     return {"kind": "subset", "spec": f"subset:{out}", "rows": len(indices)}
-  counts = collections.Counter()
-  result = write_lib.write_webdataset(
-      out, _kept_records(table, decisions.keep, data_dir, counts),
-      shard_size=shard_size)
+  if engine == "beam":
+    from big_vl.curation import beam  # pylint: disable=g-import-not-at-top
+    result = beam.write_webdataset(
+        out, table, shard_size=shard_size,
+        captions_meta=kept_rows(table, decisions.keep), data_dir=data_dir,
+        pipeline_args=beam_args)
+  else:
+    counts = collections.Counter()
+    result = write_lib.write_webdataset(
+        out, _kept_records(table, decisions.keep, data_dir, counts),
+        shard_size=shard_size)
+    result["skipped"] = dict(counts)
   return {"kind": "wds", "spec": f"wds:{result['pattern']}",
           "rows": result["samples"], "shards": result["shards"],
-          "skipped": dict(counts)}
+          "skipped": result["skipped"], "engine": engine}
 
 
 def run(embeddings, out, options, *, write="auto", shard_size=10_000,
-        data_dir=None, plots_=True):
+        data_dir=None, plots_=True, engine="local", beam_args=()):
   """Curates the embed folder `embeddings` into `out` (module docstring).
 
   Returns:
@@ -340,7 +372,8 @@ def run(embeddings, out, options, *, write="auto", shard_size=10_000,
   if plots_:
     _histograms(out, decisions)
   output = write_curated(out, table, decisions, write=write,
-                         shard_size=shard_size, data_dir=data_dir)
+                         shard_size=shard_size, data_dir=data_dir,
+                         engine=engine, beam_args=beam_args)
   report = {"embeddings": str(embeddings),
             "options": dataclasses.asdict(options),
             "rows": len(table), "kept": int(decisions.keep.sum()),
@@ -411,6 +444,13 @@ _SHARD_SIZE = flags.DEFINE_integer("shard_size", 10_000, "WebDataset "
                                    "samples per shard.", flag_values=_FLAGS)
 _SEED = flags.DEFINE_integer("seed", 0, "Balance sampling seed.",
                              flag_values=_FLAGS)
+_ENGINE = flags.DEFINE_enum("engine", "local", ("local", "beam"), "Who "
+                            "writes the WebDataset: this process, or an "
+                            "Apache Beam pipeline.", flag_values=_FLAGS)
+_BEAM_ARGS = flags.DEFINE_string(
+    "beam_args", "--runner=DirectRunner", "Beam pipeline options (with "
+    "--engine=beam), e.g. '--runner=DataflowRunner --project=P "
+    "--region=R --temp_location=gs://b/tmp'.", flag_values=_FLAGS)
 
 
 @cli.user_errors
@@ -430,7 +470,8 @@ def main(argv):
       reward_top_fraction=_REWARD_TOP_FRACTION.value,
       index=_INDEX.value, seed=_SEED.value)
   run(_EMBEDDINGS.value, _OUT.value, options, write=_WRITE.value,
-      shard_size=_SHARD_SIZE.value)
+      shard_size=_SHARD_SIZE.value, engine=_ENGINE.value,
+      beam_args=shlex.split(_BEAM_ARGS.value))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ Library:
 
 import collections
 import concurrent.futures
+import itertools
 import json
 import sys
 import time
@@ -105,8 +106,8 @@ def plan(opened, shard_size):
         shards.append(shards_lib.Shard(len(shards), c, i, -1, pattern[i]))
     else:
       for start in range(0, len(source), shard_size):
-        shards.append(shards_lib.Shard(len(shards), c, start,
-                            min(start + shard_size, len(source))))
+        shards.append(shards_lib.Shard(
+            len(shards), c, start, min(start + shard_size, len(source))))
   return shards
 
 
@@ -200,6 +201,10 @@ def _prepare(predictor, field, item):
 def embed_records(predictor, items, field, *, threads=4):
   """Embeddings of (key, index, record) items (one shard).
 
+  Records are preprocessed on `threads` threads, a few batches at a time,
+  and embedded a batch (`predictor.batch_size` usable records) at a time,
+  so memory holds a few batches of pixels, not the shard's.
+
   Args:
     predictor: a two-tower `Predictor`.
     items: an iterable of (key, index, record or exception).
@@ -210,23 +215,39 @@ def embed_records(predictor, items, field, *, threads=4):
     (img f32[n, D], txt f32[n, D] or None, meta [{"key", "index",
     "caption"}], skipped Counter of reasons).
   """
-  rows, skipped = [], collections.Counter()
+  skipped, meta, imgs, txts, batch = collections.Counter(), [], [], [], []
+
+  def flush():
+    if not batch:
+      return
+    pos = None if batch[0].pos is None else [r.pos for r in batch]
+    imgs.append(predictor.embed_pixels([r.pixels for r in batch], pos))
+    if field is not None:
+      txts.append(predictor.embed_tokens(np.stack([r.tokens for r in batch])))
+    meta.extend({"key": r.key, "index": r.index, "caption": r.caption}
+                for r in batch)
+    batch.clear()
+
+  items = iter(items)
+  chunk = 4 * predictor.batch_size
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    for prepared in pool.map(lambda it: _prepare(predictor, field, it),
-                             items):
-      if prepared.reason is not None:
-        skipped[prepared.reason] += 1
-      else:
-        rows.append(prepared)
-  meta = [{"key": r.key, "index": r.index, "caption": r.caption}
-          for r in rows]
-  if not rows:
+    while True:
+      part = list(itertools.islice(items, chunk))
+      if not part:
+        break
+      for prepared in pool.map(lambda it: _prepare(predictor, field, it),
+                               part):
+        if prepared.reason is not None:
+          skipped[prepared.reason] += 1
+          continue
+        batch.append(prepared)
+        if len(batch) == predictor.batch_size:
+          flush()
+  flush()
+  if not meta:
     return np.zeros((0, 0), np.float32), None, meta, skipped
-  pos = None if rows[0].pos is None else [r.pos for r in rows]
-  img = predictor.embed_pixels([r.pixels for r in rows], pos)
-  txt = (predictor.embed_tokens(np.stack([r.tokens for r in rows]))
-         if field is not None else None)
-  return img, txt, meta, skipped
+  return (np.concatenate(imgs), np.concatenate(txts) if txts else None, meta,
+          skipped)
 
 
 def _settings(checkpoint, data, split, shard_size, fmt, field, predictor):
@@ -313,7 +334,8 @@ def run(predictor, data, out, *, split=None, data_dir=None, shard_size=4096,
     img, txt, meta, skipped = embed_records(
         predictor, _records(source, shard), field, threads=threads)
     shards_lib.write_shard(out, shard, fmt, img, txt, meta, skipped,
-                components[shard.component][0], time.time() - start)
+                           components[shard.component][0],
+                           time.time() - start)
     skipped_total.update(skipped)
     bar.update(1 if streaming else shard.stop - shard.start)
     bar.set_postfix(skipped=sum(skipped_total.values()))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import jax
 import numpy as np
@@ -366,6 +367,46 @@ def test_curated_data_trains_and_resumes_exactly(embedded, predictor,
   assert again.captions == [first.captions[i] for i in kept]
 
 
+def _files(folder):
+  return {name: (folder / name).read_bytes() for name in sorted(
+      os.listdir(folder)) if name.endswith((".tar", ".parquet", ".json"))
+          and name != "curate.json"}
+
+
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_beam_writes_the_files_the_local_writer_writes(
+    predictor, checkpoint, tmp_path, mode):
+  rng = np.random.default_rng(1)
+  rows = []
+  for i in range(11):
+    (tmp_path / f"{i}.png").write_bytes(_png(rng.integers(0, 256,
+                                                          (20, 20, 3))))
+    rows.append({"image": f"{i}.png", "caption": f"picture number {i}"})
+  (tmp_path / "pairs.jsonl").write_text("".join(
+      json.dumps(r) + "\n" for r in rows))
+  embed.run(predictor, f"jsonl:{tmp_path / 'pairs.jsonl'}", tmp_path / "emb",
+            shard_size=4, checkpoint=checkpoint, progress=False)
+  os.remove(tmp_path / "6.png")  # Gone between embedding and writing.
+  options = curate.Options()
+  local = curate.run(tmp_path / "emb", tmp_path / "local", options,
+                     write="wds", shard_size=3, plots_=False)
+  beam = curate.run(
+      tmp_path / "emb", tmp_path / "beam", options, write="wds",
+      shard_size=3, plots_=False, engine="beam",
+      beam_args=["--runner=DirectRunner", "--direct_num_workers=2",
+                 f"--direct_running_mode={mode}"])
+  for report in (local, beam):
+    assert report["output"]["shards"] == 4 and report["output"]["rows"] == 10
+    assert report["output"]["skipped"] == {"unreadable": 1}
+  assert _files(tmp_path / "local") == _files(tmp_path / "beam")
+  names = [m.name for m in tarfile.open(tmp_path / "beam" / "00002.tar")]
+  # Kept row 6 (6.png, gone) was shard 2's first: its key stays unused.
+  assert names == [f"00002000{p}.{e}" for p in (1, 2)
+                   for e in ("png", "txt", "json")]
+  stats = json.loads((tmp_path / "beam" / "00002_stats.json").read_text())
+  assert stats == {"count": 3, "successes": 2, "failed": 1}
+
+
 def test_knn_finds_a_corpus_image_first(embedded, predictor, noisy,
                                         tmp_path, capsys):
   noisy_dir, _ = embedded
@@ -430,7 +471,7 @@ def test_webdataset_writer_layout(tmp_path):
   rows = [{"image": _png(np.full((4, 4, 3), i)), "caption": f"row {i}",
            "score": i / 10} for i in range(5)]
   out = write_lib.write_webdataset(tmp_path, rows, shard_size=2)
-  assert out == {"shards": 3, "samples": 5,
+  assert out == {"shards": 3, "samples": 5, "failed": 0,
                  "pattern": f"{tmp_path}/{{00000..00002}}.tar"}
   again = write_lib.write_webdataset(tmp_path / "again", rows, shard_size=2)
   assert (tmp_path / "00001.tar").read_bytes() == (
@@ -439,7 +480,7 @@ def test_webdataset_writer_layout(tmp_path):
   assert table == {"key": ["000020000"], "caption": ["row 4"],
                    "score": [0.4]}
   assert json.loads((tmp_path / "00000_stats.json").read_text()) == {
-      "count": 2, "successes": 2}
+      "count": 2, "successes": 2, "failed": 0}
   del again
   with pytest.raises(ValueError, match="Not a PNG"):
     write_lib.image_extension(b"GIF89a")

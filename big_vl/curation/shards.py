@@ -195,38 +195,52 @@ def load(out):
       manifest=manifest, folder=os.fspath(out))
 
 
+def locate(table, rows):
+  """Where each of `table`'s rows is in its source: a list of {"row",
+  "spec", "split", "index", "url"} (url: the WebDataset tar holding it,
+  else None), plain values a worker of another process can read with
+  `read_located`."""
+  manifest = table.manifest
+  shards = {e["shard"]["index"]: e for e in manifest["shards"]}
+  out = []
+  for i in rows:
+    entry = shards[int(table.shard[i])]
+    out.append({"row": int(i), "spec": entry["spec"],
+                "split": manifest["split"], "index": int(table.index[i]),
+                "url": entry["shard"]["url"]})
+  return out
+
+
+def read_located(located, data_dir=None):
+  """Yields (row, record or None) of `locate`'s entries, read from their
+  sources, grouped by source (a WebDataset tar is read once for all its
+  rows); None for a record that no longer reads."""
+  groups = collections.defaultdict(list)
+  for entry in located:
+    groups[entry["url"] or entry["spec"], entry["split"]].append(entry)
+  for (where, split), entries in groups.items():
+    if entries[0]["url"] is not None:
+      by_index = {e["index"]: e["row"] for e in entries}
+      for offset, sample in wds_lib.read_shard(where):
+        if offset in by_index:
+          ok = wds_lib.ERROR_KEY not in sample
+          yield by_index[offset], sample if ok else None
+      continue
+    source = sources.get(where, split=split, data_dir=data_dir)
+    for e in entries:
+      try:
+        yield e["row"], source[e["index"]]
+      except (pp_lib.CorruptRecordError, OSError, ValueError):
+        yield e["row"], None
+
+
 def records_of(table, rows, data_dir=None):
   """Yields (row, record or None) of `table`'s rows, read from the source
-  again, in shard order (a WebDataset shard is read once for all its
-  rows); None for a record that no longer reads.
+  again (`locate` + `read_located`).
 
   Args:
     table: a `Table`.
     rows: row numbers into `table`.
     data_dir: the TFDS data dir.
   """
-  manifest = table.manifest
-  shards = {e["shard"]["index"]: e for e in manifest["shards"]}
-  by_shard = collections.defaultdict(list)
-  for i in rows:
-    by_shard[int(table.shard[i])].append(int(i))
-  opened = {}
-  for shard_id in sorted(by_shard):
-    entry, wanted = shards[shard_id], by_shard[shard_id]
-    url = entry["shard"]["url"]
-    if url is not None:
-      by_index = {int(table.index[i]): i for i in wanted}
-      for offset, sample in wds_lib.read_shard(url):
-        if offset in by_index:
-          ok = wds_lib.ERROR_KEY not in sample
-          yield by_index[offset], sample if ok else None
-      continue
-    spec = entry["spec"]
-    if spec not in opened:
-      opened[spec] = sources.get(spec, split=manifest["split"],
-                                 data_dir=data_dir)
-    for i in wanted:
-      try:
-        yield i, opened[spec][int(table.index[i])]
-      except (pp_lib.CorruptRecordError, OSError, ValueError):
-        yield i, None
+  yield from read_located(locate(table, rows), data_dir)

@@ -112,17 +112,24 @@ def _png(image):
   return ds._png(np.asarray(image, np.uint8))  # pylint: disable=protected-access
 
 
+def _defect_objects(objects, defect, rng):
+  """The scene's objects as `defect` changes them (the added object of
+  "extra" is None when there is no room for it)."""
+  if defect == "colour":
+    return [_recoloured(objects[0], rng)] + objects[1:]
+  if defect == "shape":
+    return [_reshaped(objects[0], rng)] + objects[1:]
+  if defect == "missing":
+    return objects[:-1]
+  if defect == "extra":
+    return objects + [_extra_object(objects, rng)]
+  return objects
+
+
 def defect_image(objects, background, defect, rng):
   """PNG bytes of the scene rendered with `defect` (see module doc)."""
-  if defect == "colour":
-    objects = [_recoloured(objects[0], rng)] + objects[1:]
-  elif defect == "shape":
-    objects = [_reshaped(objects[0], rng)] + objects[1:]
-  elif defect == "missing":
-    objects = objects[:-1]
-  elif defect == "extra":
-    extra = _extra_object(objects, rng)
-    objects = objects + ([extra] if extra is not None else [])
+  objects = [o for o in _defect_objects(objects, defect, rng)
+             if o is not None]
   image = Image.fromarray(ds.render(objects, background))
   if defect == "blur":
     image = image.filter(ImageFilter.GaussianBlur(1.5))
@@ -135,18 +142,12 @@ def defect_image(objects, background, defect, rng):
 
 def defect_caption(objects, defect, rng, other=None):
   """The scene's description with `defect` (see module doc)."""
-  if defect == "colour":
-    objects = [_recoloured(objects[0], rng)] + objects[1:]
-  elif defect == "shape":
-    objects = [_reshaped(objects[0], rng)] + objects[1:]
-  elif defect == "missing":
-    objects = objects[:-1]
-  elif defect == "extra":
-    extra = _extra_object(objects, rng) or _reshaped(objects[0], rng)
-    objects = objects + [extra]
-  elif defect == "swapped":
-    objects = other
-  return describe(objects)
+  if defect == "swapped":
+    return describe(other)
+  changed = _defect_objects(objects, defect, rng)
+  if changed and changed[-1] is None:  # No room to draw: name another.
+    changed[-1] = _reshaped(objects[0], rng)
+  return describe(changed)
 
 
 def generate_record(kind, split, index):
