@@ -170,10 +170,15 @@ def decide(table, options, eval_tables=(), reward_table=None):
     columns["nn_sim"], columns["group"] = nn_sim, group
     # Within the rows still kept: one per group (the best score).
     sub = np.nonzero(keep)[0]
-    kept_sub = first if len(sub) == n else filters.near_duplicates(
-        table.img[sub], options.dedup, k=options.dedup_k,
-        priority=None if score is None else score[sub],
-        factory=options.index)[0] if len(sub) else np.zeros(0, bool)
+    if len(sub) == n:
+      kept_sub = first
+    elif len(sub):
+      kept_sub = filters.near_duplicates(
+          table.img[sub], options.dedup, k=options.dedup_k,
+          priority=None if score is None else score[sub],
+          factory=options.index)[0]
+    else:
+      kept_sub = np.zeros(0, bool)
     removes = np.zeros(n, bool)
     removes[sub[~kept_sub]] = True
     apply("dedup", ~first, removes, threshold=options.dedup,
