@@ -28,16 +28,21 @@ The evaluation (`preference` evaluator on the test split, unseen prompts)
 reports pairwise accuracy against the rater, choice accuracy, Spearman and
 Kendall correlations, and pairwise accuracy per defect (the held-out one
 included); `big_vl.evaluate` with this config's `evals` scores the
-starting model the same way (zero-shot CLIPScore). Measured results:
-bench/RESULTS.md, "Preference scorers in miniature".
+starting model the same way (zero-shot CLIPScore). bench/preference.py
+compares the two over seeds (its results go to bench/RESULTS.md,
+"Preference scorers in miniature"; not yet run at its defaults).
 
 No full-size variant yet: HPS v2 fine-tunes open_clip's ViT-H-14 on HPD v2
-(798k choices among 2-4 images per prompt), which no big_vl source reads
+(798k human choices between images of one prompt), which no big_vl source
+reads
 (the jsonl/csv sources hold one image and one caption per row, a
 WebDataset sample one image); a TFDS builder over HPD v2's released folder
-would, and `frozen_rules(32, 24, 20, 11)` is the unlocking HPS v2 reports
-for that model. The model, loss, pp and evaluator here take any records
-with a prompt, K encoded images and ratings.
+would. HPS v2's training script (its configs/HPSv2.sh) starts from
+laion2B-s32B-b79K, unlocks 20 image groups and 11 text layers (about
+`frozen_rules(32, 24, 19, 11)` here: open_clip counts the final norm and
+projection as a group), lr 3.3e-6, wd 0.35, 500 warm-up steps. The
+model, loss, pp and evaluator here take any records with a prompt, K
+encoded images and ratings.
 
 The preprocessing is the starting checkpoint's (its `preprocessing`, or
 its zero-shot evaluator's), applied to each candidate; without one, the

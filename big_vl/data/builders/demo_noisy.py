@@ -25,8 +25,8 @@ caption describes the image), `noise` ("clean", "swapped", "corrupted"),
 for originals), `leak_of` (the demo shapes test index a record shows, -1
 if none) and `label` (the main object's class).
 
-Configs: "full" (train 30,000) and "small" (train 600, for tests; planted
-numbers are in `SPLIT_SIZES`'s docstring below). Only a train split: the
+Configs: "full" (train 30,000) and "small" (train 600, for tests); the
+probabilities are `CONFIGS`'. Only a train split: the
 clean demo shapes test split (`tfds:big_vl_demo_shapes:test`) evaluates
 models trained on it, and its images are the leak candidates ("small"
 leaks from the first 300 test images, the small demo config's test split).
